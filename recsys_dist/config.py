@@ -1,0 +1,215 @@
+"""One typed configuration for data, model, training and evaluation.
+
+Frozen dataclasses loaded from YAML with ``section.key=value`` overrides. Unknown keys and
+values of the wrong type raise at load time (nanoGPT's configurator does the same), so a typo
+never silently falls back to a default. The resolved config is saved with every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be accepted."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How raw events become training sequences (used by ``prepare``)."""
+
+    max_len: int = 50  # model input length: the most recent events a sequence keeps
+    max_history: int = 2000  # events kept per user (most recent); caps bots and crawlers
+    split: str = "loo"  # "loo": last event test, second-last valid; "time": global time cut
+    valid_fraction: float = 0.1  # time split: share of events (by time) after the valid cut
+    test_fraction: float = 0.1  # time split: share of events (by time) after the test cut
+    min_user_events: int = 3  # users with fewer events after de-duplication are dropped
+    dedup: bool = True  # drop exact duplicate events (same user, item, time, type)
+    on_bad_rows: str = "error"  # "error": stop naming file/row/field; "skip": skip and count
+    window_stride: int = 10  # training windows of max_len slide by this many events
+
+    def __post_init__(self) -> None:
+        _check_choice("data.split", self.split, ("loo", "time"))
+        _check_choice("data.on_bad_rows", self.on_bad_rows, ("error", "skip"))
+        _check_positive("data.max_len", self.max_len)
+        _check_positive("data.window_stride", self.window_stride)
+        if self.max_history < self.max_len:
+            raise ConfigError(f"data.max_history={self.max_history} < data.max_len={self.max_len}")
+        if not (0 < self.valid_fraction < 1 and 0 < self.test_fraction < 1):
+            raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1)")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ConfigError("data.valid_fraction + data.test_fraction must be < 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the BERT4Rec encoder; copied into the HF model config saved with the weights."""
+
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    dropout: float = 0.2
+    attention_dropout: float = 0.2
+    use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
+    num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _check_positive(f"model.{name}", getattr(self, name))
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_heads={self.num_heads}"
+            )
+        if self.num_time_buckets < 2:
+            raise ConfigError("model.num_time_buckets must be >= 2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, masking and the distributed set-up (used by ``train``)."""
+
+    epochs: int = 200
+    batch_size: int = 128  # sequences per worker per step
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    mask_prob: float = 0.2  # cloze: share of positions masked in each training sequence
+    last_item_mask_prob: float = 0.1  # share of sequences whose final position is masked
+    zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
+    workers: int = 2
+    use_gpu: bool = False  # one GPU per worker, NCCL and bf16
+    eval_every: int = 5  # validate every N epochs (and after the last)
+    patience: int = 4  # early stop after this many validations without NDCG@10 improving
+    time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
+        if not 0 <= self.mask_prob < 1 or not 0 <= self.last_item_mask_prob <= 1:
+            raise ConfigError("train.mask_prob must be in [0, 1), last_item_mask_prob in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The ranking protocol (used by validation during training and by ``evaluate``)."""
+
+    ks: tuple[int, ...] = (5, 10, 20)
+    exclude_seen: bool = True  # drop items already in the user's history from the ranking
+    sampled_negatives: int = 0  # 0 = full-catalogue ranking; N = rank against N sampled items
+    sampling: str = "uniform"  # "uniform" or "popularity" (only with sampled_negatives > 0)
+    batch_size: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.sampling", self.sampling, ("uniform", "popularity"))
+        if not self.ks or any(k <= 0 for k in self.ks):
+            raise ConfigError(f"eval.ks must be positive, got {self.ks}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, passed down as one object."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load ``path`` (YAML, optional) and apply ``section.key=value`` overrides on top."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    for override in overrides:
+        section, key, value = _parse_override(override)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config`, raising :class:`ConfigError` on unknown keys or bad types."""
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    hints = typing.get_type_hints(Config)
+    return Config(**{name: _build_section(name, hints[name], raw.get(name) or {}) for name in raw})
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{name}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(f'{name}.{k}' for k in unknown)}")
+    return cls(**{k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Check ``value`` against ``hint``; ints widen to float, lists become tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(key, item_type, v) for v in value)
+    if hint is float and not isinstance(value, bool):
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    if hint in (int, float) and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """``train.lr=3e-4`` -> ("train", "lr", 0.0003); the value is parsed as YAML."""
+    dotted, sep, value = text.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return section, key, yaml.safe_load(value)
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}; expected one of {list(choices)}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def config_json(config: Config) -> str:
+    """One line for logs: the resolved config, logged once per run."""
+    return json.dumps(config.to_dict(), sort_keys=True)
+
+
