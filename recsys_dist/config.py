@@ -211,5 +211,3 @@ def _check_positive(key: str, value: int) -> None:
 def config_json(config: Config) -> str:
     """One line for logs: the resolved config, logged once per run."""
     return json.dumps(config.to_dict(), sort_keys=True)
-
-

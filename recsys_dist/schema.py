@@ -61,6 +61,7 @@ VOCAB_SCHEMA = pa.schema(
 
 # --- prepared sequence dataset ---------------------------------------------------------------
 ITEMS = "items"  # list<int32>: item indices, oldest first
+ITEM_IDS = "item_ids"  # list<string>: raw item ids, oldest first (per-user sequences)
 TIMESTAMPS = "timestamps"  # list<int64>: event times of ``items``
 TARGET_ITEM = "target_item"  # int32: the held-out next item (valid/test rows)
 TARGET_TIMESTAMP = "target_timestamp"  # int64: when the held-out event happened
@@ -82,6 +83,18 @@ SEQUENCE_SCHEMA = pa.schema(
 EVAL_SEQUENCE_SCHEMA = SEQUENCE_SCHEMA.append(
     pa.field(TARGET_ITEM, pa.int32(), nullable=False)
 ).append(pa.field(TARGET_TIMESTAMP, pa.int64(), nullable=False))
+
+# One row per user with raw ids: the prepared dataset's ``users/`` (also seeds online state).
+USER_SEQUENCE_SCHEMA = pa.schema(
+    [
+        pa.field(USER_ID, pa.string(), nullable=False),
+        pa.field(ITEM_IDS, pa.list_(pa.string()), nullable=False),
+        pa.field(TIMESTAMPS, pa.list_(pa.int64()), nullable=False),
+        pa.field(NUM_EVENTS, pa.int64(), nullable=False),
+        pa.field(NUM_DUPLICATES, pa.int64(), nullable=False),
+    ]
+)
+USERS_DIR = "users"
 
 # --- files of a prepared dataset and of an exported model ------------------------------------
 MANIFEST_FILE = "manifest.json"
