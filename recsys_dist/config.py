@@ -91,6 +91,8 @@ class TrainConfig:
     eval_every: int = 5  # validate every N epochs (and after the last)
     patience: int = 4  # early stop after this many validations without NDCG@10 improving
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+    max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
+    cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
     seed: int = 0
 
     def __post_init__(self) -> None:

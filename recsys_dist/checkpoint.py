@@ -1,0 +1,65 @@
+"""Checkpoint and export layout: one self-contained directory that rebuilds the model.
+
+    DIR/config.json        the model config (HF style)
+    DIR/model.safetensors  consolidated weights (no pickles)
+    DIR/vocab.parquet      the item vocabulary the weights were trained with
+    DIR/state.json         what produced it: epoch, step, metrics, config, data hash
+
+A checkpoint reported during training and the exported ``RUN_DIR/model`` share this layout,
+so the best checkpoint is exported by copying it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys_dist import schema, storage
+from recsys_dist.data.vocab import Vocabulary
+from recsys_dist.model import Bert4Rec
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class LoadedModel:
+    model: Bert4Rec
+    vocab: Vocabulary
+    state: dict[str, Any]
+
+
+def save_checkpoint(directory: str | Path, model: Bert4Rec, vocab_path: str, state: dict) -> None:
+    """Write model, vocabulary and state into a local directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory)
+    fs, inner = storage.resolve(vocab_path)
+    fs_local, target = storage.resolve(directory / schema.VOCAB_FILE)
+    with fs.open_input_stream(inner) as src, fs_local.open_output_stream(target) as dst:
+        dst.write(src.read())
+    storage.write_json(directory / STATE_FILE, state)
+
+
+def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> LoadedModel:
+    """Rebuild the model exactly as saved, with its vocabulary and state."""
+    directory = Path(directory)
+    if not (directory / STATE_FILE).exists():
+        raise FileNotFoundError(f"{directory}: not a recsys_dist checkpoint (no {STATE_FILE})")
+    model = Bert4Rec.load(directory, map_location=map_location)
+    vocab = Vocabulary.load(str(directory / schema.VOCAB_FILE))
+    if vocab.size != model.config.vocab_size:
+        raise ValueError(
+            f"{directory}: vocabulary has {vocab.size} entries but the model expects "
+            f"{model.config.vocab_size}"
+        )
+    return LoadedModel(model, vocab, storage.read_json(directory / STATE_FILE))
+
+
+def export(checkpoint_dir: str | Path, model_dir: str | Path) -> None:
+    """Copy a checkpoint to the run's ``model/`` directory, replacing what was there."""
+    model_dir = Path(model_dir)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(checkpoint_dir, model_dir)

@@ -1,0 +1,281 @@
+"""The ``recsys-dist`` command: thin wrappers over the library, one sub-command per stage.
+
+Every sub-command logs progress, prints a human summary, or one JSON object with ``--json``,
+and exits 2 with a one-line message naming the file/row/field on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from recsys_dist.config import ConfigError, load_config
+
+logger = logging.getLogger("recsys_dist")
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.handler(args)
+    except Exception as error:  # noqa: BLE001 — turned into a clear message below
+        message = user_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_result(result, args)
+    return 0
+
+
+def user_error(error: BaseException) -> str | None:
+    """The message of a bad-input error, also when Ray wrapped it in a task error."""
+    from recsys_dist.data.events import BadEventError
+    from recsys_dist.data.importers import DataFormatError
+
+    expected = (BadEventError, DataFormatError, ConfigError, FileNotFoundError)
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, expected):
+            return str(error).strip().splitlines()[-1] if "\n" in str(error) else str(error)
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-dist", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_import,
+        _add_generate,
+        _add_prepare,
+        _add_train,
+        _add_evaluate,
+        _add_recommend,
+    ):
+        sub = add(commands)
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--address", default=None, help="Ray address (default: local Ray)")
+    return parser
+
+
+def _add_import(commands):
+    sub = commands.add_parser("import", help="convert a log to a canonical dataset directory")
+    sub.add_argument(
+        "--format", required=True, choices=["recbole", "movielens", "csv", "parquet", "sasrec"]
+    )
+    sub.add_argument("input")
+    sub.add_argument("--output", required=True)
+    sub.add_argument(
+        "--map",
+        nargs="*",
+        default=[],
+        metavar="CANONICAL=SOURCE",
+        help="column mapping, e.g. user_id=uid item_id=movie timestamp=ts",
+    )
+    sub.add_argument("--delimiter", default=",")
+    sub.add_argument("--timestamp-unit", default="s", choices=["s", "ms", "us", "ns"])
+    sub.add_argument("--overwrite", action="store_true")
+    sub.set_defaults(handler=_run_import)
+    return sub
+
+
+def _add_generate(commands):
+    sub = commands.add_parser("generate", help="a synthetic log whose interests drift")
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--users", type=int, default=1000)
+    sub.add_argument("--items", type=int, default=500)
+    sub.add_argument("--categories", type=int, default=10)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.set_defaults(handler=_run_generate)
+    return sub
+
+
+def _add_prepare(commands):
+    sub = commands.add_parser("prepare", help="events → split sequence dataset (Ray Data)")
+    sub.add_argument("--data", required=True)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--max-len", type=int)
+    sub.add_argument("--split", choices=["loo", "time"])
+    sub.add_argument("--on-bad-rows", choices=["error", "skip"])
+    sub.add_argument("--min-user-events", type=int)
+    _add_config_args(sub)
+    sub.set_defaults(handler=_run_prepare)
+    return sub
+
+
+def _add_train(commands):
+    sub = commands.add_parser("train", help="train BERT4Rec with Ray Train + DeepSpeed")
+    sub.add_argument("--data", required=True, help="a prepared dataset")
+    sub.add_argument("--output", required=True, help="the run directory")
+    sub.add_argument("--workers", type=int)
+    sub.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16")
+    _add_config_args(sub)
+    sub.set_defaults(handler=_run_train)
+    return sub
+
+
+def _add_evaluate(commands):
+    sub = commands.add_parser("evaluate", help="HR/NDCG/MRR@5/10/20 of a trained run")
+    sub.add_argument("--run", required=True)
+    sub.add_argument("--split", default="test", choices=["valid", "test"])
+    sub.add_argument("--data", help="prepared dataset (default: the one the run trained on)")
+    sub.add_argument("--keep-seen", action="store_true", help="rank already-seen items too")
+    sub.add_argument(
+        "--sampled",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rank against N sampled negatives instead of the full catalogue",
+    )
+    sub.add_argument("--sampling", default="uniform", choices=["uniform", "popularity"])
+    sub.set_defaults(handler=_run_evaluate)
+    return sub
+
+
+def _add_recommend(commands):
+    sub = commands.add_parser("recommend", help="top-K for histories given as events")
+    sub.add_argument("--run", required=True)
+    sub.add_argument("--histories", required=True, help="Parquet events: user_id,item_id,timestamp")
+    sub.add_argument("--k", type=int, default=10)
+    sub.add_argument("--output", required=True)
+    sub.add_argument("--keep-seen", action="store_true")
+    sub.set_defaults(handler=_run_recommend)
+    return sub
+
+
+def _add_config_args(sub) -> None:
+    sub.add_argument("--config", help="YAML config (sections data/model/train/eval)")
+    sub.add_argument("overrides", nargs="*", metavar="section.key=value")
+
+
+def _config(args, **flags: Any):
+    """The YAML config, then ``key=value`` overrides, then explicit flags (which win)."""
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(args.config, [*args.overrides, *extra])
+
+
+def init_ray(address: str | None, min_cpus: int = 1) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
+
+    Locally, Ray gets at least ``min_cpus`` logical CPUs so that Ray Data has room to stream
+    while every training worker holds one.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False)
+
+
+def _run_import(args):
+    from recsys_dist.data.importers import import_dataset
+
+    mapping = dict(pair.split("=", 1) for pair in args.map)
+    return import_dataset(
+        args.format,
+        args.input,
+        args.output,
+        mapping,
+        args.delimiter,
+        args.timestamp_unit,
+        overwrite=args.overwrite,
+    )
+
+
+def _run_generate(args):
+    from recsys_dist.data.synthetic import generate_dataset
+
+    init_ray(args.address)
+    return generate_dataset(
+        args.output, users=args.users, items=args.items, categories=args.categories, seed=args.seed
+    )
+
+
+def _run_prepare(args):
+    from recsys_dist.data.prepare import prepare_dataset
+
+    config = _config(
+        args,
+        **{
+            "data.max_len": args.max_len,
+            "data.split": args.split,
+            "data.on_bad_rows": args.on_bad_rows,
+            "data.min_user_events": args.min_user_events,
+        },
+    )
+    init_ray(args.address)
+    return prepare_dataset(args.data, args.output, config.data)
+
+
+def _run_train(args):
+    from recsys_dist.train.trainer import train
+
+    config = _config(
+        args, **{"train.workers": args.workers, "train.use_gpu": True if args.gpu else None}
+    )
+    init_ray(args.address, min_cpus=int(config.train.workers * config.train.cpus_per_worker) + 2)
+    return train(args.data, args.output, config)
+
+
+def _run_evaluate(args):
+    from recsys_dist.config import EvalConfig
+    from recsys_dist.evaluation.evaluate import evaluate_run
+
+    eval_config = EvalConfig(
+        exclude_seen=not args.keep_seen, sampled_negatives=args.sampled, sampling=args.sampling
+    )
+    init_ray(args.address)
+    return evaluate_run(args.run, args.split, eval_config, args.data)
+
+
+def _run_recommend(args):
+    from recsys_dist.inference.batch import recommend_histories
+
+    init_ray(args.address)
+    return recommend_histories(
+        f"{args.run}/model", args.histories, args.output, args.k, exclude_seen=not args.keep_seen
+    )
+
+
+def _print_result(result: Any, args) -> None:
+    payload = asdict(result) if is_dataclass(result) else result
+    if args.json:
+        print(json.dumps(payload, sort_keys=True, default=str))
+    elif args.command == "evaluate":
+        print(format_metrics_table(payload))
+    else:
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def format_metrics_table(result: dict[str, Any]) -> str:
+    """HR/NDCG/MRR rows by K for the model and the popularity baseline, with the protocol."""
+    ks = sorted({int(k.split("@")[1]) for k in result if "@" in k})
+    header = f"{'':12}" + "".join(f"{f'{m}@{k}':>10}" for m in ("hr", "ndcg", "mrr") for k in ks)
+    lines = [f"{result['split']} split, {result['users']} users, {result['protocol']}", header]
+    for name, metrics in (("model", result), ("popularity", result["baseline_popularity"])):
+        values = "".join(f"{metrics[f'{m}@{k}']:>10.4f}" for m in ("hr", "ndcg", "mrr") for k in ks)
+        lines.append(f"{name:12}{values}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Rows of the sequence dataset → the padded arrays the model takes.
+
+One place builds model inputs for training, evaluation, batch scoring and online serving, so
+the four can never disagree on padding, masking or time buckets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys_dist import schema
+from recsys_dist.data.masking import append_mask_for_prediction, mask_for_training, pad_left
+from recsys_dist.model.time_gaps import time_gap_buckets
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Left-padded model inputs; ``labels`` only for training (-100 where not masked)."""
+
+    items: np.ndarray  # [B, L] int64
+    time_buckets: np.ndarray  # [B, L] int64
+    labels: np.ndarray | None = None  # [B, L] int64
+
+
+def training_inputs(
+    batch: dict[str, np.ndarray],
+    max_len: int,
+    num_time_buckets: int,
+    rng: np.random.Generator,
+    mask_prob: float,
+    last_item_mask_prob: float,
+) -> ModelInputs:
+    """Cloze-masked inputs for a batch of training windows."""
+    items = pad_left(list(batch[schema.ITEMS]), max_len)
+    times = pad_left(list(batch[schema.TIMESTAMPS]), max_len, pad=0)
+    buckets = time_gap_buckets(times, items, num_time_buckets)
+    inputs, labels = mask_for_training(items, rng, mask_prob, last_item_mask_prob)
+    return ModelInputs(inputs, buckets, labels)
+
+
+def prediction_inputs(
+    histories: list[np.ndarray],
+    timestamps: list[np.ndarray],
+    query_times: np.ndarray,
+    max_len: int,
+    num_time_buckets: int,
+) -> ModelInputs:
+    """Histories with [MASK] appended at ``query_times``: the model predicts the next item."""
+    items, times = append_mask_for_prediction(histories, timestamps, query_times, max_len)
+    return ModelInputs(items, time_gap_buckets(times, items, num_time_buckets))
+
+
+def evaluation_inputs(
+    batch: dict[str, np.ndarray], max_len: int, num_time_buckets: int
+) -> ModelInputs:
+    """Inputs for validation/test rows: predict the target at the target's own time."""
+    return prediction_inputs(
+        list(batch[schema.ITEMS]),
+        list(batch[schema.TIMESTAMPS]),
+        np.asarray(batch[schema.TARGET_TIMESTAMP], np.int64),
+        max_len,
+        num_time_buckets,
+    )

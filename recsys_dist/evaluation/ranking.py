@@ -1,0 +1,103 @@
+"""Ranking evaluation of a sequential model: full-catalogue by default, sampled on request.
+
+Returns metric *sums* so data-parallel workers can all-reduce them before dividing; the same
+function serves validation inside training and the ``evaluate`` command.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from recsys_dist import schema
+from recsys_dist.config import EvalConfig
+from recsys_dist.data.batching import ModelInputs, evaluation_inputs
+from recsys_dist.evaluation.metrics import (
+    ranking_metric_sums,
+    sample_negatives,
+    sampled_target_ranks,
+    target_ranks,
+)
+from recsys_dist.model import Bert4Rec
+
+
+def protocol(eval_config: EvalConfig) -> str:
+    """A one-line description printed next to every set of numbers."""
+    seen = "seen items excluded" if eval_config.exclude_seen else "seen items kept"
+    if eval_config.sampled_negatives:
+        ranking = (
+            f"SAMPLED ranking against {eval_config.sampled_negatives} "
+            f"{eval_config.sampling} negatives (not comparable to full ranking)"
+        )
+    else:
+        ranking = "full-catalogue ranking"
+    return f"{ranking}, {seen}"
+
+
+Scorer = Callable[[ModelInputs], torch.Tensor]  # model inputs -> [B, vocab] scores
+
+
+def model_scorer(model: Bert4Rec, device: torch.device) -> Scorer:
+    """Score with a model in eval mode (the caller restores training mode)."""
+
+    def score(inputs: ModelInputs) -> torch.Tensor:
+        model.eval()
+        items = torch.as_tensor(inputs.items, device=device)
+        buckets = torch.as_tensor(inputs.time_buckets, device=device)
+        return model.score_next(items, buckets).float()
+
+    return score
+
+
+def popularity_scorer(popularity: np.ndarray, device: torch.device) -> Scorer:
+    """The most-popular baseline: every user gets the same training-frequency scores."""
+    counts = torch.as_tensor(popularity, dtype=torch.float32, device=device)
+
+    def score(inputs: ModelInputs) -> torch.Tensor:
+        return counts.expand(len(inputs.items), -1)
+
+    return score
+
+
+@torch.no_grad()
+def evaluation_sums(
+    scorer: Scorer,
+    batches: Iterable[dict[str, np.ndarray]],
+    eval_config: EvalConfig,
+    max_len: int,
+    num_time_buckets: int,
+    device: torch.device,
+    popularity: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count)."""
+    rng = np.random.default_rng(eval_config.seed)
+    sums: dict[str, float] = defaultdict(float)
+    for batch in batches:
+        scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets))
+        targets = torch.as_tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
+        seen = _seen_items(batch, device) if eval_config.exclude_seen else None
+        ranks = _ranks(scores, targets, seen, eval_config, rng, popularity)
+        for name, value in ranking_metric_sums(ranks, eval_config.ks).items():
+            sums[name] += value
+    return dict(sums)
+
+
+def _seen_items(batch: dict[str, np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    return [torch.as_tensor(h, dtype=torch.long, device=device) for h in batch[schema.ITEMS]]
+
+
+def _ranks(scores, targets, seen, eval_config: EvalConfig, rng, popularity) -> torch.Tensor:
+    if not eval_config.sampled_negatives:
+        return target_ranks(scores, targets, seen)
+    negatives = sample_negatives(
+        eval_config.sampled_negatives,
+        targets,
+        seen,
+        scores.shape[1],
+        rng,
+        popularity if eval_config.sampling == "popularity" else None,
+    )
+    return sampled_target_ranks(scores, targets, negatives.to(scores.device))

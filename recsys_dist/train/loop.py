@@ -1,0 +1,222 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs.
+
+Short and explicit, like Ray's DeepSpeed example: build the model, wrap it in a DeepSpeed
+engine, stream this worker's shard, validate with full ranking every few epochs, report the
+same number of times on every rank, checkpoint from rank 0, stop early on NDCG@10.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import deepspeed
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from recsys_dist import storage
+from recsys_dist.checkpoint import STATE_FILE, save_checkpoint
+from recsys_dist.config import Config, config_from_dict
+from recsys_dist.data.batching import training_inputs
+from recsys_dist.evaluation.metrics import finalize_metrics
+from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
+from recsys_dist.model import Bert4Rec, Bert4RecConfig
+from recsys_dist.train.deepspeed_config import build_deepspeed_config
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "valid_ndcg@10"
+METRICS_FILE = "metrics.jsonl"
+_SHUFFLE_BUFFER_ROWS = 8192
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a restart continues from it."""
+
+    epoch: int = 0
+    step: int = 0
+    elapsed_s: float = 0.0
+    best: float = -1.0
+    evals_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, metrics: dict[str, Any]) -> bool:
+        """Add a validation result; return whether it is the best so far."""
+        self.history.append(metrics)
+        improved = metrics[SELECTION_METRIC] > self.best
+        self.best = max(self.best, metrics[SELECTION_METRIC])
+        self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
+        return improved
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Train on this worker's shard of ``train``; everything needed comes in ``loop_config``."""
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+    model_config = Bert4RecConfig.from_model_config(
+        config.model, loop_config["vocab_size"], config.data.max_len
+    )
+    model, progress = _restore(Bert4Rec(model_config))
+    engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"], progress)
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_rows = ray.train.get_dataset_shard("valid")
+    clock = time.monotonic() - progress.elapsed_s
+    while progress.epoch < config.train.epochs:
+        epoch_start = time.monotonic()
+        loss, sequences = _train_epoch(engine, train_shard, config, progress, rank, device)
+        progress.epoch += 1
+        progress.elapsed_s = time.monotonic() - clock
+        out_of_time = _any_rank(
+            bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
+            device,
+        )
+        last = progress.epoch == config.train.epochs or out_of_time
+        if progress.epoch % config.train.eval_every and not last:
+            continue
+        metrics = _validate(engine.module, valid_rows, config, rank, world, device)
+        metrics.update(
+            epoch=progress.epoch,
+            step=progress.step,
+            train_loss=loss,
+            train_seq_per_s=sequences * world / max(1e-9, time.monotonic() - epoch_start),
+            elapsed_s=round(progress.elapsed_s, 2),
+        )
+        progress.record(metrics)
+        _report(engine.module, metrics, progress, loop_config, rank)
+        if progress.evals_without_improvement >= config.train.patience or out_of_time:
+            break
+
+
+def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
+    """Continue from the latest checkpoint when Ray Train restarts or resumes the run."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return model, Progress()
+    with checkpoint.as_directory() as directory:
+        restored = Bert4Rec.load(directory)
+        state = storage.read_json(f"{directory}/{STATE_FILE}")
+    model.load_state_dict(restored.state_dict())
+    logger.info("resuming from epoch %d", state["progress"]["epoch"])
+    return model, Progress(**state["progress"])
+
+
+def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, progress):
+    ds_config = build_deepspeed_config(
+        config.train, world, steps_per_epoch * config.train.epochs, bf16=config.train.use_gpu
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=_parameter_groups(model, config.train.weight_decay),
+        config=ds_config,
+        dist_init_required=False,
+    )
+    if progress.step:
+        engine.lr_scheduler.step(progress.step)  # the schedule continues where it stopped
+    return engine
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and LayerNorm, as in BERT."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _train_epoch(engine, shard, config: Config, progress: Progress, rank: int, device):
+    """One pass over this worker's shard; returns the mean loss and sequences seen."""
+    engine.train()
+    seed = config.train.seed * 1_000_003 + progress.epoch * 1_009 + rank
+    rng = np.random.default_rng(seed)
+    total_loss, batches, sequences = 0.0, 0, 0
+    for batch in shard.iter_batches(
+        batch_size=config.train.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=_SHUFFLE_BUFFER_ROWS,
+        local_shuffle_seed=seed,
+    ):
+        inputs = training_inputs(
+            batch,
+            config.data.max_len,
+            config.model.num_time_buckets,
+            rng,
+            config.train.mask_prob,
+            config.train.last_item_mask_prob,
+        )
+        output = engine(
+            torch.as_tensor(inputs.items, device=device),
+            torch.as_tensor(inputs.time_buckets, device=device),
+            torch.as_tensor(inputs.labels, device=device),
+        )
+        engine.backward(output.loss)
+        engine.step()
+        total_loss += float(output.loss.detach())
+        batches += 1
+        sequences += len(inputs.items)
+        progress.step += 1
+    return total_loss / max(1, batches), sequences
+
+
+def _validate(model, valid_rows, config: Config, rank: int, world: int, device) -> dict:
+    """Full-ranking validation; each rank scores every world-th batch, sums are all-reduced."""
+    batches = valid_rows.iter_batches(batch_size=config.eval.batch_size, batch_format="numpy")
+    mine = (batch for i, batch in enumerate(batches) if i % world == rank)
+    sums = evaluation_sums(
+        model_scorer(model, device),
+        mine,
+        config.eval,
+        config.data.max_len,
+        config.model.num_time_buckets,
+        device,
+    )
+    model.train()
+    names = sorted({"count", *(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in config.eval.ks)})
+    totals = torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    final = finalize_metrics(dict(zip(names, totals.tolist(), strict=True)))
+    return {f"valid_{name}": value for name, value in final.items()}
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank if it is true on any: ranks must agree on when to stop."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: int) -> None:
+    """Every rank reports; rank 0 attaches the checkpoint and appends to metrics.jsonl."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    logger.info("epoch %d: %s", progress.epoch, json.dumps(metrics, sort_keys=True))
+    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in progress.history)
+    fs, inner = storage.resolve(storage.join(loop_config["run_dir"], METRICS_FILE))
+    with fs.open_output_stream(inner) as out:
+        out.write(lines.encode())
+    state = {
+        "progress": asdict(progress),
+        "metrics": metrics,
+        "config": loop_config["config"],
+        "data_hash": loop_config["data_hash"],
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        save_checkpoint(directory, model, loop_config["vocab_path"], state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

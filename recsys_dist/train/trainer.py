@@ -1,0 +1,124 @@
+"""The trainer builder beside the loop: datasets, scaling, checkpoints, and the export.
+
+``train`` is what the CLI and the job entrypoint call: it runs a Ray Train ``TorchTrainer``
+and exports the checkpoint with the best validation NDCG@10 to ``RUN_DIR/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from recsys_dist import checkpoint, schema, storage
+from recsys_dist.config import Config, config_json
+from recsys_dist.data.prepare import load_manifest
+from recsys_dist.evaluation.evaluate import RUN_FILE
+from recsys_dist.train.loop import METRICS_FILE, SELECTION_METRIC, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainSummary:
+    run_dir: str
+    model_dir: str
+    best_metrics: dict[str, Any]
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    workers: int
+
+
+def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrainer:
+    """A ``TorchTrainer`` over the prepared dataset; the loop gets everything via its config."""
+    manifest = load_manifest(prepared_dir)
+    workers = config.train.workers
+    rows_per_worker = manifest["counts"]["train_rows"] // workers
+    if rows_per_worker == 0:
+        raise ValueError(
+            f"{prepared_dir}: {manifest['counts']['train_rows']} training rows "
+            f"cannot feed {workers} workers"
+        )
+    loop_config = {
+        "config": config.to_dict(),
+        "vocab_size": manifest["vocab_size"],
+        "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
+        "data_hash": manifest["data_hash"],
+        "run_dir": run_dir,
+        "steps_per_epoch": math.ceil(rows_per_worker / config.train.batch_size),
+    }
+    # Per-epoch progress bars from every worker would bury the training log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {
+        split: ray.data.read_parquet(storage.join(prepared_dir, split))
+        for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if config.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=str(Path(run_dir, "ray_results").resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=SELECTION_METRIC,
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+        ),
+        datasets=datasets,
+        # Only training data is sharded; every worker sees all validation rows and scores
+        # its own slice of batches, so no row is dropped to make shards equal.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[schema.TRAIN_SPLIT]),
+    )
+
+
+def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
+    """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    config.save(Path(run_dir, CONFIG_FILE))
+    prepared = prepared_dir if storage.is_remote(prepared_dir) else str(Path(prepared_dir).resolve())
+    storage.write_json(Path(run_dir, RUN_FILE), {"prepared": prepared})
+    logger.info("config: %s", config_json(config))
+    started = time.perf_counter()
+    result = build_trainer(prepared_dir, run_dir, config).fit()
+    seconds = time.perf_counter() - started
+    best = result.get_best_checkpoint(SELECTION_METRIC, "max")
+    if best is None:
+        raise RuntimeError(f"training in {run_dir} reported no checkpoint")
+    model_dir = str(Path(run_dir, MODEL_DIR))
+    with best.as_directory() as directory:
+        checkpoint.export(directory, model_dir)
+    state = storage.read_json(Path(model_dir, checkpoint.STATE_FILE))
+    return TrainSummary(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        best_metrics=state["metrics"],
+        best_epoch=state["metrics"]["epoch"],
+        epochs=_last_epoch(run_dir),
+        train_seconds=round(seconds, 2),
+        workers=config.train.workers,
+    )
+
+
+def _last_epoch(run_dir: str) -> int:
+    lines = Path(run_dir, METRICS_FILE).read_text().splitlines()
+    return json.loads(lines[-1])["epoch"]
