@@ -1,0 +1,371 @@
+"""Synthetic behaviour logs in which users' interests drift over time.
+
+Public logs are small or licence-bound; a generator lets every stage run at any scale, and
+its ground truth (who drifts, which item follows which) lets tests check that a time-aware
+model learns what is there. Three signals are planted:
+
+* **Drift**: a third of users keep one category preference, a third move gradually from one
+  set of categories to another, a third switch abruptly at a random point.
+* **Order**: within a category every item has a fixed successor that follows it with
+  probability :data:`SUCCESSOR_PROB`, so order carries information beyond the category.
+* **Time**: sessions, with seconds-to-minutes gaps inside and hours-to-days gaps between.
+
+Users are generated in shards by Ray tasks, each seeded by ``(seed, shard)`` and writing its
+own Parquet part, so output is identical for a seed whatever the cluster, and the driver only
+sums counts: memory stays bounded at 10^8 events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from recsys_dist import schema
+from recsys_dist.data.importers import PartWriter, prepare_output_dir
+
+logger = logging.getLogger(__name__)
+
+# The generator's ground truth, beside the canonical dataset; read by tests and analyses.
+USERS_DIR = "users"
+DRIFT_KIND = "drift_kind"
+USER_SCHEMA = pa.schema(
+    [pa.field(schema.USER_ID, pa.string(), nullable=False), pa.field(DRIFT_KIND, pa.string())]
+)
+DRIFT_KINDS = ("stable", "gradual", "abrupt")
+STABLE, GRADUAL, ABRUPT = range(3)
+
+SUCCESSOR_PROB = 0.5  # chance the next event is the previous item's successor
+NOISE_PROB = 0.15  # chance an event's category ignores the preference (uniform instead)
+TWO_CATEGORY_PROB = 0.5  # chance a preference set holds two categories, not one
+FIRST_CATEGORY_SHARE = 0.65  # share of the first category in a two-category set
+SECONDARY_PROB = 0.3  # chance an item also carries a second category label
+ZIPF_EXPONENT = 1.1  # popularity of the r-th item of a category ~ 1 / r^ZIPF_EXPONENT
+EVENT_TYPES = ("view", "click", "purchase")
+EVENT_TYPE_CDF = np.cumsum([0.7, 0.2, 0.1])[:-1]  # purchases carry a rating, others none
+SESSION_START_PROB = 0.2  # chance an event opens a new session
+WITHIN_SESSION_MEAN_S = 90.0
+BETWEEN_SESSIONS_S = (1_800.0, 5 * 86_400.0)  # log-uniform gap between sessions
+FIRST_DAY = 1_672_531_200  # 2023-01-01 UTC; users start within the following year
+YEAR_S = 365 * 86_400
+BLOCK_EVENTS = 262_144  # events generated (and written as one row group) at a time
+
+
+@dataclass
+class GenerateSummary:
+    """What :func:`generate_dataset` wrote."""
+
+    output: str
+    users: int
+    items: int
+    categories: int
+    events: int
+    shards: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Items, their categories, popularity and successor relation (the planted structure)."""
+
+    primary: np.ndarray  # [items] int64: each item's category
+    secondary: np.ndarray  # [items] int64: a second category label, -1 if none
+    cat_start: np.ndarray  # [categories]: first slot of each category in the arrays below
+    cat_size: np.ndarray  # [categories]: items per category
+    sample_keys: np.ndarray  # [items] category + cumulative popularity share, ascending
+    sample_items: np.ndarray  # [items] the item at each key
+    cycle_items: np.ndarray  # [items] items grouped by category, in successor order
+    cycle_pos: np.ndarray  # [items] each item's slot within its category's cycle
+
+    @property
+    def successor(self) -> np.ndarray:
+        """[items]: the item that tends to follow each item."""
+        return self.follow(np.arange(len(self.primary)), 1)
+
+    def follow(self, items: np.ndarray, steps: np.ndarray | int) -> np.ndarray:
+        """Apply the successor relation ``steps`` times (it cycles within a category)."""
+        cats = self.primary[items]
+        slots = (self.cycle_pos[items] + steps) % self.cat_size[cats]
+        return self.cycle_items[self.cat_start[cats] + slots]
+
+    def sample(self, cats: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """Draw one item of each category in ``cats`` by popularity, from uniforms in [0, 1)."""
+        slots = np.searchsorted(self.sample_keys, cats + uniforms, side="right")
+        slots = np.minimum(slots, self.cat_start[cats] + self.cat_size[cats] - 1)  # rounding
+        return self.sample_items[slots]
+
+
+def build_catalogue(items: int, categories: int, seed: int) -> Catalogue:
+    """The item side of the generator, a pure function of its arguments."""
+    rng = np.random.default_rng([seed, 0])
+    primary = rng.permutation(np.arange(items) % categories)  # every category gets items
+    other = (primary + rng.integers(1, max(categories, 2), items)) % categories
+    secondary = np.where(rng.random(items) < SECONDARY_PROB, other, -1)
+    cat_size = np.bincount(primary, minlength=categories)
+    cat_start = np.concatenate([[0], np.cumsum(cat_size)[:-1]])
+    by_popularity = np.lexsort((rng.random(items), primary))  # grouped, random within
+    rank = np.arange(items) - np.repeat(cat_start, cat_size)  # 0 = most popular
+    weights = np.cumsum(1.0 / (rank + 1.0) ** ZIPF_EXPONENT)
+    before = np.repeat(np.concatenate([[0.0], weights[cat_start[1:] - 1]]), cat_size)
+    total = np.repeat(weights[cat_start + cat_size - 1], cat_size) - before
+    share = (weights - before) / total
+    share[cat_start + cat_size - 1] = 1.0
+    cycle = np.lexsort((rng.random(items), primary))
+    cycle_pos = np.empty(items, dtype=np.int64)
+    cycle_pos[cycle] = rank
+    return Catalogue(
+        primary=primary,
+        secondary=secondary,
+        cat_start=cat_start,
+        cat_size=cat_size,
+        sample_keys=primary[by_popularity] + share,
+        sample_items=by_popularity,
+        cycle_items=cycle,
+        cycle_pos=cycle_pos,
+    )
+
+
+def generate_dataset(
+    output_dir: str,
+    users: int = 1000,
+    items: int = 500,
+    categories: int = 10,
+    seed: int = 0,
+    events_per_user: tuple[int, int] = (20, 80),
+    users_per_shard: int = 50_000,
+    *,
+    overwrite: bool = False,
+) -> GenerateSummary:
+    """Write a drifting synthetic log as a canonical dataset (plus ``users/`` ground truth).
+
+    Starts a local Ray instance if none is running. Shards run as Ray tasks, at most two per
+    CPU in flight, so the object store and the driver stay small whatever ``users`` is.
+
+    Args:
+        output_dir: receives ``events/``, ``items/`` and ``users/`` (user_id, drift_kind).
+        users, items, categories: sizes; ``items >= categories >= 2``.
+        seed: output is a pure function of all arguments.
+        events_per_user: inclusive range of events per user, drawn uniformly.
+        users_per_shard: users per Ray task and per ``events/part-NNNNN.parquet``.
+        overwrite: replace the parts of an earlier run instead of refusing.
+    """
+    _validate(users, items, categories, events_per_user, users_per_shard)
+    root = prepare_output_dir(
+        output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR), overwrite
+    )
+    catalogue = build_catalogue(items, categories, seed)
+    _write_items(root / schema.ITEMS_DIR, catalogue)
+    starts = range(0, users, users_per_shard)
+    shards = [(i, lo, min(lo + users_per_shard, users)) for i, lo in enumerate(starts)]
+    events = _run_shards(str(root), shards, catalogue, seed, events_per_user)
+    summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
+    logger.info("generated %s", summary)
+    return summary
+
+
+def _validate(
+    users: int, items: int, categories: int, events_per_user: tuple[int, int], per_shard: int
+) -> None:
+    lo, hi = events_per_user
+    if users < 1 or per_shard < 1:
+        raise ValueError(f"users={users} and users_per_shard={per_shard} must be >= 1")
+    if categories < 2 or items < categories:
+        raise ValueError(f"need items >= categories >= 2, got {items=} {categories=}")
+    if not 1 <= lo <= hi:
+        raise ValueError(f"events_per_user={events_per_user} must satisfy 1 <= low <= high")
+
+
+def _write_items(directory: Path, catalogue: Catalogue) -> None:
+    n = len(catalogue.primary)
+    with PartWriter(directory, schema.ITEM_SCHEMA) as writer:
+        for lo in range(0, n, 1_000_000):
+            ids = range(lo, min(lo + 1_000_000, n))
+            first, second = (
+                catalogue.primary[ids.start : ids.stop],
+                catalogue.secondary[ids.start : ids.stop],
+            )
+            cats = [
+                [f"cat-{a}"] if b < 0 else [f"cat-{a}", f"cat-{b}"]
+                for a, b in zip(first, second, strict=True)
+            ]
+            columns = {
+                schema.ITEM_ID: [f"i{k}" for k in ids],
+                schema.TITLE: [f"item-{k} (cat-{a})" for k, a in zip(ids, first, strict=True)],
+                schema.CATEGORIES: cats,
+            }
+            writer.write(pa.table(columns, schema=schema.ITEM_SCHEMA))
+
+
+def _run_shards(
+    root: str,
+    shards: list[tuple[int, int, int]],
+    catalogue: Catalogue,
+    seed: int,
+    events_per_user: tuple[int, int],
+) -> int:
+    """Run shard tasks with bounded concurrency; returns the number of events written."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True)
+    task = ray.remote(num_cpus=1)(_generate_shard)
+    catalogue_ref = ray.put(catalogue)
+    limit = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending, events = [], 0
+    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0", "false", "False")
+    with tqdm(total=len(shards), desc="generate", unit="shard", disable=disable) as bar:
+        for shard in shards:
+            while len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                events += sum(ray.get(done))
+                bar.update(len(done))
+            pending.append(task.remote(root, *shard, catalogue_ref, seed, events_per_user))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            events += sum(ray.get(done))
+            bar.update(len(done))
+    return events
+
+
+@dataclass
+class _Users:
+    """Per-user draws of one shard (every array has one entry per user)."""
+
+    ids: np.ndarray  # global user numbers
+    length: np.ndarray  # events
+    kind: np.ndarray  # STABLE, GRADUAL or ABRUPT
+    a: np.ndarray  # [users, 2] categories preferred first
+    b: np.ndarray  # [users, 2] categories preferred after the drift
+    a_share: np.ndarray  # share of a[:, 0] within set a
+    b_share: np.ndarray
+    switch: np.ndarray  # abrupt users: fraction of the timeline where a gives way to b
+    start: np.ndarray  # first event time
+
+    def take(self, lo: int, hi: int) -> _Users:
+        return _Users(*(getattr(self, f)[lo:hi] for f in self.__dataclass_fields__))
+
+
+def _draw_users(rng: np.random.Generator, lo: int, hi: int, categories: int, lengths) -> _Users:
+    n = hi - lo
+    length = rng.integers(lengths[0], lengths[1] + 1, n)
+    kind = rng.integers(0, len(DRIFT_KINDS), n)
+    picks = _distinct_categories(rng, n, categories, min(4, categories))
+    a = picks[:, [0, 2 % picks.shape[1]]]  # with < 4 categories each set holds one category
+    b = picks[:, [1, 3 % picks.shape[1]]]
+    share = np.where(rng.random((n, 2)) < TWO_CATEGORY_PROB, FIRST_CATEGORY_SHARE, 1.0)
+    switch = rng.uniform(0.3, 0.7, n)
+    start = FIRST_DAY + rng.integers(0, YEAR_S, n)
+    ids = np.arange(lo, hi)
+    return _Users(ids, length, kind, a, b, share[:, 0], share[:, 1], switch, start)
+
+
+def _distinct_categories(rng: np.random.Generator, n: int, categories: int, k: int) -> np.ndarray:
+    """[n, k] categories, distinct within each row (redraw rows with repeats)."""
+    picks = rng.integers(0, categories, (n, k))
+    while True:
+        ordered = np.sort(picks, axis=1)
+        bad = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+        if not len(bad):
+            return picks
+        picks[bad] = rng.integers(0, categories, (len(bad), k))
+
+
+def _generate_shard(
+    root: str,
+    shard: int,
+    lo: int,
+    hi: int,
+    catalogue: Catalogue,
+    seed: int,
+    events_per_user: tuple[int, int],
+) -> int:
+    """Generate users ``[lo, hi)`` into ``events/part-{shard}``; returns events written."""
+    rng = np.random.default_rng([seed, 1, shard])
+    users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user)
+    _write_users(Path(root) / USERS_DIR / f"part-{shard:05d}.parquet", users)
+    item_names = pa.array([f"i{k}" for k in range(len(catalogue.primary))])
+    events_path = Path(root) / schema.EVENTS_DIR / f"part-{shard:05d}.parquet"
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    ends = np.cumsum(users.length)
+    written = 0
+    with pq.ParquetWriter(events_path, schema.EVENT_SCHEMA) as writer:
+        first = 0
+        while first < len(users.ids):
+            last = max(first + 1, int(np.searchsorted(ends, written + BLOCK_EVENTS, "right")))
+            block = users.take(first, last)
+            table = _events_table(rng, catalogue, block, item_names)
+            writer.write_table(table, row_group_size=BLOCK_EVENTS)
+            written, first = written + table.num_rows, last
+    return written
+
+
+def _write_users(path: Path, users: _Users) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {
+        schema.USER_ID: [f"u{k}" for k in users.ids],
+        DRIFT_KIND: pa.array(DRIFT_KINDS).take(pa.array(users.kind)),
+    }
+    pq.write_table(pa.table(columns, schema=USER_SCHEMA), path)
+
+
+def _events_table(
+    rng: np.random.Generator, catalogue: Catalogue, users: _Users, item_names: pa.Array
+) -> pa.Table:
+    """All events of ``users``, vectorised over the block (no per-event Python)."""
+    total = int(users.length.sum())
+    owner = np.repeat(np.arange(len(users.ids)), users.length)  # [E] user of each event
+    first = np.cumsum(users.length) - users.length  # [U] index of each user's first event
+    pos = np.arange(total) - first[owner]  # [E] position within the user
+    frac = pos / np.maximum(users.length[owner] - 1, 1)
+    cats = _event_categories(rng, users, owner, frac, len(catalogue.cat_size))
+    fresh = catalogue.sample(cats, rng.random(total))
+    follows = (rng.random(total) < SUCCESSOR_PROB) & (pos > 0)
+    anchor = np.maximum.accumulate(np.where(follows, 0, np.arange(total)))  # last fresh pick
+    items = catalogue.follow(fresh[anchor], np.arange(total) - anchor)
+    times = _event_times(rng, users, owner, pos, first)
+    kinds = np.searchsorted(EVENT_TYPE_CDF, rng.random(total), side="right")
+    rating = rng.choice(np.arange(1, 6, dtype=np.float32), total, p=[0.05, 0.1, 0.2, 0.35, 0.3])
+    user_names = pa.array([f"u{k}" for k in users.ids])
+    columns = [
+        user_names.take(pa.array(owner)),
+        item_names.take(pa.array(items)),
+        pa.array(times),
+        pa.array(EVENT_TYPES).take(pa.array(kinds)),
+        pa.array(rating, mask=kinds != len(EVENT_TYPES) - 1),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema.EVENT_SCHEMA)
+
+
+def _event_categories(
+    rng: np.random.Generator, users: _Users, owner: np.ndarray, frac: np.ndarray, categories: int
+) -> np.ndarray:
+    """Each event's category: set a before the drift, set b after it, plus uniform noise."""
+    total = len(owner)
+    kind = users.kind[owner]
+    after = np.where(kind == GRADUAL, frac, (kind == ABRUPT) & (frac >= users.switch[owner]))
+    use_b = rng.random(total) < after
+    sets = np.where(use_b[:, None], users.b[owner], users.a[owner])  # [E, 2]
+    share = np.where(use_b, users.b_share[owner], users.a_share[owner])
+    cats = np.where(rng.random(total) < share, sets[:, 0], sets[:, 1])
+    noise = rng.random(total) < NOISE_PROB
+    return np.where(noise, rng.integers(0, categories, total), cats)
+
+
+def _event_times(
+    rng: np.random.Generator, users: _Users, owner: np.ndarray, pos: np.ndarray, first: np.ndarray
+) -> np.ndarray:
+    """Seconds since the epoch: short gaps inside sessions, long ones between."""
+    total = len(owner)
+    new_session = rng.random(total) < SESSION_START_PROB
+    within = 1.0 + rng.exponential(WITHIN_SESSION_MEAN_S, total)
+    between = np.exp(rng.uniform(*np.log(BETWEEN_SESSIONS_S), total))
+    gaps = np.ceil(np.where(new_session, between, within)).astype(np.int64)
+    gaps[pos == 0] = 0
+    elapsed = np.cumsum(gaps)
+    return users.start[owner] + elapsed - elapsed[first][owner]

@@ -1,0 +1,115 @@
+"""The synthetic log is canonical, reproducible, and carries the drift and order it promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_dist import schema
+from recsys_dist.data import synthetic
+from recsys_dist.data.synthetic import build_catalogue, generate_dataset
+
+SIZES = dict(users=200, items=100, categories=10, events_per_user=(20, 60), users_per_shard=64)
+
+
+@pytest.fixture(scope="module")
+def generated(ray_session, tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "a"
+    return out, generate_dataset(str(out), seed=3, **SIZES)
+
+
+def _events(out):
+    return pq.read_table(out / schema.EVENTS_DIR)
+
+
+def test_schema_counts_and_values(generated):
+    out, summary = generated
+    events = _events(out)
+    assert events.schema == schema.EVENT_SCHEMA
+    assert pq.read_table(out / schema.ITEMS_DIR).schema == schema.ITEM_SCHEMA
+    assert (summary.users, summary.items, summary.shards, summary.seed) == (200, 100, 4, 3)
+    assert summary.events == events.num_rows
+    assert len(list((out / schema.EVENTS_DIR).glob("part-*.parquet"))) == 4
+    frame = events.to_pandas()
+    assert frame.groupby(schema.USER_ID).size().between(20, 60).all()
+    assert frame[schema.USER_ID].nunique() == 200
+    assert set(frame[schema.EVENT_TYPE]) == {"view", "click", "purchase"}
+    purchases = frame[schema.EVENT_TYPE] == "purchase"
+    assert frame.loc[purchases, schema.RATING].between(1, 5).all()
+    assert frame.loc[~purchases, schema.RATING].isna().all()
+    items = pq.read_table(out / schema.ITEMS_DIR).to_pylist()
+    assert [i[schema.ITEM_ID] for i in items] == [f"i{k}" for k in range(100)]
+    assert items[0][schema.TITLE] == f"item-0 ({items[0][schema.CATEGORIES][0]})"
+
+
+def test_sessions_and_time_order(generated):
+    frame = _events(generated[0]).to_pandas()
+    gaps = frame.groupby(schema.USER_ID, sort=False)[schema.TIMESTAMP].diff().dropna()
+    assert (gaps > 0).all()  # each user's events are written in time order
+    assert (gaps < 600).mean() > 0.6  # mostly within sessions
+    assert (gaps > 3_600).mean() > 0.1  # but sessions are hours to days apart
+    starts = frame.groupby(schema.USER_ID)[schema.TIMESTAMP].min()
+    assert starts.max() - starts.min() > 200 * 86_400  # users start across the year
+
+
+def test_same_seed_same_bytes_other_seed_differs(generated, tmp_path):
+    out, _ = generated
+    generate_dataset(str(tmp_path / "b"), seed=3, **SIZES)
+    for sub in (schema.EVENTS_DIR, schema.ITEMS_DIR, synthetic.USERS_DIR):
+        for part in sorted((out / sub).glob("*.parquet")):
+            assert part.read_bytes() == (tmp_path / "b" / sub / part.name).read_bytes()
+    generate_dataset(str(tmp_path / "c"), seed=4, **SIZES)
+    assert not _events(out).equals(_events(tmp_path / "c"))
+
+
+def test_drifting_users_change_dominant_category(generated):
+    out, _ = generated
+    catalogue = build_catalogue(100, 10, seed=3)
+    kinds = pq.read_table(out / synthetic.USERS_DIR).to_pandas()
+    kinds = kinds.set_index(schema.USER_ID)[synthetic.DRIFT_KIND]
+    assert set(kinds.value_counts()) and kinds.value_counts().min() > 40
+    frame = _events(out).to_pandas()
+    frame["cat"] = catalogue.primary[frame[schema.ITEM_ID].str[1:].astype(int)]
+    changed = {}
+    for user, cats in frame.groupby(schema.USER_ID, sort=False)["cat"]:
+        third = len(cats) // 3
+        head, tail = np.bincount(cats.values[:third]), np.bincount(cats.values[-third:])
+        changed[user] = head.argmax() != tail.argmax()
+    rate = kinds.to_frame().assign(changed=kinds.index.map(changed)).groupby(synthetic.DRIFT_KIND)
+    rate = rate["changed"].mean()
+    assert rate["abrupt"] > 0.7 and rate["gradual"] > 0.7
+    assert rate["stable"] < 0.35
+
+
+def test_successor_relation_is_planted(generated):
+    out, _ = generated
+    successor = build_catalogue(100, 10, seed=3).successor
+    frame = _events(out).to_pandas()
+    items = frame[schema.ITEM_ID].str[1:].astype(int).to_numpy()
+    same_user = frame[schema.USER_ID].to_numpy()[1:] == frame[schema.USER_ID].to_numpy()[:-1]
+    hit = (successor[items[:-1]] == items[1:])[same_user].mean()
+    shuffled = np.random.default_rng(0).permutation(items[1:])
+    chance = (successor[items[:-1]] == shuffled)[same_user].mean()
+    assert hit > 0.4 and hit > 5 * chance
+
+
+def test_catalogue_sampling_follows_categories_and_popularity():
+    catalogue = build_catalogue(1000, 7, seed=1)
+    assert np.bincount(catalogue.primary).min() >= 1000 // 7
+    cats = np.full(20_000, 2)
+    drawn = catalogue.sample(cats, np.random.default_rng(0).random(len(cats)))
+    assert (catalogue.primary[drawn] == 2).all()
+    counts = np.sort(np.bincount(drawn, minlength=1000)[catalogue.primary == 2])[::-1]
+    assert counts[0] > 10 * counts[len(counts) // 2]  # Zipf-like head
+    assert (catalogue.primary[catalogue.successor] == catalogue.primary).all()
+
+
+def test_rejects_bad_arguments_and_existing_output(generated):
+    out, _ = generated
+    with pytest.raises(ValueError, match="categories"):
+        generate_dataset(str(out.parent / "x"), items=5, categories=10)
+    with pytest.raises(ValueError, match="events_per_user"):
+        generate_dataset(str(out.parent / "x"), events_per_user=(5, 2))
+    with pytest.raises(FileExistsError):
+        generate_dataset(str(out), seed=3, **SIZES)
