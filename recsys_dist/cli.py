@@ -49,9 +49,13 @@ def user_error(error: BaseException) -> str | None:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        inner = getattr(error, "cause", None)  # Ray task errors carry the original here
+        if isinstance(inner, BaseException) and inner is not error:
+            error = inner
+            continue
         if isinstance(error, expected):
-            return str(error).strip().splitlines()[-1] if "\n" in str(error) else str(error)
-        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+            return str(error)
+        error = error.__cause__ or error.__context__
     return None
 
 

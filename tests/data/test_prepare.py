@@ -1,0 +1,162 @@
+"""prepare: validation errors, skip counts, de-duplication, ordering, splits without leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_dist import schema
+from recsys_dist.config import DataConfig
+from recsys_dist.data.events import BadEventError
+from recsys_dist.data.prepare import load_manifest, prepare_dataset
+from recsys_dist.data.vocab import Vocabulary
+
+
+def write_events(directory, rows, name="part-0.parquet", table=None):
+    events = directory / schema.EVENTS_DIR
+    events.mkdir(parents=True, exist_ok=True)
+    table = table if table is not None else pa.Table.from_pylist(rows)
+    pq.write_table(table, events / name)
+    return directory
+
+
+def read_split(prepared, split) -> pd.DataFrame:
+    return pq.read_table(prepared / split).to_pandas()
+
+
+def user_log(user, items, start=1000, step=10):
+    return [
+        {"user_id": user, "item_id": item, "timestamp": start + i * step}
+        for i, item in enumerate(items)
+    ]
+
+
+@pytest.fixture
+def small_log(tmp_path):
+    rows = user_log("a", ["x", "y", "z", "w", "v"]) + user_log("b", [1, 2, 3], start=5000)
+    rows = [{**r, "item_id": str(r["item_id"])} for r in rows]
+    return write_events(tmp_path / "raw", rows)
+
+
+def test_leave_one_out_never_shows_the_future(ray_session, small_log, tmp_path):
+    manifest = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
+    vocab = Vocabulary.load(str(tmp_path / "p" / schema.VOCAB_FILE))
+    ids = lambda idx: list(vocab.to_item_ids(np.asarray(idx)).to_pylist())  # noqa: E731
+    test = read_split(tmp_path / "p", "test").set_index("user_id")
+    valid = read_split(tmp_path / "p", "valid").set_index("user_id")
+    train = read_split(tmp_path / "p", "train")
+    assert ids([test.loc["a", "target_item"]]) == ["v"]
+    assert ids(test.loc["a", "items"]) == ["x", "y", "z", "w"]
+    assert ids([valid.loc["a", "target_item"]]) == ["w"]
+    assert ids(valid.loc["a", "items"]) == ["x", "y", "z"]
+    assert ids(train[train.user_id == "a"].iloc[0]["items"]) == ["x", "y", "z"]
+    for frame in (test, valid):
+        assert all(max(t) < tt for t, tt in zip(frame.timestamps, frame.target_timestamp))
+    assert manifest["counts"]["users"] == 2 and manifest["vocab_size"] == 8 + 2
+    assert manifest["counts"]["test_rows"] == 2
+
+
+def test_time_split_cuts_are_global_and_leak_free(ray_session, tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(30):
+        times = np.sort(rng.integers(0, 100_000, size=20))
+        rows += [{"user_id": f"u{u}", "item_id": f"i{rng.integers(50)}", "timestamp": int(t)}
+                 for t in times]
+    raw = write_events(tmp_path / "raw", rows)
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(split="time"))
+    valid_cut, test_cut = manifest["valid_cut"], manifest["test_cut"]
+    assert 0 < valid_cut < test_cut <= 100_000
+    train = read_split(tmp_path / "p", "train")
+    assert max(max(t) for t in train.timestamps) < valid_cut
+    valid = read_split(tmp_path / "p", "valid")
+    assert all(valid_cut <= t < test_cut for t in valid.target_timestamp)
+    assert all(max(h) < valid_cut for h in valid.timestamps)
+    test = read_split(tmp_path / "p", "test")
+    assert all(t >= test_cut for t in test.target_timestamp)
+    assert all(max(h) < test_cut for h in test.timestamps)
+    share_after_test = sum(1 for r in rows if r["timestamp"] >= test_cut) / len(rows)
+    assert share_after_test == pytest.approx(0.1, abs=0.03)
+
+
+def test_duplicates_dropped_and_ties_keep_log_order(ray_session, tmp_path):
+    rows = [
+        {"user_id": "a", "item_id": "b", "timestamp": 5},
+        {"user_id": "a", "item_id": "a", "timestamp": 5},  # same time: log order b, a
+        {"user_id": "a", "item_id": "b", "timestamp": 5},  # exact duplicate of row 1
+        {"user_id": "a", "item_id": "c", "timestamp": 1},
+        {"user_id": "a", "item_id": "d", "timestamp": 9},
+    ]
+    raw = write_events(tmp_path / "raw", rows)
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    users = read_split(tmp_path / "p", "users")
+    assert list(users.iloc[0]["item_ids"]) == ["c", "b", "a", "d"]
+    assert manifest["counts"]["duplicates_dropped"] == 1
+    assert manifest["counts"]["events"] == 4 and manifest["counts"]["events_accepted"] == 5
+
+
+def test_bad_row_error_names_file_row_and_field(ray_session, tmp_path):
+    rows = user_log("a", ["x", "y", "z"])
+    table = pa.table({
+        "user_id": ["a", "a", "a"],
+        "item_id": ["x", None, "z"],
+        "timestamp": [1, 2, 3],
+    })
+    raw = write_events(tmp_path / "raw", rows, name="bad.parquet", table=table)
+    with pytest.raises(Exception) as info:
+        prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    message = str(info.value)
+    assert "bad.parquet row 2: field 'item_id'" in message
+    from recsys_dist.cli import user_error
+
+    assert "bad.parquet row 2: field 'item_id'" in user_error(info.value)
+
+
+def test_skip_mode_counts_every_skipped_row(ray_session, tmp_path):
+    good = user_log("a", ["x", "y", "z", "w"])
+    table = pa.table({
+        "user_id": ["a", "b", None, "b", "b"],
+        "item_id": ["q", "x", "y", "z", "w"],
+        "timestamp": ["7", "nope", "3", "4", "5"],  # strings: castable or not
+        "rating": [1.0, 2.0, float("nan"), 4.0, 5.0],
+    })
+    raw = write_events(tmp_path / "raw", good)
+    write_events(tmp_path / "raw", None, name="mixed.parquet", table=table)
+    manifest = prepare_dataset(
+        str(raw), str(tmp_path / "p"), DataConfig(on_bad_rows="skip")
+    )
+    # row 2: bad timestamp; row 3: null user (and NaN rating): 2 rows skipped, 3 kept.
+    assert manifest["counts"]["bad_rows_skipped"] == 2
+    assert manifest["counts"]["events_accepted"] == len(good) + 3
+    assert any("mixed.parquet" in path for path in manifest["bad_rows"]["per_file"])
+    assert any("row 2: field 'timestamp'" in e for e in manifest["bad_rows"]["examples"])
+
+
+def test_missing_required_column_is_named(ray_session, tmp_path):
+    raw = write_events(tmp_path / "raw", [{"user_id": "a", "item_id": "x"}])
+    with pytest.raises(Exception, match="missing required field.*timestamp"):
+        prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+
+
+def test_windows_and_min_events(ray_session, tmp_path):
+    rows = user_log("long", [f"i{k}" for k in range(25)]) + user_log("short", ["a", "b"])
+    raw = write_events(tmp_path / "raw", rows)
+    config = DataConfig(max_len=10, window_stride=5, min_user_events=3, max_history=100)
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), config)
+    train = read_split(tmp_path / "p", "train")
+    assert set(train.user_id) == {"long"}
+    assert sorted(len(x) for x in train["items"]) == [10, 10, 10]  # 23 train events: stops 23,18,13
+    assert manifest["counts"]["users_below_min_events"] == 1
+    assert load_manifest(str(tmp_path / "p"))["data_hash"] == manifest["data_hash"]
+
+
+def test_ml100k_prepares_like_the_papers(ray_session, ml100k_dir, tmp_path):
+    from recsys_dist.data.importers import import_dataset
+
+    import_dataset("recbole", str(ml100k_dir), str(tmp_path / "raw"))
+    manifest = prepare_dataset(str(tmp_path / "raw"), str(tmp_path / "p"), DataConfig())
+    assert manifest["counts"]["users"] == 943 and manifest["num_items"] == 1682
+    assert manifest["counts"]["test_rows"] == 943
