@@ -55,14 +55,13 @@ def prepare_dataset(data_dir: str, output_dir: str, config: DataConfig) -> dict[
     events = events_io.read_events(files, config.on_bad_rows, tally)
     _group_users(events, config, users_dir, _partitions(files))
     users = ray.data.read_parquet(users_dir)
-    vocab = count_items(users, _partitions(storage.list_files(users_dir, ".parquet")))
+    vocab = count_items(users)
     vocab.save(storage.join(output_dir, schema.VOCAB_FILE))
     spec = _split_spec(users, config)
-    indexed = users.map_batches(
-        _index_items, batch_format="pyarrow", fn_kwargs={"vocab_ref": ray.put(vocab.item_ids)}
-    )
-    _write_splits(indexed, spec, output_dir)
-    manifest = _manifest(data_dir, files, output_dir, config, vocab, spec, users, tally)
+    for split in schema.SPLITS:
+        storage.make_dirs(storage.join(output_dir, split))
+    totals = _write_splits(users, spec, vocab, output_dir)
+    manifest = _manifest(data_dir, files, config, vocab, spec, totals, tally)
     manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
     return manifest
@@ -98,20 +97,27 @@ def _partitions(files: list[str]) -> int:
     return max(cpus, storage.total_size(files) // (32 << 20))
 
 
-def count_items(users: ray.data.Dataset, partitions: int) -> Vocabulary:
-    """Item frequencies over all kept events → the vocabulary (items-sized, not log-sized)."""
-    counts = (
-        users.map_batches(_item_counts, batch_format="pyarrow")
-        .groupby(schema.ITEM_ID)
-        .sum(schema.COUNT)
+def count_items(users: ray.data.Dataset) -> Vocabulary:
+    """Item frequencies over all kept events → the vocabulary.
+
+    Tasks count per block; the driver merges the partial counts as they stream in, so it
+    holds one row per distinct item (never the log) and no shuffle is paid for.
+    """
+    merged = pa.table(
+        {schema.ITEM_ID: pa.array([], pa.string()), schema.COUNT: pa.array([], pa.int64())}
     )
-    table = counts.to_arrow_refs()
-    merged = pa.concat_tables(ray.get(table)) if table else None
-    if merged is None or merged.num_rows == 0:
+    for batch in users.map_batches(_item_counts, batch_format="pyarrow").iter_batches(
+        batch_size=None, batch_format="pyarrow"
+    ):
+        both = pa.concat_tables([merged, batch])
+        summed = both.group_by(schema.ITEM_ID).aggregate([(schema.COUNT, "sum")])
+        merged = summed.rename_columns([schema.ITEM_ID, schema.COUNT]).select(
+            [schema.ITEM_ID, schema.COUNT]
+        )
+    if merged.num_rows == 0:
         raise ValueError("no events left after validation and filtering: nothing to prepare")
     return Vocabulary.from_counts(
-        merged.column(schema.ITEM_ID).combine_chunks(),
-        merged.column(f"sum({schema.COUNT})").to_numpy(),
+        merged.column(schema.ITEM_ID).combine_chunks(), merged.column(schema.COUNT).to_numpy()
     )
 
 
@@ -161,44 +167,76 @@ def _time_histogram(users: pa.Table, edges: np.ndarray) -> pa.Table:
     return pa.table({"histogram": [histogram]})
 
 
-def _write_splits(indexed: ray.data.Dataset, spec: SplitSpec, output_dir: str) -> None:
-    train = indexed.map_batches(
-        _as_table(training_rows, schema.SEQUENCE_SCHEMA),
-        batch_format="numpy",
-        fn_kwargs={"spec": spec},
+def _write_splits(
+    users: ray.data.Dataset, spec: SplitSpec, vocab: Vocabulary, output_dir: str
+) -> dict[str, int]:
+    """One pass over ``users/``: index items, write train/valid/test parts, sum the counts."""
+    stats = users.map_batches(
+        _write_split_parts,
+        batch_format="pyarrow",
+        fn_kwargs={"spec": spec, "vocab_ref": ray.put(vocab.item_ids), "output_dir": output_dir},
     )
-    train.write_parquet(storage.join(output_dir, schema.TRAIN_SPLIT))
-    for which in (schema.VALID_SPLIT, schema.TEST_SPLIT):
-        rows = indexed.map_batches(
-            _as_table(evaluation_rows, schema.EVAL_SEQUENCE_SCHEMA),
-            batch_format="numpy",
-            fn_kwargs={"spec": spec, "which": which},
-        )
-        rows.write_parquet(storage.join(output_dir, which))
+    totals: dict[str, int] = {}
+    for batch in stats.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for name in batch.column_names:
+            totals[name] = totals.get(name, 0) + int(pc.sum(batch.column(name)).as_py() or 0)
+    return totals
 
 
-def _as_table(build, table_schema: pa.Schema):
-    """Wrap a row builder so every batch comes out with the exact schema (also when empty)."""
+def _write_split_parts(users: pa.Table, spec: SplitSpec, vocab_ref, output_dir: str) -> pa.Table:
+    """Write this block's rows of every split; return its counts as one row.
 
-    def build_table(batch: dict[str, np.ndarray], **kwargs) -> pa.Table:
-        return pa.table(build(batch, **kwargs), schema=table_schema)
+    Part names derive from the block's content, so a retried task overwrites its own parts
+    instead of adding duplicates.
+    """
+    indexed = _index_items(users, vocab_ref)
+    batch = {
+        name: indexed.column(name).to_numpy(zero_copy_only=False) for name in indexed.column_names
+    }
+    part = hashlib.sha1(f"{users.column(schema.USER_ID)[0]}:{users.num_rows}".encode()).hexdigest()[
+        :16
+    ]
+    counts = {}
+    for split, rows, table_schema in (
+        (schema.TRAIN_SPLIT, training_rows(batch, spec), schema.SEQUENCE_SCHEMA),
+        (
+            schema.VALID_SPLIT,
+            evaluation_rows(batch, spec, schema.VALID_SPLIT),
+            schema.EVAL_SEQUENCE_SCHEMA,
+        ),
+        (
+            schema.TEST_SPLIT,
+            evaluation_rows(batch, spec, schema.TEST_SPLIT),
+            schema.EVAL_SEQUENCE_SCHEMA,
+        ),
+    ):
+        table = pa.table(rows, schema=table_schema)
+        counts[f"{split}_rows"] = table.num_rows
+        if table.num_rows:
+            fs, inner = storage.resolve(storage.join(output_dir, split, f"part-{part}.parquet"))
+            pq.write_table(table, inner, filesystem=fs)
+    lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
+    return pa.table(
+        {
+            **{name: [value] for name, value in counts.items()},
+            "events": [int(pc.sum(users.column(schema.NUM_EVENTS)).as_py())],
+            "duplicates": [int(pc.sum(users.column(schema.NUM_DUPLICATES)).as_py())],
+            "users": [int((lengths >= spec.min_user_events).sum())],
+            "users_below_min_events": [int((lengths < spec.min_user_events).sum())],
+        }
+    )
 
-    return build_table
 
-
-def _manifest(data_dir, files, output_dir, config, vocab, spec, users, tally) -> dict[str, Any]:
+def _manifest(data_dir, files, config, vocab, spec, totals, tally) -> dict[str, Any]:
     bad = ray.get(tally.get.remote()) if tally is not None else events_io.BadRowReport()
-    totals = users.map_batches(
-        _user_totals, batch_format="pyarrow", fn_kwargs={"min_events": config.min_user_events}
-    ).sum(["events", "duplicates", "kept_users", "short_users"])
     counts = {
         "bad_rows_skipped": bad.total,
-        "events_accepted": int(totals["sum(events)"] + totals["sum(duplicates)"]),
-        "duplicates_dropped": int(totals["sum(duplicates)"]),
-        "events": int(totals["sum(events)"]),
-        "users": int(totals["sum(kept_users)"]),
-        "users_below_min_events": int(totals["sum(short_users)"]),
-        **{f"{s}_rows": _count_rows(storage.join(output_dir, s)) for s in schema.SPLITS},
+        "events_accepted": totals["events"] + totals["duplicates"],
+        "duplicates_dropped": totals["duplicates"],
+        "events": totals["events"],
+        "users": totals["users"],
+        "users_below_min_events": totals["users_below_min_events"],
+        **{f"{s}_rows": totals.get(f"{s}_rows", 0) for s in schema.SPLITS},
     }
     return {
         "format_version": MANIFEST_VERSION,
@@ -215,28 +253,6 @@ def _manifest(data_dir, files, output_dir, config, vocab, spec, users, tally) ->
         "data_hash": data_hash(files),
         "config": config.__dict__,
     }
-
-
-def _user_totals(users: pa.Table, min_events: int) -> pa.Table:
-    lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
-    return pa.table(
-        {
-            "events": [int(users.column(schema.NUM_EVENTS).to_numpy().sum())],
-            "duplicates": [int(users.column(schema.NUM_DUPLICATES).to_numpy().sum())],
-            "kept_users": [int((lengths >= min_events).sum())],
-            "short_users": [int((lengths < min_events).sum())],
-        }
-    )
-
-
-def _count_rows(directory: str) -> int:
-    """Row count from Parquet footers alone (no data read)."""
-    total = 0
-    for path in storage.list_files(directory, ".parquet"):
-        fs, inner = storage.resolve(path)
-        with fs.open_input_file(inner) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
 
 
 def data_hash(files: list[str]) -> str:
