@@ -105,6 +105,7 @@ def _add_generate(commands):
     sub.add_argument("--items", type=int, default=500)
     sub.add_argument("--categories", type=int, default=10)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--overwrite", action="store_true")
     sub.set_defaults(handler=_run_generate)
     return sub
 

@@ -93,6 +93,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
+    cache_rows: int = 1_000_000  # a worker's shard up to this size is replayed from memory
     seed: int = 0
 
     def __post_init__(self) -> None:

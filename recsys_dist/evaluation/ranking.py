@@ -76,6 +76,8 @@ def evaluation_sums(
     rng = np.random.default_rng(eval_config.seed)
     sums: dict[str, float] = defaultdict(float)
     for batch in batches:
+        if len(batch[schema.TARGET_ITEM]) == 0:
+            continue
         scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets))
         targets = torch.as_tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None

@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,20 +22,20 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from recsys_dist import storage
+from recsys_dist import schema, storage
 from recsys_dist.checkpoint import STATE_FILE, save_checkpoint
 from recsys_dist.config import Config, config_from_dict
 from recsys_dist.data.batching import training_inputs
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
 from recsys_dist.model import Bert4Rec, Bert4RecConfig
+from recsys_dist.train.batches import ShardBatches
 from recsys_dist.train.deepspeed_config import build_deepspeed_config
 
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "valid_ndcg@10"
 METRICS_FILE = "metrics.jsonl"
-_SHUFFLE_BUFFER_ROWS = 8192
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Progress:
     epoch: int = 0
     step: int = 0
     elapsed_s: float = 0.0
+    train_s: float = 0.0  # time in training steps only (no validation, no start-up)
+    sequences: int = 0  # training sequences seen by this rank
     best: float = -1.0
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -70,12 +73,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     model, progress = _restore(Bert4Rec(model_config))
     engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"], progress)
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_rows = ray.train.get_dataset_shard("valid")
+    cache = config.train.cache_rows
+    train_batches = ShardBatches(
+        ray.train.get_dataset_shard("train"), config.train.batch_size, cache, shuffle=True
+    )
+    valid_batches = ShardBatches(
+        ray.train.get_dataset_shard("valid"), config.eval.batch_size, cache, shuffle=False
+    )
     clock = time.monotonic() - progress.elapsed_s
     while progress.epoch < config.train.epochs:
         epoch_start = time.monotonic()
-        loss, sequences = _train_epoch(engine, train_shard, config, progress, rank, device)
+        loss, sequences = _train_epoch(engine, train_batches, config, progress, rank, device)
+        progress.train_s += time.monotonic() - epoch_start
+        progress.sequences += sequences
         progress.epoch += 1
         progress.elapsed_s = time.monotonic() - clock
         out_of_time = _any_rank(
@@ -85,12 +95,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         last = progress.epoch == config.train.epochs or out_of_time
         if progress.epoch % config.train.eval_every and not last:
             continue
-        metrics = _validate(engine.module, valid_rows, config, rank, world, device)
+        metrics = _validate(engine.module, valid_batches, config, rank, world, device)
         metrics.update(
             epoch=progress.epoch,
             step=progress.step,
             train_loss=loss,
-            train_seq_per_s=sequences * world / max(1e-9, time.monotonic() - epoch_start),
+            train_seq_per_s=round(progress.sequences * world / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
         )
         progress.record(metrics)
@@ -138,18 +148,13 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     ]
 
 
-def _train_epoch(engine, shard, config: Config, progress: Progress, rank: int, device):
+def _train_epoch(engine, batches: ShardBatches, config, progress: Progress, rank: int, device):
     """One pass over this worker's shard; returns the mean loss and sequences seen."""
     engine.train()
     seed = config.train.seed * 1_000_003 + progress.epoch * 1_009 + rank
     rng = np.random.default_rng(seed)
-    total_loss, batches, sequences = 0.0, 0, 0
-    for batch in shard.iter_batches(
-        batch_size=config.train.batch_size,
-        batch_format="numpy",
-        local_shuffle_buffer_size=_SHUFFLE_BUFFER_ROWS,
-        local_shuffle_seed=seed,
-    ):
+    total_loss, steps, sequences = 0.0, 0, 0
+    for batch in batches.epoch(seed):
         inputs = training_inputs(
             batch,
             config.data.max_len,
@@ -166,16 +171,19 @@ def _train_epoch(engine, shard, config: Config, progress: Progress, rank: int, d
         engine.backward(output.loss)
         engine.step()
         total_loss += float(output.loss.detach())
-        batches += 1
+        steps += 1
         sequences += len(inputs.items)
         progress.step += 1
-    return total_loss / max(1, batches), sequences
+    return total_loss / max(1, steps), sequences
 
 
-def _validate(model, valid_rows, config: Config, rank: int, world: int, device) -> dict:
-    """Full-ranking validation; each rank scores every world-th batch, sums are all-reduced."""
-    batches = valid_rows.iter_batches(batch_size=config.eval.batch_size, batch_format="numpy")
-    mine = (batch for i, batch in enumerate(batches) if i % world == rank)
+def _validate(model, batches: ShardBatches, config, rank: int, world: int, device) -> dict:
+    """Full-ranking validation; each rank scores the users hashed to it, sums are all-reduced.
+
+    Hashing users (not counting batches) keeps the partition exact whatever order Ray Data
+    delivers the rows in on each rank.
+    """
+    mine = (_rows_of_rank(batch, rank, world) for batch in batches.epoch(seed=0))
     sums = evaluation_sums(
         model_scorer(model, device),
         mine,
@@ -191,6 +199,11 @@ def _validate(model, valid_rows, config: Config, rank: int, world: int, device) 
         dist.all_reduce(totals)
     final = finalize_metrics(dict(zip(names, totals.tolist(), strict=True)))
     return {f"valid_{name}": value for name, value in final.items()}
+
+
+def _rows_of_rank(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
+    owner = np.array([zlib.crc32(str(u).encode()) % world for u in batch[schema.USER_ID]])
+    return {name: column[owner == rank] for name, column in batch.items()}
 
 
 def _any_rank(flag: bool, device) -> bool:

@@ -95,7 +95,9 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
     """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``."""
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     config.save(Path(run_dir, CONFIG_FILE))
-    prepared = prepared_dir if storage.is_remote(prepared_dir) else str(Path(prepared_dir).resolve())
+    prepared = (
+        prepared_dir if storage.is_remote(prepared_dir) else str(Path(prepared_dir).resolve())
+    )
     storage.write_json(Path(run_dir, RUN_FILE), {"prepared": prepared})
     logger.info("config: %s", config_json(config))
     started = time.perf_counter()

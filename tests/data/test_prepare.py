@@ -10,7 +10,6 @@ import pytest
 
 from recsys_dist import schema
 from recsys_dist.config import DataConfig
-from recsys_dist.data.events import BadEventError
 from recsys_dist.data.prepare import load_manifest, prepare_dataset
 from recsys_dist.data.vocab import Vocabulary
 
@@ -64,8 +63,10 @@ def test_time_split_cuts_are_global_and_leak_free(ray_session, tmp_path):
     rows = []
     for u in range(30):
         times = np.sort(rng.integers(0, 100_000, size=20))
-        rows += [{"user_id": f"u{u}", "item_id": f"i{rng.integers(50)}", "timestamp": int(t)}
-                 for t in times]
+        rows += [
+            {"user_id": f"u{u}", "item_id": f"i{rng.integers(50)}", "timestamp": int(t)}
+            for t in times
+        ]
     raw = write_events(tmp_path / "raw", rows)
     manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(split="time"))
     valid_cut, test_cut = manifest["valid_cut"], manifest["test_cut"]
@@ -100,11 +101,13 @@ def test_duplicates_dropped_and_ties_keep_log_order(ray_session, tmp_path):
 
 def test_bad_row_error_names_file_row_and_field(ray_session, tmp_path):
     rows = user_log("a", ["x", "y", "z"])
-    table = pa.table({
-        "user_id": ["a", "a", "a"],
-        "item_id": ["x", None, "z"],
-        "timestamp": [1, 2, 3],
-    })
+    table = pa.table(
+        {
+            "user_id": ["a", "a", "a"],
+            "item_id": ["x", None, "z"],
+            "timestamp": [1, 2, 3],
+        }
+    )
     raw = write_events(tmp_path / "raw", rows, name="bad.parquet", table=table)
     with pytest.raises(Exception) as info:
         prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
@@ -117,17 +120,17 @@ def test_bad_row_error_names_file_row_and_field(ray_session, tmp_path):
 
 def test_skip_mode_counts_every_skipped_row(ray_session, tmp_path):
     good = user_log("a", ["x", "y", "z", "w"])
-    table = pa.table({
-        "user_id": ["a", "b", None, "b", "b"],
-        "item_id": ["q", "x", "y", "z", "w"],
-        "timestamp": ["7", "nope", "3", "4", "5"],  # strings: castable or not
-        "rating": [1.0, 2.0, float("nan"), 4.0, 5.0],
-    })
+    table = pa.table(
+        {
+            "user_id": ["a", "b", None, "b", "b"],
+            "item_id": ["q", "x", "y", "z", "w"],
+            "timestamp": ["7", "nope", "3", "4", "5"],  # strings: castable or not
+            "rating": [1.0, 2.0, float("nan"), 4.0, 5.0],
+        }
+    )
     raw = write_events(tmp_path / "raw", good)
     write_events(tmp_path / "raw", None, name="mixed.parquet", table=table)
-    manifest = prepare_dataset(
-        str(raw), str(tmp_path / "p"), DataConfig(on_bad_rows="skip")
-    )
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(on_bad_rows="skip"))
     # row 2: bad timestamp; row 3: null user (and NaN rating): 2 rows skipped, 3 kept.
     assert manifest["counts"]["bad_rows_skipped"] == 2
     assert manifest["counts"]["events_accepted"] == len(good) + 3

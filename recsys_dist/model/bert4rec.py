@@ -1,0 +1,240 @@
+"""BERT4Rec: a bidirectional transformer trained by cloze on item sequences.
+
+The encoder is ``transformers.BertModel``; this file adds what BERT4Rec needs on top:
+
+* the input is ``item embedding (+ time-gap embedding)``, fed as ``inputs_embeds`` so that BERT
+  still adds position embeddings, LayerNorm and dropout;
+* the output head is BERT's MLM head (dense -> GELU -> LayerNorm) with the decoder TIED to the
+  item embedding, so every item has one vector, used both to read and to score it;
+* the loss is a full softmax over the catalogue, computed only at the masked positions.
+
+Sequences are left-padded with PAD (0); position ids are right-aligned so that the most recent
+event is always at position ``max_len - 1``, whatever the input length. At inference the caller
+appends MASK after the history and :meth:`Bert4Rec.score_next` reads the scores there.
+
+Pure torch + transformers: no Ray, no DeepSpeed, no device moves inside ``forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from recsys_dist.data.masking import IGNORE_INDEX
+from recsys_dist.model.configuration import Bert4RecConfig
+from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Bert4RecOutput:
+    """What :meth:`Bert4Rec.forward` returns.
+
+    Attributes:
+        loss: Mean cross-entropy over labelled positions, or ``None`` without labels.
+        logits: ``[N, V]`` at the N labelled positions (row-major order of ``labels != -100``)
+            when labels are given, else ``[B, L, V]``. PAD and MASK columns are ``-inf``.
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def bert_config(config: Bert4RecConfig) -> BertConfig:
+    """The ``BertConfig`` of the encoder; every encoder-shaping field of ``config`` maps here."""
+    return BertConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.attention_dropout,
+        max_position_embeddings=config.max_len,
+        type_vocab_size=1,
+        initializer_range=config.initializer_range,
+        layer_norm_eps=config.layer_norm_eps,
+        pad_token_id=PAD_INDEX,
+    )
+
+
+class Bert4Rec(nn.Module):
+    """BERT4Rec with a tied output head and optional time-gap input.
+
+    Args:
+        config: Model shape; kept as ``self.config`` and saved by :meth:`save`.
+    """
+
+    def __init__(self, config: Bert4RecConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.bert = BertModel(bert_config(config), add_pooling_layer=False)
+        self.time_embedding = (
+            nn.Embedding(config.num_time_buckets, hidden) if config.use_time_gaps else None
+        )
+        self.head_dense = nn.Linear(hidden, hidden)
+        self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        self._init_head_weights()
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        """The one item table: input embedding and (transposed) output decoder."""
+        return self.bert.embeddings.word_embeddings
+
+    def _init_head_weights(self) -> None:
+        """BERT's init for the modules ``BertModel.post_init`` does not know about."""
+        std = self.config.initializer_range
+        nn.init.normal_(self.head_dense.weight, std=std)
+        nn.init.zeros_(self.head_dense.bias)
+        if self.time_embedding is not None:
+            nn.init.normal_(self.time_embedding.weight, std=std)
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Bert4RecOutput:
+        """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
+
+        Args:
+            items: ``[B, L]`` item indices, left-padded with PAD, MASK at cloze positions.
+            time_buckets: ``[B, L]`` from :func:`time_gap_buckets`; required iff
+                ``config.use_time_gaps``.
+            labels: ``[B, L]`` target items at masked positions, ``-100`` elsewhere.
+
+        Returns:
+            :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
+        """
+        self._check_inputs(items, time_buckets, labels)
+        hidden = self.encode(items, time_buckets)  # [B, L, H]
+        if labels is None:
+            return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
+        selected = labels != IGNORE_INDEX  # [B, L]
+        logits = self.item_logits(hidden[selected])  # [N, V]
+        targets = labels[selected]  # [N]
+        # Sum / max(N, 1) rather than mean: an all-unlabelled batch gives 0, not NaN.
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        loss = loss_sum / selected.sum().clamp(min=1)
+        return Bert4RecOutput(loss=loss, logits=logits)
+
+    @torch.no_grad()
+    def score_next(
+        self, items: torch.Tensor, time_buckets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scores of every vocabulary entry at the last position (where the caller put MASK).
+
+        Args:
+            items: ``[B, L]`` histories, left-padded, with MASK as the final element.
+            time_buckets: ``[B, L]``, the MASK position bucketed with the query time.
+
+        Returns:
+            ``[B, V]`` logits; PAD and MASK columns are ``-inf``.
+        """
+        self._check_inputs(items, time_buckets, None)
+        hidden = self.encode(items, time_buckets)  # [B, L, H]
+        return self.item_logits(hidden[:, -1])  # [B, V]
+
+    def encode(self, items: torch.Tensor, time_buckets: torch.Tensor | None) -> torch.Tensor:
+        """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs."""
+        length = items.shape[1]
+        embeds = self.item_embedding(items)  # [B, L, H]
+        if self.time_embedding is not None:
+            embeds = embeds + self.time_embedding(time_buckets)  # [B, L, H]
+        # Right-aligned positions: the newest event is at max_len - 1 for any input length L.
+        first = self.config.max_len - length
+        position_ids = torch.arange(first, first + length, device=items.device)[None]  # [1, L]
+        out = self.bert(
+            inputs_embeds=embeds,
+            attention_mask=(items != PAD_INDEX).long(),  # [B, L]; keys at PAD are ignored
+            position_ids=position_ids,
+        )
+        return out.last_hidden_state  # [B, L, H]
+
+    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens."""
+        h = self.head_norm(F.gelu(self.head_dense(hidden)))  # [..., H]
+        logits = F.linear(h, self.item_embedding.weight, self.output_bias)  # [..., V]
+        # PAD and MASK (columns 0 .. NUM_SPECIAL_TOKENS - 1) are never targets.
+        logits[..., :NUM_SPECIAL_TOKENS] = float("-inf")
+        return logits
+
+    # --- input checks -------------------------------------------------------------------------
+
+    def _check_inputs(
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> None:
+        """Raise ``ValueError`` naming the offending shape or value (BERT's errors do not)."""
+        if items.dim() != 2:
+            raise ValueError(f"items must be 2-D [B, L], got shape {tuple(items.shape)}")
+        if items.shape[1] > self.config.max_len:
+            raise ValueError(f"items length {items.shape[1]} > max_len={self.config.max_len}")
+        for name, other in (("time_buckets", time_buckets), ("labels", labels)):
+            if other is not None and other.shape != items.shape:
+                raise ValueError(
+                    f"{name} shape {tuple(other.shape)} != items shape {tuple(items.shape)}"
+                )
+        if self.config.use_time_gaps and time_buckets is None:
+            raise ValueError("the model was built with use_time_gaps=True; pass time_buckets")
+        _check_range("items", items, 0, self.config.vocab_size)
+        if self.time_embedding is not None:
+            _check_range("time_buckets", time_buckets, 0, self.config.num_time_buckets)
+        if labels is not None:
+            targets = labels[labels != IGNORE_INDEX]
+            _check_range("labels", targets, NUM_SPECIAL_TOKENS, self.config.vocab_size)
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (no pickles) to ``directory``.
+
+        The decoder is the item embedding itself, not a copy, so the state dict holds each
+        tensor once and safetensors' shared-tensor rule is never hit.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(directory)
+        state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Bert4Rec:
+        """Rebuild a model saved by :meth:`save`; returned in eval mode, as HF models are.
+
+        Raises:
+            RuntimeError: If the weights do not match the config (missing/unexpected keys).
+        """
+        directory = Path(directory)
+        config = Bert4RecConfig.from_pretrained(directory)
+        model = cls(config)
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location).eval()
+
+
+def _check_range(name: str, values: torch.Tensor, low: int, high: int) -> None:
+    """Raise ``ValueError`` unless ``values`` are integers in ``[low, high)`` (one host sync)."""
+    if values.dtype.is_floating_point or values.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {values.dtype}")
+    if values.numel() == 0:
+        return
+    smallest, largest = torch.stack([values.min(), values.max()]).tolist()
+    if smallest < low or largest >= high:
+        raise ValueError(
+            f"{name} values must be in [{low}, {high}), got min {smallest} max {largest}"
+        )

@@ -1,0 +1,112 @@
+"""The model's own config, saved as ``config.json`` beside the weights.
+
+An export must rebuild the model without the training YAML, so every shape-defining value
+lives here (an HF ``PreTrainedConfig``, like ``BertConfig``) and is written by
+``save_pretrained``. ``from_model_config`` is the one place the run config is translated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PretrainedConfig
+
+from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
+
+if TYPE_CHECKING:
+    from recsys_dist.config import ModelConfig
+
+
+@strict
+class Bert4RecConfig(PretrainedConfig):
+    r"""Shape of a BERT4Rec model; every field is needed to rebuild it from an export.
+
+    Args:
+        vocab_size: Rows of the item embedding, *including* the special tokens PAD (0) and
+            MASK (1); real items are ``2 .. vocab_size - 1``. Read from the vocabulary artefact.
+        max_len: Longest input sequence (position embeddings). Inputs are left-padded, so the
+            most recent event always sits at position ``max_len - 1``.
+        hidden_size: Width of item embeddings and of the transformer.
+        num_layers: Number of bidirectional transformer blocks.
+        num_heads: Attention heads per block; must divide ``hidden_size``.
+        intermediate_size: Width of each block's feed-forward layer.
+        dropout: Dropout on embeddings and on every residual branch.
+        attention_dropout: Dropout on attention probabilities.
+        use_time_gaps: Add an embedding of the log2-bucketed gap to the previous event, so
+            the model can tell a binge from a return after months.
+        num_time_buckets: Size of that bucket vocabulary (bucket 0 = no previous event).
+        initializer_range: Std of the normal initialisation (BERT's 0.02).
+        layer_norm_eps: Epsilon of every LayerNorm (BERT's 1e-12).
+        pad_token_id: Always ``schema.PAD_INDEX``; stored so an export is self-describing.
+        mask_token_id: Always ``schema.MASK_INDEX``; stored for the same reason.
+    """
+
+    model_type = "recsys_bert4rec"
+
+    vocab_size: int = 1000
+    max_len: int = 50
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 256
+    dropout: float = 0.2
+    attention_dropout: float = 0.2
+    use_time_gaps: bool = True
+    num_time_buckets: int = 32
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = PAD_INDEX
+    mask_token_id: int = MASK_INDEX
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        self._check()
+        super().__post_init__(**kwargs)
+
+    def _check(self) -> None:
+        """Fail at construction, naming the value, rather than deep inside ``BertModel``."""
+        if self.vocab_size <= NUM_SPECIAL_TOKENS:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} must exceed the {NUM_SPECIAL_TOKENS} special tokens"
+            )
+        for name in ("max_len", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.num_time_buckets < 2:
+            raise ValueError(f"num_time_buckets must be >= 2, got {self.num_time_buckets}")
+        if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
+            raise ValueError(
+                f"dropout={self.dropout} and attention_dropout={self.attention_dropout} "
+                "must be in [0, 1)"
+            )
+        if (self.pad_token_id, self.mask_token_id) != (PAD_INDEX, MASK_INDEX):
+            raise ValueError(
+                f"pad/mask ids ({self.pad_token_id}, {self.mask_token_id}) differ from the "
+                f"schema's ({PAD_INDEX}, {MASK_INDEX}); this export used another vocabulary layout"
+            )
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, vocab_size: int, max_len: int) -> Bert4RecConfig:
+        """Translate the run's ``model`` section; the only mapping from run config to model.
+
+        Args:
+            cfg: The ``model`` section of the run config.
+            vocab_size: ``len(vocabulary) + NUM_SPECIAL_TOKENS`` (from the vocab artefact).
+            max_len: ``data.max_len``.
+        """
+        return cls(
+            vocab_size=vocab_size,
+            max_len=max_len,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            dropout=cfg.dropout,
+            attention_dropout=cfg.attention_dropout,
+            use_time_gaps=cfg.use_time_gaps,
+            num_time_buckets=cfg.num_time_buckets,
+        )
