@@ -132,3 +132,17 @@ def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     code = cli.main(["prepare", "--data", str(tmp_path / "raw"), "--output", str(tmp_path / "p")])
     assert code == cli.EXIT_BAD_INPUT
     assert "log.parquet row 2: field 'timestamp'" in capsys.readouterr().err
+
+
+def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path, capsys):
+    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
+    run_cli(capsys, "generate", "--output", str(raw), "--users", "120", "--items", "40", "--json")
+    run_cli(capsys, "prepare", "--data", str(raw), "--output", str(prepared), "--json")
+    short = [o for o in TINY_MODEL if not o.startswith(("train.epochs", "train.eval_every"))]
+    first = ["train", "--data", str(prepared), "--output", str(run), "--workers", "1", "--json"]
+    run_cli(capsys, *first, *short, "train.epochs=2", "train.eval_every=1")
+    resumed = run_cli(capsys, *first, *short, "train.epochs=3", "train.eval_every=1")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]  # epochs 1-2 were not trained again
+    assert lines[2]["step"] == 3 * lines[0]["step"]
+    assert resumed["epochs"] == 3
