@@ -57,7 +57,7 @@ class ModelConfig:
     num_heads: int = 2
     intermediate_size: int = 256
     dropout: float = 0.2
-    attention_dropout: float = 0.2
+    attention_dropout: float = 0.1
     use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
     num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
 
@@ -77,13 +77,13 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, masking and the distributed set-up (used by ``train``)."""
 
-    epochs: int = 200
+    epochs: int = 60  # also sets the length of the learning-rate decay
     batch_size: int = 128  # sequences per worker per step
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 5.0
-    mask_prob: float = 0.2  # cloze: share of positions masked in each training sequence
+    mask_prob: float = 0.4  # cloze: share of positions masked in each training sequence
     last_item_mask_prob: float = 0.1  # share of sequences whose final position is masked
     zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
     workers: int = 2

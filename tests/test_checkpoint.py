@@ -40,7 +40,9 @@ def test_round_trip_is_exact(tmp_path, vocab_file):
     model = trained_tiny_model(22)
     state = {"progress": {"epoch": 3}, "metrics": {"valid_ndcg@10": 0.5}}
     save_checkpoint(tmp_path / "ckpt", model, str(vocab_file), state)
-    assert not list((tmp_path / "ckpt").glob("*.bin")) and not list((tmp_path / "ckpt").glob("*.pt"))
+    assert not list((tmp_path / "ckpt").glob("*.bin")) and not list(
+        (tmp_path / "ckpt").glob("*.pt")
+    )
     export(tmp_path / "ckpt", tmp_path / "model")
     loaded = load_checkpoint(tmp_path / "model")
     for name, tensor in model.state_dict().items():
@@ -48,7 +50,9 @@ def test_round_trip_is_exact(tmp_path, vocab_file):
     items = torch.randint(2, 22, (3, 8))
     items[:, -1] = schema.MASK_INDEX
     buckets = torch.randint(0, 4, (3, 8))
-    assert torch.equal(model.score_next(items, buckets), loaded.model.eval().score_next(items, buckets))
+    assert torch.equal(
+        model.score_next(items, buckets), loaded.model.eval().score_next(items, buckets)
+    )
     assert loaded.vocab.to_item_ids(np.array([2, 21])).to_pylist() == ["i19", "i0"]
     assert loaded.state == json.loads((tmp_path / "model" / STATE_FILE).read_text())
 

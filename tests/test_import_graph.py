@@ -9,8 +9,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recsys_dist"
 
 # Leaves anyone may import, then the stages in data-flow order.
 LEAVES = {"schema", "config", "storage"}
-STAGE = {"data": 1, "model": 2, "checkpoint": 3, "evaluation": 4, "train": 5, "inference": 5,
-         "cli": 9}
+STAGE = {
+    "data": 1,
+    "model": 2,
+    "checkpoint": 3,
+    "evaluation": 4,
+    "train": 5,
+    "inference": 5,
+    "cli": 9,
+}
 FORBIDDEN = {
     "model": {"ray", "deepspeed"},
     "data": {"deepspeed", "torch"},
