@@ -12,7 +12,7 @@ import numpy as np
 
 from recsys_dist import schema
 from recsys_dist.data.masking import append_mask_for_prediction, mask_for_training, pad_left
-from recsys_dist.model.time_gaps import time_gap_buckets
+from recsys_dist.data.time_gaps import time_gap_buckets
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ Pure torch + transformers; never imports Ray or DeepSpeed.
 
 from recsys_dist.model.bert4rec import IGNORE_INDEX, WEIGHTS_FILE, Bert4Rec, Bert4RecOutput
 from recsys_dist.model.configuration import Bert4RecConfig
-from recsys_dist.model.time_gaps import time_gap_buckets
 
 __all__ = [
     "IGNORE_INDEX",
@@ -13,5 +12,4 @@ __all__ = [
     "Bert4Rec",
     "Bert4RecConfig",
     "Bert4RecOutput",
-    "time_gap_buckets",
 ]

@@ -111,8 +111,8 @@ class Bert4Rec(nn.Module):
 
         Args:
             items: ``[B, L]`` item indices, left-padded with PAD, MASK at cloze positions.
-            time_buckets: ``[B, L]`` from :func:`time_gap_buckets`; required iff
-                ``config.use_time_gaps``.
+            time_buckets: ``[B, L]`` from ``recsys_dist.data.time_gaps.time_gap_buckets``;
+                required iff ``config.use_time_gaps``.
             labels: ``[B, L]`` target items at masked positions, ``-100`` elsewhere.
 
         Returns:

@@ -1,0 +1,220 @@
+"""Tiny-config tests of the BERT4Rec model, its config and its time-gap input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recsys_dist.config import ModelConfig
+from recsys_dist.data.masking import IGNORE_INDEX
+from recsys_dist.model import WEIGHTS_FILE, Bert4Rec, Bert4RecConfig
+from recsys_dist.schema import MASK_INDEX, PAD_INDEX
+
+VOCAB, MAX_LEN, BUCKETS = 30, 8, 6
+
+
+def tiny_config(**overrides) -> Bert4RecConfig:
+    values = dict(
+        vocab_size=VOCAB,
+        max_len=MAX_LEN,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        dropout=0.1,
+        attention_dropout=0.1,
+        num_time_buckets=BUCKETS,
+    )
+    return Bert4RecConfig(**{**values, **overrides})
+
+
+def batch(seed: int = 0, size: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded items, time buckets and labels at the last position (MASK put there)."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, VOCAB, (size, MAX_LEN), generator=gen)
+    items[0, :3] = PAD_INDEX
+    buckets = torch.randint(0, BUCKETS, (size, MAX_LEN), generator=gen)
+    labels = torch.full_like(items, IGNORE_INDEX)
+    labels[:, -1] = items[:, -1]
+    labels[1, 4] = items[1, 4]
+    inputs = items.masked_fill(labels != IGNORE_INDEX, MASK_INDEX)
+    return inputs, buckets, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds contention on a shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def model() -> Bert4Rec:
+    torch.manual_seed(0)
+    return Bert4Rec(tiny_config())
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_every_model_config_field_reaches_the_model():
+    """Habit 2: a non-default value of each ModelConfig field shows up in the built model."""
+    cfg = ModelConfig(
+        hidden_size=24,
+        num_layers=3,
+        num_heads=3,
+        intermediate_size=40,
+        dropout=0.15,
+        attention_dropout=0.05,
+        use_time_gaps=False,
+        num_time_buckets=7,
+    )
+    defaults = ModelConfig()
+    assert all(getattr(cfg, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(cfg))
+    config = Bert4RecConfig.from_model_config(cfg, vocab_size=41, max_len=9)
+    model = Bert4Rec(config)
+    bert = model.bert.config
+    assert model.item_embedding.weight.shape == (41, 24)
+    assert model.bert.embeddings.position_embeddings.weight.shape == (9, 24)
+    assert len(model.bert.encoder.layer) == 3
+    assert bert.num_attention_heads == 3
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == 40
+    assert model.bert.embeddings.dropout.p == 0.15
+    assert bert.attention_probs_dropout_prob == 0.05
+    assert model.time_embedding is None
+    assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).time_embedding is not None
+    assert config.num_time_buckets == 7
+    with_gaps = dataclasses.replace(cfg, use_time_gaps=True)
+    built = Bert4Rec(Bert4RecConfig.from_model_config(with_gaps, 41, 9))
+    assert built.time_embedding.num_embeddings == 7
+
+
+def test_config_round_trips_and_validates(tmp_path):
+    config = tiny_config(use_time_gaps=False)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "recsys_bert4rec" and saved["pad_token_id"] == PAD_INDEX
+    assert Bert4RecConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    with pytest.raises(ValueError, match="not divisible"):
+        tiny_config(hidden_size=10, num_heads=3)
+    with pytest.raises(ValueError, match="vocab_size=2"):
+        tiny_config(vocab_size=2)
+
+
+# --- forward -----------------------------------------------------------------------------------
+
+
+def test_forward_shapes_and_finite_loss(model):
+    inputs, buckets, labels = batch()
+    out = model(inputs, buckets, labels)
+    assert out.logits.shape == (5, VOCAB)  # 4 last positions + 1 extra label
+    assert torch.isfinite(out.loss)
+    assert model(inputs, buckets).logits.shape == (4, MAX_LEN, VOCAB)
+    assert model(inputs, buckets).loss is None
+    shorter = model(inputs[:, 3:], buckets[:, 3:], labels[:, 3:])  # L < max_len is fine
+    assert torch.isfinite(shorter.loss)
+
+
+def test_overfits_one_batch(model):
+    inputs, buckets, labels = batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(50):
+        loss = model(inputs, buckets, labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_head_is_tied_to_item_embedding(model):
+    inputs, buckets, labels = batch()
+    model(inputs, buckets, labels).loss.backward()
+    names = [name for name, _ in model.named_parameters()]
+    assert not any("decoder" in name for name in names)
+    assert sum(p.shape[0] == VOCAB and p.dim() == 2 for p in model.parameters()) == 1
+    # The output head's gradient lands on the embedding rows of every real item, even those
+    # that never appear in the input (they only get gradient through the softmax).
+    unseen = sorted(set(range(2, VOCAB)) - set(inputs.flatten().tolist()))
+    assert unseen and model.item_embedding.weight.grad[unseen].abs().sum() > 0
+    with torch.no_grad():
+        model.item_embedding.weight[5] += 1.0
+    model.eval()
+    before = model.score_next(inputs, buckets)
+    with torch.no_grad():
+        model.item_embedding.weight[7].zero_()
+    after = model.score_next(inputs, buckets)
+    assert torch.allclose(after[:, 7], model.output_bias[7].expand(4))
+    assert not torch.equal(before[:, 7], after[:, 7])
+
+
+def test_score_next_shape_and_special_columns(model):
+    inputs, buckets, _ = batch()
+    scores = model.eval().score_next(inputs, buckets)
+    assert scores.shape == (4, VOCAB)
+    assert (
+        torch.isneginf(scores[:, PAD_INDEX]).all() and torch.isneginf(scores[:, MASK_INDEX]).all()
+    )
+    assert torch.isfinite(scores[:, 2:]).all()
+    full = model(inputs, buckets).logits[:, -1]
+    torch.testing.assert_close(scores, full)
+
+
+def test_bf16_autocast_runs(model):
+    inputs, buckets, labels = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(inputs, buckets, labels)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(model.item_embedding.weight.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(items=torch.zeros(4, dtype=torch.long)), r"2-D.*\(4,\)"),
+        (dict(items=torch.full((2, MAX_LEN + 1), 3)), "length 9 > max_len=8"),
+        (
+            dict(items=torch.full((2, 4), 3), time_buckets=torch.zeros(2, 5, dtype=torch.long)),
+            r"time_buckets shape \(2, 5\)",
+        ),
+        (
+            dict(items=torch.full((2, 4), 3), labels=torch.zeros(3, 4, dtype=torch.long)),
+            r"labels shape \(3, 4\)",
+        ),
+        (dict(items=torch.full((2, 4), VOCAB)), "max 30"),
+        (dict(items=torch.full((2, 4), 3)), "use_time_gaps=True"),
+        (dict(items=torch.full((2, 4), 3), time_buckets=torch.full((2, 4), BUCKETS)), "max 6"),
+        (dict(items=torch.full((2, 4), 3), labels=torch.full((2, 4), MASK_INDEX)), "labels"),
+    ],
+)
+def test_bad_inputs_raise_value_error(model, kwargs, message):
+    if "time_buckets" not in kwargs and "use_time_gaps" not in message:
+        kwargs["time_buckets"] = torch.zeros_like(kwargs["items"])
+    with pytest.raises(ValueError, match=message):
+        model(**kwargs)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    inputs, buckets, labels = batch()
+    model(inputs, buckets, labels).loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()  # move off the init
+    model.save(tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", WEIGHTS_FILE]
+    loaded = Bert4Rec.load(tmp_path / "export")
+    assert not loaded.training
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert (
+        original.keys() == restored.keys() == load_file(tmp_path / "export" / WEIGHTS_FILE).keys()
+    )
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    model.eval()
+    assert torch.equal(model.score_next(inputs, buckets), loaded.score_next(inputs, buckets))
+    assert torch.equal(model(inputs, buckets, labels).loss, loaded(inputs, buckets, labels).loss)
