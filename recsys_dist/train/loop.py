@@ -88,6 +88,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.sequences += sequences
         progress.epoch += 1
         progress.elapsed_s = time.monotonic() - clock
+        if rank == 0:
+            logger.info(
+                "epoch %d/%d: loss %.4f, %.0f sequences/s",
+                progress.epoch,
+                config.train.epochs,
+                loss,
+                sequences * world / max(1e-9, time.monotonic() - epoch_start),
+            )
         out_of_time = _any_rank(
             bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
             device,
