@@ -4,10 +4,11 @@ Runs on the embedded default (local Ray, local files) in a few minutes on 2 core
 
     python jobs/end_to_end.py --workdir runs/demo
 
-On a cluster, from a machine that can reach the head node (paths must be shared storage)::
+On a cluster, from a machine that can reach the head node (the work directory must be a
+mount shared by every node)::
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python jobs/end_to_end.py --workdir s3://bucket/demo --workers 4
+        python jobs/end_to_end.py --workdir /mnt/runs/demo --workers 4
 """
 
 from __future__ import annotations

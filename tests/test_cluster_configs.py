@@ -1,0 +1,147 @@
+"""Cluster and Serve YAML: it parses, runs real sub-commands, and pins the Ray we test against.
+
+A launcher or KubeRay file that names a removed sub-command, or a Ray image one minor version
+away from the range ``pyproject.toml`` allows, only fails on the cluster; these checks fail here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from recsys_dist.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML_DIRS = ("cluster", "serve")
+
+# Ray version as a pip pin ("ray==X", "ray[serve]==X"), an image tag, or KubeRay's rayVersion.
+RAY_PIN = re.compile(r"(?<![\w.-])ray(?:\[[^\]]*\])?==(\d[\w.]*)")
+RAY_IMAGE = re.compile(r"rayproject/ray(?:-ml|-llm)?:(\d+\.\d+\.\d+)")
+# This package pinned in a pip list, or as a wheel file name.
+PACKAGE_PIN = re.compile(r"(?<![\w.-])recsys[-_]dist==([\w.]+)")
+PACKAGE_WHEEL = re.compile(r"recsys_dist-([\w.]+?)-py3")
+SECRET_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+def yaml_files() -> list[Path]:
+    return sorted(
+        path
+        for folder in YAML_DIRS
+        for path in (ROOT / folder).rglob("*")
+        if path.suffix in (".yaml", ".yml")
+    )
+
+
+def documents(path: Path, strict: bool = True) -> list[Any]:
+    """The non-empty documents of ``path``; a YAML error fails (``strict``) or gives none."""
+    try:
+        return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    except yaml.YAMLError as error:
+        if strict:
+            pytest.fail(f"{path.relative_to(ROOT)}: {error}")
+        return []  # at collection time: test_yaml_parses_to_mappings reports the file
+
+
+def walk(node: Any) -> Iterator[Any]:
+    """Every mapping, list and scalar inside a parsed document, depth first."""
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from walk(child)
+
+
+def ray_versions(node: Any) -> set[str]:
+    found = set()
+    for item in walk(node):
+        if isinstance(item, dict) and "rayVersion" in item:
+            found.add(str(item["rayVersion"]))
+        if isinstance(item, str):
+            found |= set(RAY_PIN.findall(item)) | set(RAY_IMAGE.findall(item))
+    return found
+
+
+def subcommands(parser: argparse.ArgumentParser) -> set[str]:
+    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def pyproject() -> dict[str, Any]:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def ray_requirement() -> Requirement:
+    dependencies = map(Requirement, pyproject()["project"]["dependencies"])
+    (ray,) = (r for r in dependencies if r.name == "ray")
+    return ray
+
+
+ALL = [pytest.param(path, id=str(path.relative_to(ROOT))) for path in yaml_files()]
+DOCS = [(path, doc) for path in yaml_files() for doc in documents(path, strict=False)]
+RAY_JOBS = [doc for _, doc in DOCS if isinstance(doc, dict) and doc.get("kind") == "RayJob"]
+
+
+def test_cluster_folder_has_configs():
+    names = {path.name for path in yaml_files()}
+    assert {"ray-cluster.yaml", "kuberay-rayjob.yaml", "kuberay-raycluster.yaml"} <= names
+    assert RAY_JOBS, "no RayJob under cluster/"
+
+
+@pytest.mark.parametrize("path", ALL)
+def test_yaml_parses_to_mappings(path: Path):
+    docs = documents(path)
+    assert docs, f"{path}: empty"
+    assert all(isinstance(doc, dict) for doc in docs), f"{path}: a document is not a mapping"
+
+
+@pytest.mark.parametrize("job", RAY_JOBS, ids=lambda job: job["metadata"]["name"])
+def test_rayjob_entrypoint_is_a_real_command(job: dict):
+    argv = shlex.split(job["spec"]["entrypoint"])
+    parser = build_parser()
+    if argv[0] == "recsys-dist":
+        assert argv[1] in subcommands(parser), f"unknown sub-command {argv[1]!r}"
+        args = parser.parse_args(argv[1:])  # exits (fails the test) on a bad flag
+        assert args.command == argv[1]
+    else:  # python SCRIPT ...: the script must exist in the repository
+        assert argv[0].startswith("python"), argv
+        assert (ROOT / argv[1]).is_file(), f"{argv[1]} not in the repository"
+
+
+@pytest.mark.parametrize("job", RAY_JOBS, ids=lambda job: job["metadata"]["name"])
+def test_rayjob_cleans_up_and_parses_its_runtime_env(job: dict):
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert isinstance(spec["ttlSecondsAfterFinished"], int)
+    assert isinstance(yaml.safe_load(spec.get("runtimeEnvYAML", "{}")), dict)
+
+
+def test_ray_version_matches_pyproject():
+    requirement = ray_requirement()
+    pinned = {(path.name, v) for path, doc in DOCS for v in ray_versions(doc)}
+    assert pinned, "no Ray version found in the cluster YAML"
+    outside = {(name, v) for name, v in pinned if Version(v) not in requirement.specifier}
+    assert not outside, f"Ray versions outside pyproject's {requirement.specifier}: {outside}"
+    assert len({v for _, v in pinned}) == 1, f"more than one Ray version pinned: {pinned}"
+
+
+def test_package_pins_match_pyproject():
+    version = pyproject()["project"]["version"]
+    texts = [path.read_text() for path in yaml_files()]
+    pins = {v for text in texts for v in PACKAGE_PIN.findall(text) + PACKAGE_WHEEL.findall(text)}
+    assert pins <= {version}, f"recsys-dist pinned at {pins}, pyproject says {version}"
+
+
+def test_credentials_are_never_inline():
+    for path, doc in DOCS:
+        for item in walk(doc):
+            if isinstance(item, dict) and item.get("name") in SECRET_ENV:
+                assert "value" not in item, f"{path.name}: {item['name']} written inline"
