@@ -41,15 +41,35 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir)
     raw, prepared, run = work / "raw", work / "prepared", work / "run"
     steps = [
-        ["generate", "--output", str(raw), "--users", str(args.users), "--items",
-         str(args.items), "--json"],
+        [
+            "generate",
+            "--output",
+            str(raw),
+            "--users",
+            str(args.users),
+            "--items",
+            str(args.items),
+            "--json",
+        ],
         ["prepare", "--data", str(raw), "--output", str(prepared), "--json"],
-        ["train", "--data", str(prepared), "--output", str(run), "--workers", str(args.workers),
-         "--json", *DEMO_OVERRIDES, *args.overrides],
+        [
+            "train",
+            "--data",
+            str(prepared),
+            "--output",
+            str(run),
+            "--workers",
+            str(args.workers),
+            "--json",
+            *DEMO_OVERRIDES,
+            *args.overrides,
+        ],
         ["evaluate", "--run", str(run), "--split", "test"],
     ]
     if raw.exists():
         steps[0].append("--overwrite")
+    # One Ray for every step, with a CPU to spare for Ray Data while each worker holds one.
+    cli.init_ray(None, min_cpus=args.workers + 2)
     for step in steps:
         print(f"\n$ recsys-dist {' '.join(step)}", flush=True)
         if cli.main(step) != 0:
@@ -65,8 +85,18 @@ def _sample_recommendations(raw: Path, run: Path, work: Path) -> int:
     histories = work / "histories.parquet"
     pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), users)), histories)
     output = work / "recommendations.parquet"
-    step = ["recommend", "--run", str(run), "--histories", str(histories), "--k", "5",
-            "--output", str(output), "--json"]
+    step = [
+        "recommend",
+        "--run",
+        str(run),
+        "--histories",
+        str(histories),
+        "--k",
+        "5",
+        "--output",
+        str(output),
+        "--json",
+    ]
     print(f"\n$ recsys-dist {' '.join(step)}", flush=True)
     if cli.main(step) != 0:
         return 1

@@ -188,7 +188,8 @@ def init_ray(address: str | None, min_cpus: int = 1) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus), include_dashboard=False)
+    # The dashboard serves the State API that Ray Train uses to clean up after a failed run.
+    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
 
 
 def _run_import(args):

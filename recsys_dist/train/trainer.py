@@ -100,6 +100,7 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
     )
     storage.write_json(Path(run_dir, RUN_FILE), {"prepared": prepared})
     logger.info("config: %s", config_json(config))
+    _warn_if_no_cpu_for_data(config)
     started = time.perf_counter()
     result = build_trainer(prepared_dir, run_dir, config).fit()
     seconds = time.perf_counter() - started
@@ -119,6 +120,21 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
+
+
+def _warn_if_no_cpu_for_data(config: Config) -> None:
+    """Ray Data needs a CPU beside the training workers, or reading the shards waits forever."""
+    needed = config.train.workers * config.train.cpus_per_worker + 1
+    available = ray.cluster_resources().get("CPU", 0)
+    if available < needed:
+        logger.warning(
+            "the cluster has %s CPUs; %d workers x %s CPUs plus 1 for Ray Data need %s. "
+            "Training will wait unless the cluster scales up.",
+            available,
+            config.train.workers,
+            config.train.cpus_per_worker,
+            needed,
+        )
 
 
 def _last_epoch(run_dir: str) -> int:
