@@ -212,7 +212,12 @@ def _run_generate(args):
 
     init_ray(args.address)
     return generate_dataset(
-        args.output, users=args.users, items=args.items, categories=args.categories, seed=args.seed
+        args.output,
+        users=args.users,
+        items=args.items,
+        categories=args.categories,
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -49,7 +50,7 @@ def prepare_dataset(data_dir: str, output_dir: str, config: DataConfig) -> dict[
     started = time.perf_counter()
     files = events_io.event_files(data_dir)
     logger.info("preparing %d event file(s) from %s", len(files), data_dir)
-    storage.make_dirs(output_dir)
+    _clear_previous_output(output_dir)
     tally = events_io.BadRowTally.remote() if config.on_bad_rows == "skip" else None
     users_dir = storage.join(output_dir, schema.USERS_DIR)
     events = events_io.read_events(files, config.on_bad_rows, tally)
@@ -65,6 +66,21 @@ def prepare_dataset(data_dir: str, output_dir: str, config: DataConfig) -> dict[
     manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
     return manifest
+
+
+def _clear_previous_output(output_dir: str) -> None:
+    """A prepared dataset is rebuilt whole: parts of an earlier run must not mix in."""
+    fs, inner = storage.resolve(output_dir)
+    fs.create_dir(inner, recursive=True)
+    for name in (schema.USERS_DIR, *schema.SPLITS, schema.VOCAB_FILE, schema.MANIFEST_FILE):
+        path = storage.join(output_dir, name)
+        if storage.exists(path):
+            logger.warning("replacing %s from an earlier prepare", path)
+            _, target = storage.resolve(path)
+            if fs.get_file_info(target).type == pafs.FileType.Directory:
+                fs.delete_dir(target)
+            else:
+                fs.delete_file(target)
 
 
 def load_manifest(prepared_dir: str) -> dict[str, Any]:

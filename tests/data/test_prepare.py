@@ -163,3 +163,11 @@ def test_ml100k_prepares_like_the_papers(ray_session, ml100k_dir, tmp_path):
     manifest = prepare_dataset(str(tmp_path / "raw"), str(tmp_path / "p"), DataConfig())
     assert manifest["counts"]["users"] == 943 and manifest["num_items"] == 1682
     assert manifest["counts"]["test_rows"] == 943
+
+
+def test_preparing_again_replaces_the_earlier_output(ray_session, small_log, tmp_path):
+    first = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
+    again = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
+    assert again["counts"] == first["counts"]
+    assert len(read_split(tmp_path / "p", "test")) == first["counts"]["test_rows"]
+    assert len(read_split(tmp_path / "p", "users")) == 2
