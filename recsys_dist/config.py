@@ -88,8 +88,8 @@ class TrainConfig:
     zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
     workers: int = 2
     use_gpu: bool = False  # one GPU per worker, NCCL and bf16
-    eval_every: int = 5  # validate every N epochs (and after the last)
-    patience: int = 4  # early stop after this many validations without NDCG@10 improving
+    eval_every: int = 1  # validate (full ranking) and checkpoint every N epochs, and after the last
+    patience: int = 10  # early stop after this many validations without NDCG@10 improving
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses

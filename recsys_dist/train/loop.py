@@ -1,8 +1,9 @@
 """``train_loop_per_worker``: what every Ray Train worker runs.
 
 Short and explicit, like Ray's DeepSpeed example: build the model, wrap it in a DeepSpeed
-engine, stream this worker's shard, validate with full ranking every few epochs, report the
-same number of times on every rank, checkpoint from rank 0, stop early on NDCG@10.
+engine, stream this worker's shard, validate with full ranking after every epoch (or every
+``train.eval_every``), report the same number of times on every rank, checkpoint from rank 0,
+stop early on NDCG@10.
 """
 
 from __future__ import annotations
