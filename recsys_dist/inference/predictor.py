@@ -53,7 +53,8 @@ class Recommender:
         ).float()
         if self.exclude_seen:
             for row, history in enumerate(histories):
-                scores[row, torch.as_tensor(history, dtype=torch.long)] = float("-inf")
+                seen = torch.as_tensor(history, dtype=torch.long, device=self.device)
+                scores[row, seen] = float("-inf")
         top = torch.topk(scores, self.k, dim=1)
         indices = top.indices.cpu().numpy()
         return {
