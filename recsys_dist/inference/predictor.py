@@ -15,6 +15,7 @@ import torch
 from recsys_dist import schema
 from recsys_dist.checkpoint import load_checkpoint
 from recsys_dist.data.batching import prediction_inputs
+from recsys_dist.evaluation.metrics import seen_mask
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,8 @@ class Recommender:
             torch.as_tensor(inputs.time_buckets, device=self.device),
         ).float()
         if self.exclude_seen:
-            for row, history in enumerate(histories):
-                seen = torch.as_tensor(history, dtype=torch.long, device=self.device)
-                scores[row, seen] = float("-inf")
+            seen = seen_mask(histories, len(histories), scores.shape[1], self.device)
+            scores = scores.masked_fill(seen, float("-inf"))
         top = torch.topk(scores, self.k, dim=1)
         indices = top.indices.cpu().numpy()
         return {
