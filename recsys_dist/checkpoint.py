@@ -21,6 +21,7 @@ from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.model import Bert4Rec
 
 STATE_FILE = "state.json"
+MODEL_DIR = "model"  # where a run directory keeps its exported (best) model
 
 
 @dataclass

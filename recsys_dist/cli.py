@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from dataclasses import asdict, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from recsys_dist.config import ConfigError, load_config
@@ -259,11 +260,16 @@ def _run_evaluate(args):
 
 
 def _run_recommend(args):
+    from recsys_dist.checkpoint import MODEL_DIR
     from recsys_dist.inference.batch import recommend_histories
 
     init_ray(args.address)
     return recommend_histories(
-        f"{args.run}/model", args.histories, args.output, args.k, exclude_seen=not args.keep_seen
+        str(Path(args.run, MODEL_DIR)),
+        args.histories,
+        args.output,
+        args.k,
+        exclude_seen=not args.keep_seen,
     )
 
 

@@ -15,6 +15,7 @@ fixed-size histogram of event times and per-file bad-row counts come back to it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -168,7 +169,7 @@ def _split_spec(users: ray.data.Dataset, config: DataConfig) -> SplitSpec:
     ).iter_batches(batch_size=None, batch_format="numpy"):
         histogram += np.asarray(batch["histogram"].tolist(), np.int64).sum(axis=0)
     valid_cut, test_cut = time_cuts(histogram, edges, config.valid_fraction, config.test_fraction)
-    return SplitSpec(**{**spec.__dict__, "valid_cut": valid_cut, "test_cut": test_cut})
+    return dataclasses.replace(spec, valid_cut=valid_cut, test_cut=test_cut)
 
 
 def _time_range(users: pa.Table) -> pa.Table:

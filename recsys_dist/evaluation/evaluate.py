@@ -10,7 +10,7 @@ import ray
 import torch
 
 from recsys_dist import schema, storage
-from recsys_dist.checkpoint import load_checkpoint
+from recsys_dist.checkpoint import MODEL_DIR, load_checkpoint
 from recsys_dist.config import EvalConfig
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import (
@@ -30,7 +30,7 @@ def evaluate_run(
     if split not in (schema.VALID_SPLIT, schema.TEST_SPLIT):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     data_dir = data_dir or storage.read_json(Path(run_dir, RUN_FILE))["prepared"]
-    loaded = load_checkpoint(Path(run_dir, "model"))
+    loaded = load_checkpoint(Path(run_dir, MODEL_DIR))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     popularity = loaded.vocab.popularity().astype(np.float64)

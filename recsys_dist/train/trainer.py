@@ -26,7 +26,6 @@ from recsys_dist.train.loop import METRICS_FILE, SELECTION_METRIC, train_loop_pe
 
 logger = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
 CONFIG_FILE = "config.yaml"
 
 
@@ -107,7 +106,7 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
     best = result.get_best_checkpoint(SELECTION_METRIC, "max")
     if best is None:
         raise RuntimeError(f"training in {run_dir} reported no checkpoint")
-    model_dir = str(Path(run_dir, MODEL_DIR))
+    model_dir = str(Path(run_dir, checkpoint.MODEL_DIR))
     with best.as_directory() as directory:
         checkpoint.export(directory, model_dir)
     state = storage.read_json(Path(model_dir, checkpoint.STATE_FILE))
