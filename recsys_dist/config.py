@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from recsys_dist import storage
+
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be accepted."""
@@ -34,12 +36,14 @@ class DataConfig:
     dedup: bool = True  # drop exact duplicate events (same user, item, time, type)
     on_bad_rows: str = "error"  # "error": stop naming file/row/field; "skip": skip and count
     window_stride: int = 10  # training windows of max_len slide by this many events
+    bucket_rows: int = 2_000_000  # events per hash bucket when grouping: bounds task memory
 
     def __post_init__(self) -> None:
         _check_choice("data.split", self.split, ("loo", "time"))
         _check_choice("data.on_bad_rows", self.on_bad_rows, ("error", "skip"))
         _check_positive("data.max_len", self.max_len)
         _check_positive("data.window_stride", self.window_stride)
+        _check_positive("data.bucket_rows", self.bucket_rows)
         if self.max_history < self.max_len:
             raise ConfigError(f"data.max_history={self.max_history} < data.max_len={self.max_len}")
         if not (0 < self.valid_fraction < 1 and 0 < self.test_fraction < 1):
@@ -134,14 +138,15 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the resolved config as YAML (a local path or ``s3://``)."""
+        storage.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Load ``path`` (YAML, optional) and apply ``section.key=value`` overrides on top."""
     raw: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = yaml.safe_load(storage.read_text(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         raw = loaded

@@ -65,8 +65,10 @@ ITEM_IDS = "item_ids"  # list<string>: raw item ids, oldest first (per-user sequ
 TIMESTAMPS = "timestamps"  # list<int64>: event times of ``items``
 TARGET_ITEM = "target_item"  # int32: the held-out next item (valid/test rows)
 TARGET_TIMESTAMP = "target_timestamp"  # int64: when the held-out event happened
+EVENT_TYPES = "event_types"  # list<string>: event types of ``item_ids`` (null where absent)
 NUM_EVENTS = "num_events"  # int64: events of this user after de-duplication
 NUM_DUPLICATES = "num_duplicates"  # int64: exact duplicates dropped for this user
+NUM_TRUNCATED = "num_truncated"  # int64: oldest events cut to keep ``data.max_history``
 
 TRAIN_SPLIT = "train"
 VALID_SPLIT = "valid"
@@ -90,8 +92,10 @@ USER_SEQUENCE_SCHEMA = pa.schema(
         pa.field(USER_ID, pa.string(), nullable=False),
         pa.field(ITEM_IDS, pa.list_(pa.string()), nullable=False),
         pa.field(TIMESTAMPS, pa.list_(pa.int64()), nullable=False),
+        pa.field(EVENT_TYPES, pa.list_(pa.string()), nullable=False),
         pa.field(NUM_EVENTS, pa.int64(), nullable=False),
         pa.field(NUM_DUPLICATES, pa.int64(), nullable=False),
+        pa.field(NUM_TRUNCATED, pa.int64(), nullable=False),
     ]
 )
 USERS_DIR = "users"

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 ORDER = "_order"  # int64: file index << 40 | row number — the stable tie-break for equal times
 _ROW_BITS = 40
-READ_BATCH_ROWS = 65_536
+READ_BATCH_ROWS = 262_144
 _NULLABLE_EVENT_SCHEMA = pa.schema([f.with_nullable(True) for f in schema.EVENT_SCHEMA])
 
 
@@ -89,6 +89,19 @@ def _read_file_batches(
     listing: dict[str, np.ndarray], on_bad_rows: str, tally
 ) -> Iterator[pa.Table]:
     path, file_index = str(listing["path"][0]), int(listing["file_index"][0])
+    yield from validated_batches(path, file_index, on_bad_rows, tally)
+
+
+def validated_batches(
+    path: str, file_index: int, on_bad_rows: str, tally=None
+) -> Iterator[pa.Table]:
+    """Stream one event file as validated tables with :data:`ORDER`, a batch at a time.
+
+    Bad rows raise :class:`BadEventError` naming file, row and field, or (``skip``) are
+    dropped and counted in ``tally`` once the file is done.
+    """
+    if on_bad_rows == "skip" and tally is None:
+        raise ValueError("on_bad_rows='skip' needs a BadRowTally to count what is skipped")
     fs, inner = storage.resolve(path)
     skipped, examples, offset = 0, [], 0
     with fs.open_input_file(inner) as handle:

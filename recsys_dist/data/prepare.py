@@ -2,12 +2,19 @@
 
 Runs on Ray Data and reads the raw log once. Output (local or ``s3://``)::
 
-    OUTPUT/users/        one row per user: time-ordered raw item ids and timestamps
+    OUTPUT/users/        one file per hash bucket, one row per user: time-ordered raw item
+                         ids, timestamps and event types (the most recent ``max_history``)
     OUTPUT/vocab.parquet the item vocabulary (ids → indices, counts)
     OUTPUT/train/        training windows (item indices), at most ``max_len`` long
     OUTPUT/valid/        history + target per user, for model selection
     OUTPUT/test/         history + target per user, reported once
-    OUTPUT/manifest.json counts, vocabulary size, data hash, split and cut times
+    OUTPUT/manifest.json counts, vocabulary size, data hash, split and cut times, input files
+
+Grouping by user is :mod:`recsys_dist.data.grouping` (hash buckets, bounded memory). With
+``append=True`` new log partitions are merged into an existing dataset: the old raw files are
+not read again (their events live on in ``users/``), the vocabulary only grows, and every
+split is rebuilt. Results are written under ``OUTPUT/_next`` and moved into place at the end,
+so a failed run leaves the previous dataset intact and a retried task cannot double-count.
 
 Nothing here collects the log on the driver: only per-item counts (the vocabulary), a
 fixed-size histogram of event times and per-file bad-row counts come back to it.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -31,57 +39,72 @@ import ray
 from recsys_dist import schema, storage
 from recsys_dist.config import DataConfig
 from recsys_dist.data import events as events_io
-from recsys_dist.data.sequences import (
-    SplitSpec,
-    build_user_sequence,
-    evaluation_rows,
-    time_cuts,
-    training_rows,
-)
+from recsys_dist.data import grouping
+from recsys_dist.data.sequences import SplitSpec, evaluation_rows, time_cuts, training_rows
 from recsys_dist.data.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 _TIME_BINS = 65_536
+NEXT_DIR = "_next"  # the dataset being built; moved into place when complete
+SCRATCH_DIR = "_buckets"  # bucket parts of the scatter step; deleted when done
+_PUBLISHED = (schema.USERS_DIR, *schema.SPLITS, schema.VOCAB_FILE)
+# Settings an appended partition must share with the dataset it joins.
+_FIXED_ON_APPEND = (
+    "max_len",
+    "max_history",
+    "split",
+    "valid_fraction",
+    "test_fraction",
+    "min_user_events",
+    "dedup",
+    "window_stride",
+)
 
 
-def prepare_dataset(data_dir: str, output_dir: str, config: DataConfig) -> dict[str, Any]:
-    """Validate, de-duplicate, group, index and split ``data_dir``; return the manifest."""
+class AppendError(ValueError):
+    """An incremental ``prepare`` that would break the existing dataset."""
+
+
+def prepare_dataset(
+    data_dir: str, output_dir: str, config: DataConfig, append: bool = False
+) -> dict[str, Any]:
+    """Validate, de-duplicate, group, index and split ``data_dir``; return the manifest.
+
+    With ``append``, ``data_dir`` holds new files for the dataset already in ``output_dir``.
+    """
     started = time.perf_counter()
     files = events_io.event_files(data_dir)
+    previous = _check_append(output_dir, files, config) if append else None
     logger.info("preparing %d event file(s) from %s", len(files), data_dir)
-    _clear_previous_output(output_dir)
+    spec = _grouping_spec(files, config, previous)
+    next_dir, scratch = storage.join(output_dir, NEXT_DIR), storage.join(output_dir, SCRATCH_DIR)
+    for leftover in (next_dir, scratch):
+        grouping.delete_dir(leftover)
     tally = events_io.BadRowTally.remote() if config.on_bad_rows == "skip" else None
-    users_dir = storage.join(output_dir, schema.USERS_DIR)
-    events = events_io.read_events(files, config.on_bad_rows, tally)
-    _group_users(events, config, users_dir, _partitions(files))
+    first_file = len(previous["input_files"]) if previous else 0
+    accepted = grouping.scatter(
+        files, first_file, scratch, spec.num_buckets, config.on_bad_rows, tally
+    )
+    users_dir = storage.join(next_dir, schema.USERS_DIR)
+    earlier = storage.join(output_dir, schema.USERS_DIR) if previous else None
+    gathered = _gather(scratch, earlier, users_dir, spec)
+    vocab = _vocabulary(gathered.item_counts, output_dir if previous else None)
+    vocab.save(storage.join(next_dir, schema.VOCAB_FILE))
     users = ray.data.read_parquet(users_dir)
-    vocab = count_items(users)
-    vocab.save(storage.join(output_dir, schema.VOCAB_FILE))
-    spec = _split_spec(users, config)
-    for split in schema.SPLITS:
-        storage.make_dirs(storage.join(output_dir, split))
-    totals = _write_splits(users, spec, vocab, output_dir)
-    manifest = _manifest(data_dir, files, config, vocab, spec, totals, tally)
+    split = _split_spec(users, config)
+    for name in schema.SPLITS:
+        storage.make_dirs(storage.join(next_dir, name))
+    totals = _write_splits(users, split, vocab, next_dir)
+    _check_nothing_lost(accepted, totals, previous)
+    _publish(next_dir, output_dir)
+    grouping.delete_dir(scratch)
+    manifest = _manifest(data_dir, files, config, vocab, split, totals, tally, accepted, previous)
+    manifest.update(num_buckets=spec.num_buckets, skewed_users=gathered.skewed)
     manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
     return manifest
-
-
-def _clear_previous_output(output_dir: str) -> None:
-    """A prepared dataset is rebuilt whole: parts of an earlier run must not mix in."""
-    fs, inner = storage.resolve(output_dir)
-    fs.create_dir(inner, recursive=True)
-    for name in (schema.USERS_DIR, *schema.SPLITS, schema.VOCAB_FILE, schema.MANIFEST_FILE):
-        path = storage.join(output_dir, name)
-        if storage.exists(path):
-            logger.warning("replacing %s from an earlier prepare", path)
-            _, target = storage.resolve(path)
-            if fs.get_file_info(target).type == pafs.FileType.Directory:
-                fs.delete_dir(target)
-            else:
-                fs.delete_file(target)
 
 
 def load_manifest(prepared_dir: str) -> dict[str, Any]:
@@ -93,49 +116,169 @@ def load_manifest(prepared_dir: str) -> dict[str, Any]:
     return storage.read_json(path)
 
 
-def _group_users(
-    events: ray.data.Dataset, config: DataConfig, users_dir: str, partitions: int
-) -> None:
-    """Shuffle events by user and build one time-ordered sequence row per user."""
-    grouped = events.groupby(schema.USER_ID, num_partitions=partitions).map_groups(
-        build_user_sequence,
-        batch_format="pyarrow",
-        fn_kwargs={"max_history": config.max_history, "dedup": config.dedup},
+def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict[str, Any]:
+    """The existing manifest, after checking the new files and settings fit it."""
+    previous = load_manifest(output_dir)
+    if previous.get("format_version") != MANIFEST_VERSION:
+        raise AppendError(f"{output_dir}: prepared by an older version; prepare it again whole")
+    seen = set(previous["input_files"]).intersection(files)
+    if seen:
+        raise AppendError(
+            f"{len(seen)} file(s) were already prepared into {output_dir}, e.g. {sorted(seen)[0]}"
+        )
+    stored = previous["config"]
+    changed = [k for k in _FIXED_ON_APPEND if stored[k] != getattr(config, k)]
+    if changed:
+        details = ", ".join(f"data.{k}: {stored[k]!r} → {getattr(config, k)!r}" for k in changed)
+        raise AppendError(f"appending must keep the dataset's settings; changed {details}")
+    return previous
+
+
+def _grouping_spec(files: list[str], config: DataConfig, previous) -> grouping.GroupingSpec:
+    """Buckets sized from Parquet footers (no data read); fixed once a dataset exists."""
+    if previous:
+        num_buckets = previous["num_buckets"]
+    else:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        num_buckets = grouping.num_buckets_for(_row_count(files), config.bucket_rows, cpus)
+    return grouping.GroupingSpec(num_buckets, config.max_history, config.dedup, config.bucket_rows)
+
+
+def _row_count(files: list[str]) -> int:
+    total = 0
+    for path in files:
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+@dataclasses.dataclass
+class _Gathered:
+    item_counts: pa.Table
+    skewed: list[dict[str, Any]]
+
+
+def _gather(scratch: str, earlier: str | None, users_dir: str, spec) -> _Gathered:
+    """One task per bucket builds its users file; item counts and skewed users come back."""
+    parts = grouping.bucket_parts(scratch, spec.num_buckets)
+    listing = ray.data.from_items(
+        [
+            {
+                "parts": parts[b],
+                "earlier": grouping.users_file(earlier, b) if earlier else "",
+                "output": grouping.users_file(users_dir, b),
+            }
+            for b in range(spec.num_buckets)
+        ],
+        override_num_blocks=spec.num_buckets,
     )
-    grouped.write_parquet(users_dir)
-
-
-def _partitions(files: list[str]) -> int:
-    """Shuffle partitions: one per ~32 MiB of compressed Parquet, at least one per CPU.
-
-    Ray's default (200) costs seconds of task overhead on small data.
-    """
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return max(cpus, storage.total_size(files) // (32 << 20))
-
-
-def count_items(users: ray.data.Dataset) -> Vocabulary:
-    """Item frequencies over all kept events → the vocabulary.
-
-    Tasks count per block; the driver merges the partial counts as they stream in, so it
-    holds one row per distinct item (never the log) and no shuffle is paid for.
-    """
-    merged = pa.table(
+    results = listing.map_batches(
+        _gather_bucket, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
+    )
+    counts = pa.table(
         {schema.ITEM_ID: pa.array([], pa.string()), schema.COUNT: pa.array([], pa.int64())}
     )
-    for batch in users.map_batches(_item_counts, batch_format="pyarrow").iter_batches(
-        batch_size=None, batch_format="pyarrow"
-    ):
-        both = pa.concat_tables([merged, batch])
-        summed = both.group_by(schema.ITEM_ID).aggregate([(schema.COUNT, "sum")])
-        merged = summed.rename_columns([schema.ITEM_ID, schema.COUNT]).select(
-            [schema.ITEM_ID, schema.COUNT]
+    skewed: list[dict[str, Any]] = []
+    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in range(batch.num_rows):
+            bucket_counts = pa.table(
+                {
+                    schema.ITEM_ID: batch.column(schema.ITEM_ID)[row].values,
+                    schema.COUNT: batch.column(schema.COUNT)[row].values,
+                }
+            )
+            counts = _add_counts(counts, bucket_counts)
+            skewed.extend(json.loads(batch.column("skewed")[row].as_py()))
+    skewed.sort(key=lambda user: -user["events"])
+    if skewed:
+        logger.warning(
+            "%d user(s) had more than data.max_history events and were cut to their most "
+            "recent ones, e.g. %s",
+            len(skewed),
+            skewed[0],
         )
-    if merged.num_rows == 0:
-        raise ValueError("no events left after validation and filtering: nothing to prepare")
-    return Vocabulary.from_counts(
-        merged.column(schema.ITEM_ID).combine_chunks(), merged.column(schema.COUNT).to_numpy()
+    return _Gathered(counts, skewed[: grouping.SKEWED_USERS_REPORTED])
+
+
+def _gather_bucket(listing: pa.Table, spec: grouping.GroupingSpec) -> pa.Table:
+    row = listing.to_pylist()[0]
+    users = grouping.gather_bucket(row["parts"], row["earlier"] or None, spec)
+    fs, inner = storage.resolve(row["output"])
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(users, inner, filesystem=fs)
+    counts = _item_counts(users)
+    return pa.table(
+        {
+            schema.ITEM_ID: _as_one_list(counts.column(schema.ITEM_ID)),
+            schema.COUNT: _as_one_list(counts.column(schema.COUNT)),
+            "skewed": [json.dumps(list(grouping.iter_skewed(users)))],
+        }
     )
+
+
+def _as_one_list(column: pa.ChunkedArray) -> pa.ListArray:
+    values = column.combine_chunks()
+    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+
+
+def _add_counts(total: pa.Table, more: pa.Table) -> pa.Table:
+    summed = (
+        pa.concat_tables([total, more]).group_by(schema.ITEM_ID).aggregate([(schema.COUNT, "sum")])
+    )
+    summed = summed.rename_columns([n.removesuffix("_sum") for n in summed.column_names])
+    return summed.select([schema.ITEM_ID, schema.COUNT])
+
+
+def _vocabulary(counts: pa.Table, existing_dir: str | None) -> Vocabulary:
+    """Fresh: most frequent first. Appending: old indices kept, new items appended."""
+    if counts.num_rows == 0:
+        raise ValueError("no events left after validation and filtering: nothing to prepare")
+    ids = counts.column(schema.ITEM_ID).combine_chunks()
+    values = counts.column(schema.COUNT).to_numpy()
+    if existing_dir is None:
+        return Vocabulary.from_counts(ids, values)
+    return Vocabulary.load(storage.join(existing_dir, schema.VOCAB_FILE)).recount(ids, values)
+
+
+def _check_nothing_lost(accepted: int, totals: dict[str, int], previous) -> None:
+    """Every accepted event is in a user's sequence, a duplicate count or a truncation count."""
+    before = previous["counts"]["events_accepted"] if previous else 0
+    grouped = totals["events"] + totals["duplicates"]
+    if grouped != before + accepted:
+        raise RuntimeError(
+            f"prepare accounted for {grouped} events but accepted {before + accepted}; "
+            "the output was not published"
+        )
+
+
+def _publish(next_dir: str, output_dir: str) -> None:
+    """Replace the dataset's files with the newly built ones."""
+    fs, _ = storage.resolve(output_dir)
+    for name in _PUBLISHED:
+        _, target = storage.resolve(storage.join(output_dir, name))
+        info = fs.get_file_info(target)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(target)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(target)
+        _, source = storage.resolve(storage.join(next_dir, name))
+        _move(fs, source, target)
+    grouping.delete_dir(next_dir)
+
+
+def _move(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Rename locally; object stores move object by object (a server-side copy each)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(source, target)
+        return
+    if fs.get_file_info(source).type == pafs.FileType.File:
+        fs.move(source, target)
+        return
+    fs.create_dir(target, recursive=True)
+    for info in fs.get_file_info(pafs.FileSelector(source, recursive=True)):
+        if info.type == pafs.FileType.File:
+            fs.move(info.path, target + info.path[len(source) :])
 
 
 def _item_counts(users: pa.Table) -> pa.Table:
@@ -207,30 +350,17 @@ def _write_split_parts(users: pa.Table, spec: SplitSpec, vocab_ref, output_dir: 
     instead of adding duplicates.
     """
     indexed = _index_items(users, vocab_ref)
-    batch = {
-        name: indexed.column(name).to_numpy(zero_copy_only=False) for name in indexed.column_names
-    }
-    part = hashlib.sha1(f"{users.column(schema.USER_ID)[0]}:{users.num_rows}".encode()).hexdigest()[
-        :16
-    ]
+    part = hashlib.sha1(f"{users.column(schema.USER_ID)[0]}:{users.num_rows}".encode()).hexdigest()
     counts = {}
-    for split, rows, table_schema in (
-        (schema.TRAIN_SPLIT, training_rows(batch, spec), schema.SEQUENCE_SCHEMA),
-        (
-            schema.VALID_SPLIT,
-            evaluation_rows(batch, spec, schema.VALID_SPLIT),
-            schema.EVAL_SEQUENCE_SCHEMA,
-        ),
-        (
-            schema.TEST_SPLIT,
-            evaluation_rows(batch, spec, schema.TEST_SPLIT),
-            schema.EVAL_SEQUENCE_SCHEMA,
-        ),
+    for split, table in (
+        (schema.TRAIN_SPLIT, training_rows(indexed, spec)),
+        (schema.VALID_SPLIT, evaluation_rows(indexed, spec, schema.VALID_SPLIT)),
+        (schema.TEST_SPLIT, evaluation_rows(indexed, spec, schema.TEST_SPLIT)),
     ):
-        table = pa.table(rows, schema=table_schema)
         counts[f"{split}_rows"] = table.num_rows
         if table.num_rows:
-            fs, inner = storage.resolve(storage.join(output_dir, split, f"part-{part}.parquet"))
+            path = storage.join(output_dir, split, f"part-{part[:16]}.parquet")
+            fs, inner = storage.resolve(path)
             pq.write_table(table, inner, filesystem=fs)
     lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
     return pa.table(
@@ -238,27 +368,43 @@ def _write_split_parts(users: pa.Table, spec: SplitSpec, vocab_ref, output_dir: 
             **{name: [value] for name, value in counts.items()},
             "events": [int(pc.sum(users.column(schema.NUM_EVENTS)).as_py())],
             "duplicates": [int(pc.sum(users.column(schema.NUM_DUPLICATES)).as_py())],
+            "truncated": [int(pc.sum(users.column(schema.NUM_TRUNCATED)).as_py())],
             "users": [int((lengths >= spec.min_user_events).sum())],
             "users_below_min_events": [int((lengths < spec.min_user_events).sum())],
         }
     )
 
 
-def _manifest(data_dir, files, config, vocab, spec, totals, tally) -> dict[str, Any]:
+def _manifest(
+    data_dir, files, config, vocab, spec, totals, tally, accepted, previous
+) -> dict[str, Any]:
+    """Counts cover the whole dataset (every appended source); ``sources`` lists each one."""
     bad = ray.get(tally.get.remote()) if tally is not None else events_io.BadRowReport()
-    counts = {
+    earlier_bad = previous["bad_rows"] if previous else {"per_file": {}, "examples": []}
+    new_hash = data_hash(files)
+    source = {
+        "path": str(data_dir),
+        "files": len(files),
+        "data_hash": new_hash,
+        "events_accepted": accepted,
         "bad_rows_skipped": bad.total,
+    }
+    counts = {
+        "bad_rows_skipped": bad.total + (previous["counts"]["bad_rows_skipped"] if previous else 0),
         "events_accepted": totals["events"] + totals["duplicates"],
         "duplicates_dropped": totals["duplicates"],
         "events": totals["events"],
+        "events_truncated": totals["truncated"],
         "users": totals["users"],
         "users_below_min_events": totals["users_below_min_events"],
         **{f"{s}_rows": totals.get(f"{s}_rows", 0) for s in schema.SPLITS},
     }
+    input_files = (previous["input_files"] if previous else []) + list(files)
     return {
         "format_version": MANIFEST_VERSION,
-        "source": str(data_dir),
-        "files": len(files),
+        "sources": (previous["sources"] if previous else []) + [source],
+        "input_files": input_files,
+        "files": len(input_files),
         "split": spec.split,
         "max_len": config.max_len,
         "valid_cut": spec.valid_cut if spec.split == "time" else None,
@@ -266,10 +412,17 @@ def _manifest(data_dir, files, config, vocab, spec, totals, tally) -> dict[str, 
         "vocab_size": vocab.size,
         "num_items": vocab.num_items,
         "counts": counts,
-        "bad_rows": {"per_file": bad.counts, "examples": bad.examples},
-        "data_hash": data_hash(files),
+        "bad_rows": {
+            "per_file": {**earlier_bad["per_file"], **bad.counts},
+            "examples": (earlier_bad["examples"] + bad.examples)[:10],
+        },
+        "data_hash": _chain_hash(previous["data_hash"], new_hash) if previous else new_hash,
         "config": config.__dict__,
     }
+
+
+def _chain_hash(previous: str, new: str) -> str:
+    return hashlib.sha256(f"{previous}+{new}".encode()).hexdigest()
 
 
 def data_hash(files: list[str]) -> str:

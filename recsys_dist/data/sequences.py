@@ -73,72 +73,124 @@ class SplitSpec:
     test_cut: int = 0  # time split only: first second of the test period
 
 
-def training_rows(users: dict[str, np.ndarray], spec: SplitSpec) -> dict[str, list]:
-    """Training windows of at most ``max_len`` events from each user's training history."""
-    out: dict[str, list] = {schema.USER_ID: [], schema.ITEMS: [], schema.TIMESTAMPS: []}
-    for user, items, times in _eligible(users, spec):
-        end = _train_end(times, spec)
-        for start, stop in training_windows(end, spec.max_len, spec.window_stride):
-            out[schema.USER_ID].append(user)
-            out[schema.ITEMS].append(items[start:stop])
-            out[schema.TIMESTAMPS].append(times[start:stop])
-    return out
+def training_rows(users: pa.Table, spec: SplitSpec) -> pa.Table:
+    """Training windows of at most ``max_len`` events from each user's training history.
+
+    ``users`` holds ``user_id``, ``items`` and ``timestamps`` lists; every window is cut out
+    with array arithmetic (no Python loop per user), so millions of users stay cheap.
+    """
+    lists = _Lists.of(users)
+    ends = np.where(lists.lengths >= spec.min_user_events, _train_ends(lists, spec), 0)
+    starts, stops, owner = _windows(ends, spec.max_len, spec.window_stride)
+    return lists.slices(owner, starts, stops, schema.SEQUENCE_SCHEMA)
 
 
-def evaluation_rows(users: dict[str, np.ndarray], spec: SplitSpec, which: str) -> dict[str, list]:
+def evaluation_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
     """One row per user with a target in the ``which`` split: history before it and the target.
 
     The history keeps up to ``max_history`` events (not just ``max_len``) so evaluation can
     exclude every item the user has already seen.
     """
-    names = (schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS)
-    out: dict[str, list] = {n: [] for n in (*names, schema.TARGET_ITEM, schema.TARGET_TIMESTAMP)}
-    for user, items, times in _eligible(users, spec):
-        target = _target_position(times, spec, which)
-        if target is None or target == 0:
-            continue
-        for name, value in zip(names, (user, items[:target], times[:target]), strict=True):
-            out[name].append(value)
-        out[schema.TARGET_ITEM].append(int(items[target]))
-        out[schema.TARGET_TIMESTAMP].append(int(times[target]))
-    return out
+    lists = _Lists.of(users)
+    target = _target_positions(lists, spec, which)
+    owner = np.flatnonzero((lists.lengths >= spec.min_user_events) & (target >= 1))
+    table = lists.slices(
+        owner, np.zeros(len(owner), np.int64), target[owner], schema.SEQUENCE_SCHEMA
+    )
+    at = lists.offsets[owner] + target[owner]
+    return table.append_column(
+        schema.EVAL_SEQUENCE_SCHEMA.field(schema.TARGET_ITEM), pa.array(lists.items[at])
+    ).append_column(
+        schema.EVAL_SEQUENCE_SCHEMA.field(schema.TARGET_TIMESTAMP), pa.array(lists.times[at])
+    )
 
 
 def training_windows(length: int, max_len: int, stride: int) -> list[tuple[int, int]]:
     """``(start, stop)`` windows covering ``[0, length)``: the newest first, then every
     ``stride`` events back; a history no longer than ``max_len`` is one window."""
-    if length <= 1:
-        return []  # a single event has nothing to predict from
-    if length <= max_len:
-        return [(0, length)]
-    stops = range(length, max_len - 1, -stride)
-    return [(stop - max_len, stop) for stop in stops]
+    starts, stops, _ = _windows(np.array([length]), max_len, stride)
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
-def _eligible(users: dict[str, np.ndarray], spec: SplitSpec):
-    for user, items, times in zip(
-        users[schema.USER_ID], users[schema.ITEMS], users[schema.TIMESTAMPS], strict=True
-    ):
-        if len(items) >= spec.min_user_events:
-            yield user, np.asarray(items, np.int32), np.asarray(times, np.int64)
+def _windows(ends: np.ndarray, max_len: int, stride: int):
+    """Windows of every user's ``[0, end)``: (starts, stops, owning user), newest first."""
+    ends = np.asarray(ends, np.int64)
+    count = np.where(ends <= 1, 0, np.where(ends <= max_len, 1, (ends - max_len) // stride + 1))
+    owner = np.repeat(np.arange(len(ends)), count)
+    step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
+    stops = ends[owner] - step * stride
+    return np.maximum(0, stops - max_len), stops, owner
 
 
-def _train_end(times: np.ndarray, spec: SplitSpec) -> int:
+@dataclass(frozen=True)
+class _Lists:
+    """The flat arrays behind a users table's list columns."""
+
+    users: pa.Array
+    offsets: np.ndarray  # [users + 1]
+    lengths: np.ndarray  # [users]
+    items: np.ndarray  # [events] int32
+    times: np.ndarray  # [events] int64
+
+    @classmethod
+    def of(cls, users: pa.Table) -> _Lists:
+        items = users.column(schema.ITEMS).combine_chunks()
+        times = users.column(schema.TIMESTAMPS).combine_chunks()
+        offsets = np.asarray(items.offsets, np.int64)
+        base = offsets[0]
+        return cls(
+            users.column(schema.USER_ID).combine_chunks(),
+            offsets - base,
+            np.diff(offsets),
+            np.asarray(items.values, np.int32)[base : offsets[-1]],
+            np.asarray(times.values, np.int64)[base : offsets[-1]],
+        )
+
+    def owner_of_events(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self.lengths)), self.lengths)
+
+    def slices(self, owner, starts, stops, table_schema: pa.Schema) -> pa.Table:
+        """Rows ``user, items[start:stop], timestamps[start:stop]``, one per window."""
+        lengths = stops - starts
+        out_offsets = np.r_[0, np.cumsum(lengths)]
+        flat = np.repeat(self.offsets[owner] + starts - out_offsets[:-1], lengths)
+        flat += np.arange(int(out_offsets[-1]))
+        offsets = pa.array(out_offsets.astype(np.int32))
+        return pa.table(
+            [
+                self.users.take(pa.array(owner, pa.int64())),
+                pa.ListArray.from_arrays(offsets, pa.array(self.items[flat])),
+                pa.ListArray.from_arrays(offsets, pa.array(self.times[flat])),
+            ],
+            schema=table_schema,
+        )
+
+
+def _train_ends(lists: _Lists, spec: SplitSpec) -> np.ndarray:
     if spec.split == "loo":
-        return max(0, len(times) - 2)
-    return int(np.searchsorted(times, spec.valid_cut, side="left"))
+        return np.maximum(0, lists.lengths - 2)
+    return _count_before(lists, spec.valid_cut)
 
 
-def _target_position(times: np.ndarray, spec: SplitSpec, which: str) -> int | None:
+def _count_before(lists: _Lists, cut: int) -> np.ndarray:
+    """Per user: events strictly before ``cut`` (each user's times are sorted)."""
+    early = lists.owner_of_events()[lists.times < cut]
+    return np.bincount(early, minlength=len(lists.lengths))
+
+
+def _target_positions(lists: _Lists, spec: SplitSpec, which: str) -> np.ndarray:
+    """Per user: the position of the ``which`` target, or -1 where the user has none."""
     if spec.split == "loo":
-        return len(times) - (2 if which == schema.VALID_SPLIT else 1)
+        return lists.lengths - (2 if which == schema.VALID_SPLIT else 1)
     start, stop = (
         (spec.valid_cut, spec.test_cut) if which == schema.VALID_SPLIT else (spec.test_cut, None)
     )
-    position = int(np.searchsorted(times, start, side="left"))
-    if position >= len(times) or (stop is not None and times[position] >= stop):
-        return None
-    return position
+    position = _count_before(lists, start)
+    has_next = position < lists.lengths
+    at = lists.offsets[:-1] + np.minimum(position, np.maximum(lists.lengths - 1, 0))
+    if stop is not None:
+        has_next &= lists.times[np.minimum(at, max(len(lists.times) - 1, 0))] < stop
+    return np.where(has_next, position, -1)
 
 
 def time_cuts(

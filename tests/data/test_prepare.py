@@ -171,3 +171,86 @@ def test_preparing_again_replaces_the_earlier_output(ray_session, small_log, tmp
     assert again["counts"] == first["counts"]
     assert len(read_split(tmp_path / "p", "test")) == first["counts"]["test_rows"]
     assert len(read_split(tmp_path / "p", "users")) == 2
+
+
+def random_log(directory, users, days, seed=0, name="part-0.parquet"):
+    """A log over ``days`` days with new users and new items appearing every day."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for day in days:
+        for _ in range(300):
+            user = int(rng.integers(users + 5 * day))
+            rows.append(
+                {
+                    "user_id": f"u{user}",
+                    "item_id": f"i{int(rng.integers(20 + 10 * day))}",
+                    "timestamp": day * 86_400 + int(rng.integers(86_400)),
+                }
+            )
+    return write_events(directory, rows, name=name)
+
+
+def as_id_sequences(prepared) -> dict[str, dict]:
+    """Every split with item indices mapped back to raw ids, keyed by (split, user, first time)."""
+    vocab = Vocabulary.load(str(prepared / schema.VOCAB_FILE))
+    out = {}
+    for split in schema.SPLITS:
+        for row in read_split(prepared, split).itertuples():
+            ids = vocab.to_item_ids(np.asarray(row.items)).to_pylist()
+            out[(split, row.user_id, int(row.timestamps[0]), len(ids))] = ids
+    return out
+
+
+def test_many_buckets_give_the_same_dataset(ray_session, tmp_path):
+    raw = random_log(tmp_path / "raw", users=40, days=range(3))
+    few = prepare_dataset(str(raw), str(tmp_path / "few"), DataConfig(bucket_rows=10**9))
+    many = prepare_dataset(str(raw), str(tmp_path / "many"), DataConfig(bucket_rows=50))
+    assert many["num_buckets"] == 900 // 50 and few["num_buckets"] == 4  # one per CPU
+    assert many["counts"] == few["counts"]
+    assert as_id_sequences(tmp_path / "many") == as_id_sequences(tmp_path / "few")
+
+
+def test_appending_partitions_equals_preparing_everything(ray_session, tmp_path):
+    """New days are appended without reading the old ones (they are moved away first); the
+    result equals one prepare of all days, and old item indices never change."""
+    old = random_log(tmp_path / "log" / "date=1", users=30, days=range(3), seed=1)
+    new = random_log(tmp_path / "log" / "date=2", users=30, days=range(3, 5), seed=2)
+    config = DataConfig(min_user_events=2)
+    first = prepare_dataset(str(old), str(tmp_path / "inc"), config)
+    old_vocab = Vocabulary.load(str(tmp_path / "inc" / schema.VOCAB_FILE))
+    (tmp_path / "log" / "date=1").rename(tmp_path / "away")
+    appended = prepare_dataset(str(new), str(tmp_path / "inc"), config, append=True)
+    (tmp_path / "away").rename(tmp_path / "log" / "date=1")
+    whole = prepare_dataset(str(tmp_path / "log"), str(tmp_path / "whole"), config)
+
+    assert appended["counts"] == whole["counts"]
+    assert appended["counts"]["events_accepted"] > first["counts"]["events_accepted"]
+    assert as_id_sequences(tmp_path / "inc") == as_id_sequences(tmp_path / "whole")
+    vocab = Vocabulary.load(str(tmp_path / "inc" / schema.VOCAB_FILE))
+    assert vocab.item_ids[: old_vocab.num_items].equals(old_vocab.item_ids)
+    assert vocab.num_items == whole["num_items"] > old_vocab.num_items
+    assert [s["files"] for s in appended["sources"]] == [1, 1]
+    assert appended["files"] == 2 and appended["data_hash"] != first["data_hash"]
+
+
+def test_append_refuses_files_seen_before_and_changed_settings(ray_session, tmp_path):
+    from recsys_dist.data.prepare import AppendError
+
+    raw = random_log(tmp_path / "raw", users=10, days=range(2))
+    prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    with pytest.raises(AppendError, match="already prepared"):
+        prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(), append=True)
+    more = random_log(tmp_path / "more", users=10, days=range(2, 3))
+    with pytest.raises(AppendError, match="data.max_len: 50 → 20"):
+        prepare_dataset(str(more), str(tmp_path / "p"), DataConfig(max_len=20), append=True)
+
+
+def test_skewed_users_are_cut_and_reported(ray_session, tmp_path):
+    bot = user_log("bot", [f"i{k % 7}" for k in range(500)], step=1)
+    raw = write_events(tmp_path / "raw", bot + user_log("a", ["x", "y", "z"]))
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(max_history=100))
+    assert manifest["skewed_users"] == [{"user_id": "bot", "events": 500, "truncated": 400}]
+    assert manifest["counts"]["events_truncated"] == 400
+    assert manifest["counts"]["events_accepted"] == 503
+    users = read_split(tmp_path / "p", "users").set_index("user_id")
+    assert list(users.loc["bot", "timestamps"]) == list(range(1400, 1500))
