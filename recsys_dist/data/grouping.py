@@ -21,7 +21,7 @@ puts a user's new events in the same bucket as the old ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,9 +63,18 @@ class GroupingSpec:
     compact_rows: int  # events a gather task merges per round: bounds its memory
 
 
-def num_buckets_for(total_rows: int, bucket_rows: int, cpus: int) -> int:
-    """Enough buckets that each holds about ``bucket_rows`` events, and one per CPU at least."""
-    return max(1, cpus, -(-total_rows // bucket_rows))
+def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) -> GroupingSpec:
+    """Enough buckets that each holds about ``bucket_rows`` events, and one per CPU at least.
+
+    The size comes from the Parquet footers, so no data is read to plan the shuffle.
+    """
+    rows = 0
+    for path in files:
+        fs, inner = storage.resolve(path)
+        with fs.open_input_file(inner) as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return GroupingSpec(max(1, cpus, -(-rows // bucket_rows)), max_history, dedup, bucket_rows)
 
 
 def user_buckets(user_ids: pa.Array | pa.ChunkedArray, num_buckets: int) -> np.ndarray:
@@ -213,6 +222,49 @@ def bucket_parts(scratch_dir: str, num_buckets: int) -> list[list[str]]:
 
 def users_file(users_dir: str, bucket: int) -> str:
     return storage.join(users_dir, f"bucket-{bucket:05d}.parquet")
+
+
+def gather(
+    scratch_dir: str,
+    spec: GroupingSpec,
+    earlier_users_dir: str | None = None,
+    users_dir: str | None = None,
+    summarize: Callable[[pa.Table], pa.Table] | None = None,
+) -> ray.data.Dataset:
+    """One Ray task per bucket merges its parts into users; the buckets stream out.
+
+    With ``users_dir`` each bucket's users are written to ``users_dir/bucket-K.parquet``;
+    with ``earlier_users_dir`` (incremental mode) the bucket's earlier users are merged in.
+    The dataset holds ``summarize(users)`` per bucket, or the users themselves.
+    """
+    parts = bucket_parts(scratch_dir, spec.num_buckets)
+    listing = ray.data.from_items(
+        [
+            {
+                "parts": parts[b],
+                "earlier": users_file(earlier_users_dir, b) if earlier_users_dir else "",
+                "output": users_file(users_dir, b) if users_dir else "",
+            }
+            for b in range(spec.num_buckets)
+        ],
+        override_num_blocks=spec.num_buckets,
+    )
+    return listing.map_batches(
+        _gather_task,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"spec": spec, "summarize": summarize},
+    )
+
+
+def _gather_task(listing: pa.Table, spec: GroupingSpec, summarize) -> pa.Table:
+    row = listing.to_pylist()[0]
+    users = gather_bucket(row["parts"], row["earlier"] or None, spec)
+    if row["output"]:
+        fs, inner = storage.resolve(row["output"])
+        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(users, inner, filesystem=fs)
+    return summarize(users) if summarize else users
 
 
 def gather_bucket(parts: list[str], previous_users: str | None, spec: GroupingSpec) -> pa.Table:

@@ -136,21 +136,8 @@ def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict
 
 def _grouping_spec(files: list[str], config: DataConfig, previous) -> grouping.GroupingSpec:
     """Buckets sized from Parquet footers (no data read); fixed once a dataset exists."""
-    if previous:
-        num_buckets = previous["num_buckets"]
-    else:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        num_buckets = grouping.num_buckets_for(_row_count(files), config.bucket_rows, cpus)
-    return grouping.GroupingSpec(num_buckets, config.max_history, config.dedup, config.bucket_rows)
-
-
-def _row_count(files: list[str]) -> int:
-    total = 0
-    for path in files:
-        fs, inner = storage.resolve(path)
-        with fs.open_input_file(inner) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+    spec = grouping.spec_for(files, config.bucket_rows, config.max_history, config.dedup)
+    return dataclasses.replace(spec, num_buckets=previous["num_buckets"]) if previous else spec
 
 
 @dataclasses.dataclass
@@ -161,21 +148,7 @@ class _Gathered:
 
 def _gather(scratch: str, earlier: str | None, users_dir: str, spec) -> _Gathered:
     """One task per bucket builds its users file; item counts and skewed users come back."""
-    parts = grouping.bucket_parts(scratch, spec.num_buckets)
-    listing = ray.data.from_items(
-        [
-            {
-                "parts": parts[b],
-                "earlier": grouping.users_file(earlier, b) if earlier else "",
-                "output": grouping.users_file(users_dir, b),
-            }
-            for b in range(spec.num_buckets)
-        ],
-        override_num_blocks=spec.num_buckets,
-    )
-    results = listing.map_batches(
-        _gather_bucket, batch_size=1, batch_format="pyarrow", fn_kwargs={"spec": spec}
-    )
+    results = grouping.gather(scratch, spec, earlier, users_dir, summarize=_bucket_summary)
     counts = pa.table(
         {schema.ITEM_ID: pa.array([], pa.string()), schema.COUNT: pa.array([], pa.int64())}
     )
@@ -201,12 +174,8 @@ def _gather(scratch: str, earlier: str | None, users_dir: str, spec) -> _Gathere
     return _Gathered(counts, skewed[: grouping.SKEWED_USERS_REPORTED])
 
 
-def _gather_bucket(listing: pa.Table, spec: grouping.GroupingSpec) -> pa.Table:
-    row = listing.to_pylist()[0]
-    users = grouping.gather_bucket(row["parts"], row["earlier"] or None, spec)
-    fs, inner = storage.resolve(row["output"])
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(users, inner, filesystem=fs)
+def _bucket_summary(users: pa.Table) -> pa.Table:
+    """What the driver needs of a bucket: its item counts and its cut (skewed) users."""
     counts = _item_counts(users)
     return pa.table(
         {
