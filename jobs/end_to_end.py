@@ -9,6 +9,10 @@ mount shared by every node)::
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/end_to_end.py --workdir /mnt/runs/demo --workers 4
+
+The work directory may also be on object storage, e.g. ``--workdir s3://bucket/runs/demo``;
+S3 settings come from the AWS environment (``AWS_ENDPOINT_URL`` for MinIO), which every node
+of a cluster needs too (see docs/architecture.md, "Object storage").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from recsys_dist import cli, schema  # noqa: E402
+from recsys_dist import cli, schema, storage  # noqa: E402
 
 DEMO_OVERRIDES = ["train.epochs=30", "train.eval_every=5", "train.patience=3"]
 
@@ -38,35 +42,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="extra section.key=value config overrides")
     args = parser.parse_args(argv)
-    work = Path(args.workdir)
-    raw, prepared, run = work / "raw", work / "prepared", work / "run"
+    work = args.workdir
+    raw, prepared, run = (storage.join(work, name) for name in ("raw", "prepared", "run"))
     steps = [
         [
             "generate",
             "--output",
-            str(raw),
+            raw,
             "--users",
             str(args.users),
             "--items",
             str(args.items),
             "--json",
         ],
-        ["prepare", "--data", str(raw), "--output", str(prepared), "--json"],
+        ["prepare", "--data", raw, "--output", prepared, "--json"],
         [
             "train",
             "--data",
-            str(prepared),
+            prepared,
             "--output",
-            str(run),
+            run,
             "--workers",
             str(args.workers),
             "--json",
             *DEMO_OVERRIDES,
             *args.overrides,
         ],
-        ["evaluate", "--run", str(run), "--split", "test"],
+        ["evaluate", "--run", run, "--split", "test"],
     ]
-    if raw.exists():
+    if storage.exists(raw):
         steps[0].append("--overwrite")
     # One Ray for every step, with a CPU to spare for Ray Data while each worker holds one.
     cli.init_ray(None, min_cpus=args.workers + 2)
@@ -77,31 +81,34 @@ def main(argv: list[str] | None = None) -> int:
     return _sample_recommendations(raw, run, work)
 
 
-def _sample_recommendations(raw: Path, run: Path, work: Path) -> int:
+def _sample_recommendations(raw: str, run: str, work: str) -> int:
     """Recommend for three users from their full logs and print the top 5 of each."""
-    first_part = sorted((raw / schema.EVENTS_DIR).glob("*.parquet"))[0]
-    events = pq.read_table(first_part)
+    first_part = storage.list_files(storage.join(raw, schema.EVENTS_DIR), ".parquet")[0]
+    with storage.open_input(first_part) as source:
+        events = pq.read_table(source)
     users = events.column(schema.USER_ID).unique()[:3]
-    histories = work / "histories.parquet"
-    pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), users)), histories)
-    output = work / "recommendations.parquet"
+    histories = storage.join(work, "histories.parquet")
+    with storage.open_output(histories) as sink:
+        pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), users)), sink)
+    output = storage.join(work, "recommendations.parquet")
     step = [
         "recommend",
         "--run",
-        str(run),
+        run,
         "--histories",
-        str(histories),
+        histories,
         "--k",
         "5",
         "--output",
-        str(output),
+        output,
         "--json",
     ]
     print(f"\n$ recsys-dist {' '.join(step)}", flush=True)
     if cli.main(step) != 0:
         return 1
-    for row in pq.read_table(output).to_pylist():
-        print(json.dumps(row))
+    with storage.open_input(output) as source:
+        for row in pq.read_table(source).to_pylist():
+            print(json.dumps(row))
     return 0
 
 

@@ -6,12 +6,12 @@
     DIR/state.json         what produced it: epoch, step, metrics, config, data hash
 
 A checkpoint reported during training and the exported ``RUN_DIR/model`` share this layout,
-so the best checkpoint is exported by copying it.
+so the best checkpoint is exported by copying it. Checkpoints are written locally (Ray Train
+uploads them to the run's storage); loading and exporting accept local or ``s3://`` dirs.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,23 +44,26 @@ def save_checkpoint(directory: str | Path, model: Bert4Rec, vocab_path: str, sta
 
 
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> LoadedModel:
-    """Rebuild the model exactly as saved, with its vocabulary and state."""
-    directory = Path(directory)
-    if not (directory / STATE_FILE).exists():
+    """Rebuild the model exactly as saved, with its vocabulary and state.
+
+    An ``s3://`` directory is copied to a local temporary directory once (the weights and HF
+    config are read from local files), and the copy is removed once the model is in memory.
+    """
+    if not storage.exists(storage.join(directory, STATE_FILE)):
         raise FileNotFoundError(f"{directory}: not a recsys_dist checkpoint (no {STATE_FILE})")
-    model = Bert4Rec.load(directory, map_location=map_location)
-    vocab = Vocabulary.load(str(directory / schema.VOCAB_FILE))
+    with storage.local_dir(directory) as local:
+        model = Bert4Rec.load(local, map_location=map_location)
+        vocab = Vocabulary.load(storage.join(local, schema.VOCAB_FILE))
+        state = storage.read_json(storage.join(local, STATE_FILE))
     if vocab.size != model.config.vocab_size:
         raise ValueError(
             f"{directory}: vocabulary has {vocab.size} entries but the model expects "
             f"{model.config.vocab_size}"
         )
-    return LoadedModel(model, vocab, storage.read_json(directory / STATE_FILE))
+    return LoadedModel(model, vocab, state)
 
 
 def export(checkpoint_dir: str | Path, model_dir: str | Path) -> None:
-    """Copy a checkpoint to the run's ``model/`` directory, replacing what was there."""
-    model_dir = Path(model_dir)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    shutil.copytree(checkpoint_dir, model_dir)
+    """Copy a checkpoint to the run's ``model/`` directory (local or ``s3://``), replacing it."""
+    storage.delete_dir(model_dir)
+    storage.copy_dir(checkpoint_dir, model_dir)

@@ -1,7 +1,9 @@
 """The ``recsys-dist`` command: thin wrappers over the library, one sub-command per stage.
 
 Every sub-command logs progress, prints a human summary, or one JSON object with ``--json``,
-and exits 2 with a one-line message naming the file/row/field on bad input.
+and exits 2 with a one-line message naming the file/row/field on bad input. Every path may be
+local or ``s3://bucket/prefix``; S3 endpoint, region and credentials come from the standard
+AWS environment variables and config files (``AWS_ENDPOINT_URL`` for MinIO and the like).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import os
 import sys
 from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from recsys_dist.config import ConfigError, load_config
@@ -179,7 +180,9 @@ def init_ray(address: str | None, min_cpus: int = 1) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray.
 
     Locally, Ray gets at least ``min_cpus`` logical CPUs so that Ray Data has room to stream
-    while every training worker holds one.
+    while every training worker holds one. A local Ray inherits this process's environment,
+    so its workers see the same AWS settings for ``s3://`` paths; on a cluster every node
+    needs them (environment or an IAM role), see docs/architecture.md "Object storage".
     """
     import ray
 
@@ -260,12 +263,13 @@ def _run_evaluate(args):
 
 
 def _run_recommend(args):
+    from recsys_dist import storage
     from recsys_dist.checkpoint import MODEL_DIR
     from recsys_dist.inference.batch import recommend_histories
 
     init_ray(args.address)
     return recommend_histories(
-        str(Path(args.run, MODEL_DIR)),
+        storage.join(args.run, MODEL_DIR),
         args.histories,
         args.output,
         args.k,

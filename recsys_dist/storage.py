@@ -2,15 +2,22 @@
 
 Everything that touches files goes through :func:`resolve` so that a local path and an
 ``s3://bucket/key`` behave the same. S3 endpoint, region and credentials come from the
-standard AWS environment (``AWS_ENDPOINT_URL`` for MinIO-style stores); nothing is logged.
+standard AWS environment and config files (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
+``AWS_PROFILE``, an instance role; ``AWS_ENDPOINT_URL`` for MinIO-style stores, which
+pyarrow honours). Credentials are never part of a path, so nothing secret reaches a log,
+a saved config or a pickled filesystem: a URI that carries them is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
@@ -20,11 +27,28 @@ def is_remote(path: str | Path) -> bool:
 
 
 def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
-    """Return ``(filesystem, path within it)`` for a local path or a URI."""
+    """Return ``(filesystem, path within it)`` for a local path or a URI.
+
+    Raises:
+        ValueError: For a URI with user info or a query string (``s3://KEY:SECRET@bucket``,
+            ``?access_key=...``): credentials and options belong in the AWS environment, and
+            the message does not repeat the URI.
+    """
     text = str(path)
     if not is_remote(text):
         return pafs.LocalFileSystem(), str(Path(text).resolve())
+    parts = urlsplit(text)
+    if "@" in parts.netloc or parts.query:
+        raise ValueError(
+            f"a {parts.scheme}:// path must not carry credentials or options (user info or "
+            "'?...'); set them in the AWS environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)"
+        )
     return pafs.FileSystem.from_uri(text)
+
+
+def absolute(path: str | Path) -> str:
+    """A URI unchanged, a local path made absolute (so other processes find it too)."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
 
 
 def join(base: str | Path, *parts: str) -> str:
@@ -33,12 +57,41 @@ def join(base: str | Path, *parts: str) -> str:
     return posixpath.join(text, *parts) if is_remote(text) else str(Path(text, *parts))
 
 
-def exists(path: str | Path) -> bool:
+def parent(path: str | Path) -> str:
+    """The directory holding ``path``, in the same form (URIs stay URIs)."""
+    text = str(path)
+    return posixpath.dirname(text.rstrip("/")) if is_remote(text) else str(Path(text).parent)
+
+
+def _type(path: str | Path) -> pafs.FileType:
     fs, inner = resolve(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    return fs.get_file_info(inner).type
 
 
-def list_files(path: str | Path, suffix: str) -> list[str]:
+def exists(path: str | Path) -> bool:
+    return _type(path) != pafs.FileType.NotFound
+
+
+def is_file(path: str | Path) -> bool:
+    return _type(path) == pafs.FileType.File
+
+
+def is_dir(path: str | Path) -> bool:
+    """True for a directory; on S3, for a prefix with at least one object (or a marker)."""
+    return _type(path) == pafs.FileType.Directory
+
+
+def is_empty_dir(path: str | Path) -> bool:
+    """True when ``path`` does not exist or holds no file (S3 has no real empty directories)."""
+    fs, inner = resolve(path)
+    kind = fs.get_file_info(inner).type
+    if kind != pafs.FileType.Directory:
+        return kind == pafs.FileType.NotFound
+    found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    return not any(f.type == pafs.FileType.File for f in found)
+
+
+def list_files(path: str | Path, suffix: str, recursive: bool = True) -> list[str]:
     """Files under ``path`` (or ``path`` itself) ending in ``suffix``, sorted, hidden ones skipped.
 
     Returned in the same form as given (URIs stay URIs), so they can be shown to the user.
@@ -49,7 +102,7 @@ def list_files(path: str | Path, suffix: str) -> list[str]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if info.type == pafs.FileType.File:
         return [str(path)]
-    found = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+    found = fs.get_file_info(pafs.FileSelector(inner, recursive=recursive))
     names = sorted(
         f.path
         for f in found
@@ -63,22 +116,83 @@ def list_files(path: str | Path, suffix: str) -> list[str]:
     return [f"{scheme}://{name}" for name in names]
 
 
-def write_json(path: str | Path, payload: Any) -> None:
+def open_input(path: str | Path) -> pafs.NativeFile:
+    """A seekable binary reader (``pq.ParquetFile``, ``pyarrow.csv`` and ``io`` accept it)."""
+    fs, inner = resolve(path)
+    return fs.open_input_file(inner)
+
+
+def open_output(path: str | Path) -> pafs.NativeFile:
+    """A binary writer that replaces ``path``, creating its parent directories."""
     fs, inner = resolve(path)
     fs.create_dir(posixpath.dirname(inner), recursive=True)
-    with fs.open_output_stream(inner) as out:
-        out.write(json.dumps(payload, indent=2, sort_keys=True).encode())
+    return fs.open_output_stream(inner)
+
+
+def read_text(path: str | Path) -> str:
+    with open_input(path) as stream:
+        return stream.read().decode()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with open_output(path) as out:
+        out.write(text.encode())
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_json(path: str | Path) -> Any:
-    fs, inner = resolve(path)
-    with fs.open_input_stream(inner) as stream:
-        return json.loads(stream.read().decode())
+    return json.loads(read_text(path))
 
 
 def make_dirs(path: str | Path) -> None:
     fs, inner = resolve(path)
     fs.create_dir(inner, recursive=True)
+
+
+def delete_file(path: str | Path) -> None:
+    """Remove one file; nothing happens if it is already gone."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type == pafs.FileType.File:
+        fs.delete_file(inner)
+
+
+def delete_dir(path: str | Path) -> None:
+    """Remove a directory (an S3 prefix) and everything below it; nothing if it is absent."""
+    fs, inner = resolve(path)
+    if fs.get_file_info(inner).type == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+
+
+def copy_dir(source: str | Path, destination: str | Path) -> None:
+    """Copy a directory tree between any two locations (local → S3, S3 → local, ...).
+
+    Files already at ``destination`` with other names are kept; use :func:`delete_dir`
+    first to replace a directory.
+    """
+    src_fs, src = resolve(source)
+    dst_fs, dst = resolve(destination)
+    if src_fs.get_file_info(src).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{source}: no such directory")
+    dst_fs.create_dir(dst, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+
+
+@contextlib.contextmanager
+def local_dir(path: str | Path) -> Iterator[str]:
+    """A local directory holding what ``path`` holds: ``path`` itself, or a temporary copy.
+
+    For libraries that only read local files (safetensors, HF configs); the copy is
+    deleted on exit.
+    """
+    if not is_remote(path):
+        yield str(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="recsys-dist-") as directory:
+        copy_dir(path, directory)
+        yield directory
 
 
 def total_size(files: list[str]) -> int:

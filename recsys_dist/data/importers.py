@@ -5,7 +5,8 @@ Every later stage reads one layout (``events/`` and ``items/`` Parquet parts wit
 blocks and written in bounded Parquet parts, so a log larger than memory imports the same way
 as MovieLens-100K. Bad values stop the import with a :class:`DataFormatError` that names the
 file, the line (or row) and the field, because a silently dropped or mis-parsed column would
-only show up much later as a strange metric.
+only show up much later as a strange metric. Inputs and the output directory may be local or
+``s3://`` (every file is opened through :mod:`recsys_dist.storage`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import shutil
+import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recsys_dist import schema
+from recsys_dist import schema, storage
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,17 @@ class PartWriter:
 
     def __init__(
         self,
-        directory: str | Path,
+        directory: str,
         table_schema: pa.Schema,
         rows_per_file: int | None = None,
         row_group_size: int | None = None,
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = str(directory)
         self.schema = table_schema
         self.rows_per_file = rows_per_file or ROWS_PER_FILE  # read at call time: tests shrink it
         self.row_group_size = row_group_size or ROW_GROUP_SIZE
         self.rows = 0
-        self.files: list[Path] = []
+        self.files: list[str] = []
         self._buffer: list[pa.Table] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
@@ -147,7 +147,7 @@ class PartWriter:
         if self._writer is not None:
             self._writer.close()
         for path in self.files:
-            path.unlink(missing_ok=True)
+            storage.delete_file(path)
 
     def _flush(self, final: bool) -> None:
         table = pa.concat_tables(self._buffer) if self._buffer else self.schema.empty_table()
@@ -167,24 +167,24 @@ class PartWriter:
     def _open_next(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"part-{len(self.files):05d}.parquet"
+        storage.make_dirs(self.directory)
+        path = storage.join(self.directory, f"part-{len(self.files):05d}.parquet")
         self.files.append(path)
-        self._writer = pq.ParquetWriter(path, self.schema)
+        fs, inner = storage.resolve(path)
+        self._writer = pq.ParquetWriter(inner, self.schema, filesystem=fs)
         self._file_rows = 0
 
 
-def prepare_output_dir(output_dir: str | Path, subdirs: tuple[str, ...], overwrite: bool) -> Path:
+def prepare_output_dir(output_dir: str, subdirs: tuple[str, ...], overwrite: bool) -> str:
     """Refuse to mix new parts with an earlier run's, unless asked to replace them."""
-    root = Path(output_dir)
     for name in subdirs:
-        sub = root / name
-        if sub.exists() and any(sub.iterdir()):
+        sub = storage.join(output_dir, name)
+        if not storage.is_empty_dir(sub):
             if not overwrite:
                 raise FileExistsError(f"{sub} is not empty; pass overwrite=True to replace it")
-            shutil.rmtree(sub)
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+            storage.delete_dir(sub)
+    storage.make_dirs(output_dir)
+    return str(output_dir)
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -223,15 +223,15 @@ def import_dataset(
         raise ValueError(f"delimiter applies to the csv format only, not {fmt!r}")
     if column_map and fmt in ("movielens", "sasrec"):
         raise ValueError(f"format {fmt!r} has a fixed layout; column_map is not accepted")
-    plan = _PLANNERS[fmt](Path(input_path), column_map, delimiter)
+    plan = _PLANNERS[fmt](str(input_path), column_map, delimiter)
     root = prepare_output_dir(output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR), overwrite)
     divisor = _UNIT_DIVISORS[timestamp_unit]
-    with PartWriter(root / schema.EVENTS_DIR, schema.EVENT_SCHEMA) as events:
+    with PartWriter(storage.join(root, schema.EVENTS_DIR), schema.EVENT_SCHEMA) as events:
         for chunk in plan.events:
             events.write(_to_events(chunk, divisor))
     files, n_items = len(events.files), 0
     if plan.items is not None:
-        with PartWriter(root / schema.ITEMS_DIR, schema.ITEM_SCHEMA) as items:
+        with PartWriter(storage.join(root, schema.ITEMS_DIR), schema.ITEM_SCHEMA) as items:
             for table in plan.items:
                 items.write(table)
         files, n_items = files + len(items.files), items.rows
@@ -251,11 +251,14 @@ def _text_options(delimiter: str, quoted: bool, encoding: str, names: list[str] 
     return read, parse
 
 
-def _header(path: Path, delimiter: str, quoted: bool, encoding: str = "utf8") -> list[str]:
+def _header(path: str, delimiter: str, quoted: bool, encoding: str = "utf8") -> list[str]:
     read, parse = _text_options(delimiter, quoted, encoding, None, 0)
     read.block_size = 1 << 20
     try:
-        with pacsv.open_csv(path, read_options=read, parse_options=parse) as reader:
+        with (
+            storage.open_input(path) as source,
+            pacsv.open_csv(source, read_options=read, parse_options=parse) as reader,
+        ):
             return list(reader.schema.names)
     except pa.ArrowInvalid as exc:
         number = _find_bad_line(path, delimiter, quoted, encoding)
@@ -263,7 +266,7 @@ def _header(path: Path, delimiter: str, quoted: bool, encoding: str = "utf8") ->
 
 
 def _iter_text(
-    path: Path,
+    path: str,
     columns: dict[str, str],
     delimiter: str,
     *,
@@ -287,7 +290,10 @@ def _iter_text(
     )
     seen = 0
     try:
-        with pacsv.open_csv(path, read, parse, convert) as reader:
+        with (
+            storage.open_input(path) as source,
+            pacsv.open_csv(source, read, parse, convert) as reader,
+        ):
             for batch in reader:
                 table = pa.Table.from_batches([batch]).rename_columns(list(columns))
                 numbers = np.arange(seen, seen + batch.num_rows) + header_lines + 1
@@ -298,10 +304,10 @@ def _iter_text(
         raise DataFormatError(str(path), f"{exc}", number=number) from exc
 
 
-def _find_bad_line(path: Path, delimiter: str, quoted: bool, encoding: str) -> int | None:
+def _find_bad_line(path: str, delimiter: str, quoted: bool, encoding: str) -> int | None:
     """Locate a row whose field count differs from the first row's (error path only)."""
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
-    with open(path, newline="", encoding=encoding, errors="replace") as handle:
+    with _open_text(path, encoding) as handle:
         rows = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         width = None
         for row in rows:
@@ -346,9 +352,9 @@ def _resolve_columns(
 
 
 # --- formats ----------------------------------------------------------------------------------
-def _plan_csv(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
+def _plan_csv(path: str, column_map: dict[str, str], delimiter: str) -> _Plan:
     """A delimited file with a header, or a directory of ``*.csv`` files."""
-    files = _list_files(path, "*.csv")
+    files = _list_files(path, ".csv", recursive=False)
 
     def events() -> Iterator[_Chunk]:
         for file in files:
@@ -358,42 +364,43 @@ def _plan_csv(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
     return _Plan(events())
 
 
-def _plan_parquet(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
+def _plan_parquet(path: str, column_map: dict[str, str], delimiter: str) -> _Plan:
     """Parquet file(s): a file, or every ``*.parquet`` below a directory."""
-    files = _list_files(path, "**/*.parquet")
+    files = _list_files(path, ".parquet", recursive=True)
 
     def events() -> Iterator[_Chunk]:
         for file in files:
-            parquet = pq.ParquetFile(file)
-            columns = _resolve_columns(str(file), parquet.schema_arrow.names, column_map)
-            seen = 0
-            for batch in parquet.iter_batches(ROW_GROUP_SIZE, columns=list(columns.values())):
-                table = pa.Table.from_batches([batch]).rename_columns(list(columns))
-                numbers = np.arange(seen + 1, seen + 1 + batch.num_rows)
-                seen += batch.num_rows
-                yield _Chunk(table, str(file), numbers, unit="row")
+            with storage.open_input(file) as source:
+                parquet = pq.ParquetFile(source)
+                columns = _resolve_columns(file, parquet.schema_arrow.names, column_map)
+                seen = 0
+                for batch in parquet.iter_batches(ROW_GROUP_SIZE, columns=list(columns.values())):
+                    table = pa.Table.from_batches([batch]).rename_columns(list(columns))
+                    numbers = np.arange(seen + 1, seen + 1 + batch.num_rows)
+                    seen += batch.num_rows
+                    yield _Chunk(table, file, numbers, unit="row")
 
     return _Plan(events())
 
 
-def _plan_recbole(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
+def _plan_recbole(path: str, column_map: dict[str, str], delimiter: str) -> _Plan:
     """RecBole atomic files: ``NAME.inter`` (+ ``NAME.item``), tab-separated, ``field:type``."""
-    inter = path if path.is_file() else _single(path, "*.inter")
+    inter = path if storage.is_file(path) else _single(path, ".inter")
     names = _recbole_header(inter)
-    columns = _resolve_columns(str(inter), names, column_map)
+    columns = _resolve_columns(inter, names, column_map)
     events = _iter_text(inter, columns, "\t", names=names)
-    item_file = inter.with_suffix(".item")
-    items = _recbole_items(item_file, column_map) if item_file.exists() else None
+    item_file = posixpath.splitext(inter)[0] + ".item"
+    items = _recbole_items(item_file, column_map) if storage.exists(item_file) else None
     return _Plan(events, items)
 
 
-def _recbole_header(path: Path) -> list[str]:
-    with open(path, encoding="utf8") as handle:
+def _recbole_header(path: str) -> list[str]:
+    with _open_text(path, "utf8") as handle:
         first = handle.readline().rstrip("\r\n")
     return [field.split(":", 1)[0] for field in first.split("\t")]
 
 
-def _recbole_items(path: Path, column_map: dict[str, str]) -> Iterator[pa.Table]:
+def _recbole_items(path: str, column_map: dict[str, str]) -> Iterator[pa.Table]:
     names = _recbole_header(path)
     item_col = column_map.get(schema.ITEM_ID, schema.ITEM_ID)
     if item_col not in names:
@@ -409,23 +416,24 @@ def _recbole_items(path: Path, column_map: dict[str, str]) -> Iterator[pa.Table]
         yield _item_table(chunk, titles, cats)
 
 
-def _plan_movielens(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
+def _plan_movielens(path: str, column_map: dict[str, str], delimiter: str) -> _Plan:
     """GroupLens files: ``u.data`` (+ ``u.item``) or ``ratings.dat`` (+ ``movies.dat``)."""
-    folder = path.parent if path.is_file() else path
+    folder = storage.parent(path) if storage.is_file(path) else path
     names = [schema.USER_ID, schema.ITEM_ID, schema.RATING, schema.TIMESTAMP]
     columns = {name: name for name in names}
-    if (folder / "u.data").exists():
-        events = _iter_text(folder / "u.data", columns, "\t", names=names, header_lines=0)
-        items = _ml100k_items(folder / "u.item") if (folder / "u.item").exists() else None
+    u_data, u_item = storage.join(folder, "u.data"), storage.join(folder, "u.item")
+    if storage.exists(u_data):
+        events = _iter_text(u_data, columns, "\t", names=names, header_lines=0)
+        items = _ml100k_items(u_item) if storage.exists(u_item) else None
         return _Plan(events, items)
-    if (folder / "ratings.dat").exists():
-        events = _iter_double_colon(folder / "ratings.dat", names, "latin-1")
-        movies = folder / "movies.dat"
-        return _Plan(events, _ml1m_items(movies) if movies.exists() else None)
+    ratings, movies = storage.join(folder, "ratings.dat"), storage.join(folder, "movies.dat")
+    if storage.exists(ratings):
+        events = _iter_double_colon(ratings, names, "latin-1")
+        return _Plan(events, _ml1m_items(movies) if storage.exists(movies) else None)
     raise FileNotFoundError(f"{folder}: expected u.data or ratings.dat (MovieLens layout)")
 
 
-def _ml100k_items(path: Path) -> Iterator[pa.Table]:
+def _ml100k_items(path: str) -> Iterator[pa.Table]:
     """``u.item``: id|title|release|video release|url|19 genre flags, latin-1."""
     names = [schema.ITEM_ID, "title", "release", "video", "url", *ML100K_GENRES]
     columns = {name: name for name in names}
@@ -443,16 +451,16 @@ def _ml100k_items(path: Path) -> Iterator[pa.Table]:
         yield _item_table(chunk, chunk.table.column("title"), categories)
 
 
-def _ml1m_items(path: Path) -> Iterator[pa.Table]:
+def _ml1m_items(path: str) -> Iterator[pa.Table]:
     """``movies.dat``: MovieID::Title::Genres with '|'-separated genres, latin-1."""
     for chunk in _iter_double_colon(path, [schema.ITEM_ID, "title", "genres"], "latin-1"):
         genres = pc.split_pattern(chunk.table.column("genres"), "|")
         yield _item_table(chunk, chunk.table.column("title"), genres)
 
 
-def _iter_double_colon(path: Path, names: list[str], encoding: str) -> Iterator[_Chunk]:
+def _iter_double_colon(path: str, names: list[str], encoding: str) -> Iterator[_Chunk]:
     """Stream a ``::``-separated file: blocks of lines, '::' swapped for a 1-byte separator."""
-    with open(path, "rb") as handle:
+    with io.BufferedReader(storage.open_input(path)) as handle:
         seen = 0
         while lines := handle.readlines(DOUBLE_COLON_BLOCK_BYTES):
             block = b"".join(lines).replace(b"::", b"\x1f")
@@ -477,7 +485,7 @@ def _width(line: bytes) -> int:
     return line.count(b"::") + 1
 
 
-def _plan_sasrec(path: Path, column_map: dict[str, str], delimiter: str) -> _Plan:
+def _plan_sasrec(path: str, column_map: dict[str, str], delimiter: str) -> _Plan:
     """``user item`` per line, each user's lines in time order; time = position in the user."""
     columns = {schema.USER_ID: schema.USER_ID, schema.ITEM_ID: schema.ITEM_ID}
     chunks = _iter_text(path, columns, " ", names=list(columns), header_lines=0)
@@ -503,7 +511,7 @@ def _with_positions(chunks: Iterator[_Chunk]) -> Iterator[_Chunk]:
         yield _Chunk(table, chunk.source, chunk.numbers, chunk.unit)
 
 
-_PLANNERS: dict[str, Callable[[Path, dict[str, str], str], _Plan]] = {
+_PLANNERS: dict[str, Callable[[str, dict[str, str], str], _Plan]] = {
     "recbole": _plan_recbole,
     "movielens": _plan_movielens,
     "sasrec": _plan_sasrec,
@@ -512,22 +520,27 @@ _PLANNERS: dict[str, Callable[[Path, dict[str, str], str], _Plan]] = {
 }
 
 
-def _list_files(path: Path, pattern: str) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
+def _list_files(path: str, suffix: str, recursive: bool = False) -> list[str]:
+    """``path`` itself if it is a file, else its ``*suffix`` files (hidden ones skipped)."""
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
-    files = sorted(p for p in path.glob(pattern) if p.is_file())
+    files = storage.list_files(path, suffix, recursive=recursive)
     if not files:
-        raise FileNotFoundError(f"{path}: no files matching {pattern}")
+        raise FileNotFoundError(f"{path}: no *{suffix} files")
     return files
 
 
-def _single(path: Path, pattern: str) -> Path:
-    files = _list_files(path, pattern)
+def _single(path: str, suffix: str) -> str:
+    files = _list_files(path, suffix)
     if len(files) > 1:
-        raise ValueError(f"{path}: expected one {pattern} file, found {[f.name for f in files]}")
+        names = [posixpath.basename(f) for f in files]
+        raise ValueError(f"{path}: expected one *{suffix} file, found {names}")
     return files[0]
+
+
+def _open_text(path: str, encoding: str) -> io.TextIOWrapper:
+    """Line-by-line text from a local or remote file (for headers and error locations)."""
+    return io.TextIOWrapper(storage.open_input(path), encoding, errors="replace", newline="")
 
 
 def _first_present(names: list[str], candidates: tuple[str, ...]) -> str | None:

@@ -12,7 +12,8 @@ model learns what is there. Three signals are planted:
 
 Users are generated in shards by Ray tasks, each seeded by ``(seed, shard)`` and writing its
 own Parquet part, so output is identical for a seed whatever the cluster, and the driver only
-sums counts: memory stays bounded at 10^8 events.
+sums counts: memory stays bounded at 10^8 events. The output directory may be local or
+``s3://`` (shard tasks write through :mod:`recsys_dist.storage`).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from recsys_dist import schema
+from recsys_dist import schema, storage
 from recsys_dist.data.importers import PartWriter, prepare_output_dir
 
 logger = logging.getLogger(__name__)
@@ -160,10 +160,10 @@ def generate_dataset(
         output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR), overwrite
     )
     catalogue = build_catalogue(items, categories, seed)
-    _write_items(root / schema.ITEMS_DIR, catalogue)
+    _write_items(storage.join(root, schema.ITEMS_DIR), catalogue)
     starts = range(0, users, users_per_shard)
     shards = [(i, lo, min(lo + users_per_shard, users)) for i, lo in enumerate(starts)]
-    events = _run_shards(str(root), shards, catalogue, seed, events_per_user)
+    events = _run_shards(storage.absolute(root), shards, catalogue, seed, events_per_user)
     summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
     logger.info("generated %s", summary)
     return summary
@@ -181,7 +181,7 @@ def _validate(
         raise ValueError(f"events_per_user={events_per_user} must satisfy 1 <= low <= high")
 
 
-def _write_items(directory: Path, catalogue: Catalogue) -> None:
+def _write_items(directory: str, catalogue: Catalogue) -> None:
     n = len(catalogue.primary)
     with PartWriter(directory, schema.ITEM_SCHEMA) as writer:
         for lo in range(0, n, 1_000_000):
@@ -288,13 +288,15 @@ def _generate_shard(
     """Generate users ``[lo, hi)`` into ``events/part-{shard}``; returns events written."""
     rng = np.random.default_rng([seed, 1, shard])
     users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user)
-    _write_users(Path(root) / USERS_DIR / f"part-{shard:05d}.parquet", users)
+    _write_users(storage.join(root, USERS_DIR, f"part-{shard:05d}.parquet"), users)
     item_names = pa.array([f"i{k}" for k in range(len(catalogue.primary))])
-    events_path = Path(root) / schema.EVENTS_DIR / f"part-{shard:05d}.parquet"
-    events_path.parent.mkdir(parents=True, exist_ok=True)
+    events_path = storage.join(root, schema.EVENTS_DIR, f"part-{shard:05d}.parquet")
     ends = np.cumsum(users.length)
     written = 0
-    with pq.ParquetWriter(events_path, schema.EVENT_SCHEMA) as writer:
+    with (
+        storage.open_output(events_path) as sink,
+        pq.ParquetWriter(sink, schema.EVENT_SCHEMA) as writer,
+    ):
         first = 0
         while first < len(users.ids):
             last = max(first + 1, int(np.searchsorted(ends, written + BLOCK_EVENTS, "right")))
@@ -305,13 +307,13 @@ def _generate_shard(
     return written
 
 
-def _write_users(path: Path, users: _Users) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_users(path: str, users: _Users) -> None:
     columns = {
         schema.USER_ID: [f"u{k}" for k in users.ids],
         DRIFT_KIND: pa.array(DRIFT_KINDS).take(pa.array(users.kind)),
     }
-    pq.write_table(pa.table(columns, schema=USER_SCHEMA), path)
+    with storage.open_output(path) as sink:
+        pq.write_table(pa.table(columns, schema=USER_SCHEMA), sink)
 
 
 def _events_table(

@@ -1,8 +1,10 @@
-"""``evaluate``: score a trained run on its validation or test split, and a baseline."""
+"""``evaluate``: score a trained run on its validation or test split, and a baseline.
+
+The run directory and the prepared dataset may each be local or ``s3://``.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,12 +31,13 @@ def evaluate_run(
     """Metrics of ``RUN_DIR/model`` and of the most-popular baseline on ``split``."""
     if split not in (schema.VALID_SPLIT, schema.TEST_SPLIT):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    data_dir = data_dir or storage.read_json(Path(run_dir, RUN_FILE))["prepared"]
-    loaded = load_checkpoint(Path(run_dir, MODEL_DIR))
+    data_dir = data_dir or storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+    loaded = load_checkpoint(storage.join(run_dir, MODEL_DIR))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     popularity = loaded.vocab.popularity().astype(np.float64)
-    rows = ray.data.read_parquet(storage.join(data_dir, split))
+    fs, split_dir = storage.resolve(storage.join(data_dir, split))
+    rows = ray.data.read_parquet(split_dir, filesystem=fs)
     config = model.config
     results = {}
     for name, scorer in (

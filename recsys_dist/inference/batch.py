@@ -2,6 +2,7 @@
 
 Histories are grouped per user exactly as ``prepare`` groups them (validation, time order,
 de-duplication), scored by the shared :class:`Recommender` and streamed to one Parquet file.
+The export, the histories and the output may each be local or ``s3://``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def recommend_histories(
         concurrency=1,
     )
     summary = RecommendSummary(users=0, rows=0, unknown_items_ignored=0, output=output)
-    fs, inner = storage.resolve(output)
-    with pq.ParquetWriter(inner, RECOMMENDATION_SCHEMA, filesystem=fs) as writer:
+    with (
+        storage.open_output(output) as sink,
+        pq.ParquetWriter(sink, RECOMMENDATION_SCHEMA) as writer,
+    ):
         for batch in scored.iter_batches(batch_size=1024, batch_format="numpy"):
             table = _as_rows(batch)
             writer.write_table(table)

@@ -26,7 +26,11 @@ QUERY_TIME = "query_time"  # optional int64 input: when the recommendation is as
 
 
 class Recommender:
-    """``__call__(batch)`` maps ``user_id, item_ids, timestamps`` rows to top-K items."""
+    """``__call__(batch)`` maps ``user_id, item_ids, timestamps`` rows to top-K items.
+
+    ``model_dir`` is an export, local or ``s3://`` (copied to a temporary directory once, when
+    the predictor is built, so each Ray Data actor or Serve replica downloads it once).
+    """
 
     def __init__(self, model_dir: str, k: int = 10, exclude_seen: bool = True) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

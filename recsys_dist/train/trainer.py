@@ -1,7 +1,9 @@
 """The trainer builder beside the loop: datasets, scaling, checkpoints, and the export.
 
 ``train`` is what the CLI and the job entrypoint call: it runs a Ray Train ``TorchTrainer``
-and exports the checkpoint with the best validation NDCG@10 to ``RUN_DIR/model``.
+and exports the checkpoint with the best validation NDCG@10 to ``RUN_DIR/model``. The run
+directory may be local or ``s3://``: Ray Train persists checkpoints through the same pyarrow
+filesystem that :mod:`recsys_dist.storage` resolves, so a rerun anywhere resumes from them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -55,15 +56,16 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         "vocab_size": manifest["vocab_size"],
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
         "data_hash": manifest["data_hash"],
-        "run_dir": run_dir,
+        "run_dir": storage.absolute(run_dir),
         "steps_per_epoch": math.ceil(rows_per_worker / config.train.batch_size),
     }
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
-        split: ray.data.read_parquet(storage.join(prepared_dir, split))
+        split: _read_parquet(storage.join(prepared_dir, split))
         for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
     }
+    results_fs, results_path = storage.resolve(storage.join(run_dir, "ray_results"))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -75,7 +77,8 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         ),
         run_config=ray.train.RunConfig(
             name="train",
-            storage_path=str(Path(run_dir, "ray_results").resolve()),
+            storage_path=results_path,
+            storage_filesystem=results_fs,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=SELECTION_METRIC,
@@ -92,12 +95,11 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
 
 def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
     """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    config.save(Path(run_dir, CONFIG_FILE))
-    prepared = (
-        prepared_dir if storage.is_remote(prepared_dir) else str(Path(prepared_dir).resolve())
+    storage.make_dirs(run_dir)
+    config.save(storage.join(run_dir, CONFIG_FILE))
+    storage.write_json(
+        storage.join(run_dir, RUN_FILE), {"prepared": storage.absolute(prepared_dir)}
     )
-    storage.write_json(Path(run_dir, RUN_FILE), {"prepared": prepared})
     logger.info("config: %s", config_json(config))
     _warn_if_no_cpu_for_data(config)
     started = time.perf_counter()
@@ -106,10 +108,10 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
     best = result.get_best_checkpoint(SELECTION_METRIC, "max")
     if best is None:
         raise RuntimeError(f"training in {run_dir} reported no checkpoint")
-    model_dir = str(Path(run_dir, checkpoint.MODEL_DIR))
-    with best.as_directory() as directory:
+    model_dir = storage.join(run_dir, checkpoint.MODEL_DIR)
+    with best.as_directory() as directory:  # a local copy when the run lives on S3
         checkpoint.export(directory, model_dir)
-    state = storage.read_json(Path(model_dir, checkpoint.STATE_FILE))
+    state = storage.read_json(storage.join(model_dir, checkpoint.STATE_FILE))
     return TrainSummary(
         run_dir=run_dir,
         model_dir=model_dir,
@@ -136,6 +138,11 @@ def _warn_if_no_cpu_for_data(config: Config) -> None:
         )
 
 
+def _read_parquet(path: str) -> ray.data.Dataset:
+    fs, inner = storage.resolve(path)
+    return ray.data.read_parquet(inner, filesystem=fs)
+
+
 def _last_epoch(run_dir: str) -> int:
-    lines = Path(run_dir, METRICS_FILE).read_text().splitlines()
+    lines = storage.read_text(storage.join(run_dir, METRICS_FILE)).splitlines()
     return json.loads(lines[-1])["epoch"]
