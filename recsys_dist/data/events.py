@@ -69,29 +69,6 @@ def event_files(data_dir: str) -> list[str]:
     return files
 
 
-def read_events(files: list[str], on_bad_rows: str, tally=None) -> ray.data.Dataset:
-    """A lazy Dataset of validated events in :data:`schema.EVENT_SCHEMA` plus :data:`ORDER`."""
-    if on_bad_rows == "skip" and tally is None:
-        raise ValueError("on_bad_rows='skip' needs a BadRowTally to count what is skipped")
-    listing = ray.data.from_items(
-        [{"path": path, "file_index": i} for i, path in enumerate(files)],
-        override_num_blocks=len(files),
-    )
-    return listing.map_batches(
-        _read_file_batches,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"on_bad_rows": on_bad_rows, "tally": tally},
-    )
-
-
-def _read_file_batches(
-    listing: dict[str, np.ndarray], on_bad_rows: str, tally
-) -> Iterator[pa.Table]:
-    path, file_index = str(listing["path"][0]), int(listing["file_index"][0])
-    yield from validated_batches(path, file_index, on_bad_rows, tally)
-
-
 def validated_batches(
     path: str, file_index: int, on_bad_rows: str, tally=None
 ) -> Iterator[pa.Table]:

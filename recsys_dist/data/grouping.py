@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -463,9 +462,3 @@ def iter_skewed(users: pa.Table, limit: int = SKEWED_USERS_REPORTED) -> Iterator
             "events": row[schema.NUM_EVENTS],
             "truncated": row[schema.NUM_TRUNCATED],
         }
-
-
-def delete_dir(path: str) -> None:
-    fs, inner = storage.resolve(path)
-    if fs.get_file_info(inner).type == pafs.FileType.Directory:
-        fs.delete_dir(inner)

@@ -81,7 +81,7 @@ def prepare_dataset(
     spec = _grouping_spec(files, config, previous)
     next_dir, scratch = storage.join(output_dir, NEXT_DIR), storage.join(output_dir, SCRATCH_DIR)
     for leftover in (next_dir, scratch):
-        grouping.delete_dir(leftover)
+        storage.delete_dir(leftover)
     tally = events_io.BadRowTally.remote() if config.on_bad_rows == "skip" else None
     first_file = len(previous["input_files"]) if previous else 0
     accepted = grouping.scatter(
@@ -99,7 +99,7 @@ def prepare_dataset(
     totals = _write_splits(users, split, vocab, next_dir)
     _check_nothing_lost(accepted, totals, previous)
     _publish(next_dir, output_dir)
-    grouping.delete_dir(scratch)
+    storage.delete_dir(scratch)
     manifest = _manifest(data_dir, files, config, vocab, split, totals, tally, accepted, previous)
     manifest.update(num_buckets=spec.num_buckets, skewed_users=gathered.skewed)
     manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
@@ -233,7 +233,7 @@ def _publish(next_dir: str, output_dir: str) -> None:
             fs.delete_file(target)
         _, source = storage.resolve(storage.join(next_dir, name))
         _move(fs, source, target)
-    grouping.delete_dir(next_dir)
+    storage.delete_dir(next_dir)
 
 
 def _move(fs: pafs.FileSystem, source: str, target: str) -> None:

@@ -1,7 +1,7 @@
-"""Per-user sequences: group, order, de-duplicate, truncate, split without leaking the future.
+"""Per-user sequences → training windows and evaluation rows, without leaking the future.
 
-Pure functions over Arrow/numpy batches, applied by :mod:`recsys_dist.data.prepare` through
-Ray Data. Two split protocols:
+Pure array functions over a block of users (grouping itself is :mod:`recsys_dist.data.grouping`),
+applied by :mod:`recsys_dist.data.prepare` through Ray Data. Two split protocols:
 
 * ``loo`` (leave-one-out): a user's last event is the test target, the second-last the
   validation target; training sees everything before the validation target.
@@ -18,47 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from recsys_dist import schema
-from recsys_dist.data.events import ORDER
-
-
-def build_user_sequence(events: pa.Table, max_history: int, dedup: bool) -> pa.Table:
-    """One user's events (any order) → one row: time-ordered items/timestamps and counts.
-
-    Equal timestamps keep the order of the log (file, then row), so the result does not depend
-    on how Ray partitioned the data.
-    """
-    total = events.num_rows
-    if dedup:
-        events = _drop_exact_duplicates(events)
-    unique = events.num_rows
-    events = events.sort_by([(schema.TIMESTAMP, "ascending"), (ORDER, "ascending")])
-    events = events.slice(max(0, events.num_rows - max_history))
-    return pa.table(
-        {
-            schema.USER_ID: [events.column(schema.USER_ID)[0].as_py()],
-            schema.ITEM_IDS: _one_list(events.column(schema.ITEM_ID)),
-            schema.TIMESTAMPS: _one_list(events.column(schema.TIMESTAMP)),
-            schema.NUM_EVENTS: [unique],
-            schema.NUM_DUPLICATES: [total - unique],
-        },
-        schema=schema.USER_SEQUENCE_SCHEMA,
-    )
-
-
-def _one_list(column: pa.ChunkedArray) -> pa.ListArray:
-    values = column.combine_chunks()
-    return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
-
-
-def _drop_exact_duplicates(events: pa.Table) -> pa.Table:
-    """Keep the first occurrence (in log order) of each (item, time, event type)."""
-    keys = [schema.ITEM_ID, schema.TIMESTAMP, schema.EVENT_TYPE]
-    first = events.group_by(keys, use_threads=False).aggregate([(ORDER, "min")])
-    keep = pc.is_in(events.column(ORDER), value_set=first.column(f"{ORDER}_min"))
-    return events.filter(keep)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """Batch recommendation with Ray Data: event histories in, top-K rows out.
 
-Histories are grouped per user exactly as ``prepare`` groups them (validation, time order,
-de-duplication), scored by the shared :class:`Recommender` and streamed to one Parquet file.
+Histories are grouped per user exactly as ``prepare`` groups them (the same hash-bucketed
+shuffle, validation, time order, de-duplication, ``max_history``), each bucket's users stream
+into the shared :class:`Recommender`, and the rows stream into one Parquet file.
 The export, the histories and the output may each be local or ``s3://``.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
-from recsys_dist.data.events import event_files, read_events
-from recsys_dist.data.sequences import build_user_sequence
+from recsys_dist.data import grouping
+from recsys_dist.data.events import event_files
 from recsys_dist.inference.predictor import RECOMMENDED, SCORES, UNKNOWN_ITEMS, Recommender
 
 RANK = "rank"
@@ -45,14 +47,21 @@ def recommend_histories(
     k: int,
     exclude_seen: bool = True,
     max_history: int = 2000,
+    bucket_rows: int = 2_000_000,
 ) -> RecommendSummary:
     """Top-``k`` for every user in an event file; rows ``user_id, rank, item_id, score``."""
-    events = read_events(event_files(histories), on_bad_rows="error")
-    users = events.groupby(schema.USER_ID).map_groups(
-        build_user_sequence,
-        batch_format="pyarrow",
-        fn_kwargs={"max_history": max_history, "dedup": True},
-    )
+    files = event_files(histories)
+    spec = grouping.spec_for(files, bucket_rows, max_history, dedup=True)
+    # The shuffle's parts go beside the output: the one place every node can reach.
+    scratch = storage.join(storage.parent(output), f"_recommend-{uuid.uuid4().hex[:12]}")
+    try:
+        grouping.scatter(files, 0, scratch, spec.num_buckets, on_bad_rows="error")
+        return _score(grouping.gather(scratch, spec), model_dir, output, k, exclude_seen)
+    finally:
+        storage.delete_dir(scratch)
+
+
+def _score(users, model_dir: str, output: str, k: int, exclude_seen: bool) -> RecommendSummary:
     scored = users.map_batches(
         Recommender,
         fn_constructor_kwargs={"model_dir": model_dir, "k": k, "exclude_seen": exclude_seen},

@@ -41,7 +41,9 @@ def random_events(rng, rows: int, users: int, items: int = 30) -> pa.Table:
     )
     duplicates = table.take(pa.array(rng.integers(rows, size=rows // 5)))
     order = pa.array(np.arange(rows, rows + duplicates.num_rows, dtype=np.int64))
-    return pa.concat_tables([table, duplicates.set_column(4, grouping.PART_SCHEMA.field(ORDER), order)])
+    return pa.concat_tables(
+        [table, duplicates.set_column(4, grouping.PART_SCHEMA.field(ORDER), order)]
+    )
 
 
 def reference_users(events: pa.Table, max_history: int) -> pd.DataFrame:
@@ -99,9 +101,9 @@ def test_merge_rounds_give_exactly_one_global_sort(tmp_path, compact_rows):
     else:  # a duplicate of an event cut in an earlier round counts as cut
         assert (got[schema.NUM_DUPLICATES] <= expected[schema.NUM_DUPLICATES]).all()
     lengths = users.column(schema.ITEM_IDS).to_pandas().map(len)
-    events_kept = users.column(schema.NUM_EVENTS).to_numpy() - users.column(
-        schema.NUM_TRUNCATED
-    ).to_numpy()
+    events_kept = (
+        users.column(schema.NUM_EVENTS).to_numpy() - users.column(schema.NUM_TRUNCATED).to_numpy()
+    )
     assert (lengths.to_numpy() == events_kept).all()
 
 
