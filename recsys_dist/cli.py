@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -46,8 +47,9 @@ def user_error(error: BaseException) -> str | None:
     """The message of a bad-input error, also when Ray wrapped it in a task error."""
     from recsys_dist.data.events import BadEventError
     from recsys_dist.data.importers import DataFormatError
+    from recsys_dist.data.prepare import AppendError
 
-    expected = (BadEventError, DataFormatError, ConfigError, FileNotFoundError)
+    expected = (BadEventError, DataFormatError, AppendError, ConfigError, FileNotFoundError)
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -120,6 +122,11 @@ def _add_prepare(commands):
     sub.add_argument("--split", choices=["loo", "time"])
     sub.add_argument("--on-bad-rows", choices=["error", "skip"])
     sub.add_argument("--min-user-events", type=int)
+    sub.add_argument(
+        "--append",
+        action="store_true",
+        help="add --data (new log partitions) to the dataset in --output, keeping its settings",
+    )
     _add_config_args(sub)
     sub.set_defaults(handler=_run_prepare)
     return sub
@@ -170,10 +177,10 @@ def _add_config_args(sub) -> None:
     sub.add_argument("overrides", nargs="*", metavar="section.key=value")
 
 
-def _config(args, **flags: Any):
-    """The YAML config, then ``key=value`` overrides, then explicit flags (which win)."""
+def _config(args, base: Sequence[str] = (), **flags: Any):
+    """``base`` settings, the YAML config, ``key=value`` overrides, explicit flags (which win)."""
     extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return load_config(args.config, [*args.overrides, *extra])
+    return load_config(args.config, [*base, *args.overrides, *extra])
 
 
 def init_ray(address: str | None, min_cpus: int = 1) -> None:
@@ -226,10 +233,15 @@ def _run_generate(args):
 
 
 def _run_prepare(args):
-    from recsys_dist.data.prepare import prepare_dataset
+    from recsys_dist.data.prepare import load_manifest, prepare_dataset
 
+    stored: list[str] = []
+    if args.append:  # an appended partition keeps the dataset's settings unless told otherwise
+        kept = load_manifest(args.output)["config"]
+        stored = [f"data.{k}={json.dumps(v)}" for k, v in kept.items() if k != "on_bad_rows"]
     config = _config(
         args,
+        stored,
         **{
             "data.max_len": args.max_len,
             "data.split": args.split,
@@ -238,7 +250,7 @@ def _run_prepare(args):
         },
     )
     init_ray(args.address)
-    return prepare_dataset(args.data, args.output, config.data)
+    return prepare_dataset(args.data, args.output, config.data, append=args.append)
 
 
 def _run_train(args):
