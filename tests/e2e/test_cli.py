@@ -146,3 +146,29 @@ def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path, capsys)
     assert [line["epoch"] for line in lines] == [1, 2, 3]  # epochs 1-2 were not trained again
     assert lines[2]["step"] == 3 * lines[0]["step"]
     assert resumed["epochs"] == 3
+
+
+def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys):
+    """`prepare --append` adds a day without restating --max-len; re-adding a day exits 2."""
+    for day, seed in (("day=1", 1), ("day=2", 2)):
+        run_cli(
+            capsys,
+            *("generate", "--output", str(tmp_path / day), "--users", "60", "--items", "40"),
+            *("--categories", "4", "--seed", str(seed), "--json"),
+        )
+    prepared = str(tmp_path / "prepared")
+    first = run_cli(
+        capsys,
+        *("prepare", "--data", str(tmp_path / "day=1"), "--output", prepared),
+        *("--max-len", "20", "--json"),
+    )
+    both = run_cli(
+        capsys,
+        *("prepare", "--data", str(tmp_path / "day=2"), "--output", prepared),
+        *("--append", "--json"),
+    )
+    assert both["config"]["max_len"] == 20 and both["files"] == 2
+    assert both["counts"]["events_accepted"] > first["counts"]["events_accepted"]
+    again = ["prepare", "--data", str(tmp_path / "day=2"), "--output", prepared, "--append"]
+    assert cli.main(again) == 2
+    assert "already prepared" in capsys.readouterr().err
