@@ -1,9 +1,9 @@
 """``train_loop_per_worker``: what every Ray Train worker runs.
 
 Short and explicit, like Ray's DeepSpeed example: build the model, wrap it in a DeepSpeed
-engine, stream this worker's shard, validate with full ranking after every epoch (or every
-``train.eval_every``), report the same number of times on every rank, checkpoint from rank 0,
-stop early on NDCG@10.
+engine, stream this worker's shard in step with the other ranks, validate with full ranking
+after every epoch (or every ``train.eval_every``), report the same number of times on every
+rank, checkpoint from rank 0, stop early on NDCG@10.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import deepspeed
@@ -30,7 +31,12 @@ from recsys_dist.data.batching import training_inputs
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
 from recsys_dist.model import Bert4Rec, Bert4RecConfig
-from recsys_dist.train.batches import ShardBatches
+from recsys_dist.train.batches import (
+    CHECKSUM_MODULUS,
+    ShardBatches,
+    placeholder_batch,
+    sequence_checksum,
+)
 from recsys_dist.train.deepspeed_config import build_deepspeed_config
 
 logger = logging.getLogger(__name__)
@@ -47,7 +53,7 @@ class Progress:
     step: int = 0
     elapsed_s: float = 0.0
     train_s: float = 0.0  # time in training steps only (no validation, no start-up)
-    sequences: int = 0  # training sequences seen by this rank
+    sequences: int = 0  # training sequences seen by all ranks
     best: float = -1.0
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -59,6 +65,15 @@ class Progress:
         self.best = max(self.best, metrics[SELECTION_METRIC])
         self.evals_without_improvement = 0 if improved else self.evals_without_improvement + 1
         return improved
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of training: the loss on this rank; what all ranks trained on, summed."""
+
+    loss: float  # mean over this rank's real (not placeholder) steps
+    sequences: int  # training sequences, all ranks: the split's row count if none was missed
+    checksum: int  # ``sequence_checksum`` of those sequences, all ranks
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -74,19 +89,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     model, progress = _restore(Bert4Rec(model_config))
     engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"], progress)
-    cache = config.train.cache_rows
+    cache, agree = config.train.cache_rows, partial(_all_ranks, device=device)
     train_batches = ShardBatches(
-        ray.train.get_dataset_shard("train"), config.train.batch_size, cache, shuffle=True
+        ray.train.get_dataset_shard("train"),
+        config.train.batch_size,
+        cache,
+        shuffle=True,
+        agree=agree,
     )
     valid_batches = ShardBatches(
-        ray.train.get_dataset_shard("valid"), config.eval.batch_size, cache, shuffle=False
+        ray.train.get_dataset_shard("valid"),
+        config.eval.batch_size,
+        cache,
+        shuffle=False,
+        agree=agree,
     )
     clock = time.monotonic() - progress.elapsed_s
     while progress.epoch < config.train.epochs:
         epoch_start = time.monotonic()
-        loss, sequences = _train_epoch(engine, train_batches, config, progress, rank, device)
+        epoch = _train_epoch(engine, train_batches, config, progress, rank, device)
         progress.train_s += time.monotonic() - epoch_start
-        progress.sequences += sequences
+        progress.sequences += epoch.sequences
         progress.epoch += 1
         progress.elapsed_s = time.monotonic() - clock
         if rank == 0:
@@ -94,8 +117,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "epoch %d/%d: loss %.4f, %.0f sequences/s",
                 progress.epoch,
                 config.train.epochs,
-                loss,
-                sequences * world / max(1e-9, time.monotonic() - epoch_start),
+                epoch.loss,
+                epoch.sequences / max(1e-9, time.monotonic() - epoch_start),
             )
         out_of_time = _any_rank(
             bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
@@ -108,8 +131,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics.update(
             epoch=progress.epoch,
             step=progress.step,
-            train_loss=loss,
-            train_seq_per_s=round(progress.sequences * world / max(1e-9, progress.train_s), 1),
+            train_loss=epoch.loss,
+            train_sequences=epoch.sequences,  # with the checksum: every row once per epoch
+            train_checksum=epoch.checksum,
+            train_seq_per_s=round(progress.sequences / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
         )
         progress.record(metrics)
@@ -157,33 +182,69 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     ]
 
 
-def _train_epoch(engine, batches: ShardBatches, config, progress: Progress, rank: int, device):
-    """One pass over this worker's shard; returns the mean loss and sequences seen."""
+def _train_epoch(
+    engine, batches: ShardBatches, config, progress: Progress, rank: int, device
+) -> EpochStats:
+    """One pass over this worker's shard, in step with the other ranks.
+
+    Shards differ in length (no row is dropped to equalise them), but DeepSpeed's gradient
+    all-reduce needs every rank at every step. So each step the ranks agree whether any still
+    has a batch; one that has run out steps on a placeholder with zero loss weight (zero
+    gradients, same collectives) until none has.
+    """
     engine.train()
     seed = config.train.seed * 1_000_003 + progress.epoch * 1_009 + rank
     rng = np.random.default_rng(seed)
-    total_loss, steps, sequences = 0.0, 0, 0
-    for batch in batches.epoch(seed):
-        inputs = training_inputs(
-            batch,
-            config.data.max_len,
-            config.model.num_time_buckets,
-            rng,
-            config.train.mask_prob,
-            config.train.last_item_mask_prob,
-        )
-        output = engine(
-            torch.as_tensor(inputs.items, device=device),
-            torch.as_tensor(inputs.time_buckets, device=device),
-            torch.as_tensor(inputs.labels, device=device),
-        )
-        engine.backward(output.loss)
-        engine.step()
-        total_loss += float(output.loss.detach())
-        steps += 1
-        sequences += len(inputs.items)
+    batches_left = batches.epoch(seed)
+    total_loss, steps, sequences, checksum = 0.0, 0, 0, 0
+    while True:
+        batch = next(batches_left, None)
+        if not _any_rank(batch is not None, device):
+            break
+        if batch is None:
+            _train_step(engine, placeholder_batch(), config, rng, device, weight=0.0)
+        else:
+            total_loss += _train_step(engine, batch, config, rng, device, weight=1.0)
+            steps += 1
+            sequences += len(batch[schema.ITEMS])
+            checksum = (checksum + sequence_checksum(batch)) % CHECKSUM_MODULUS
         progress.step += 1
-    return total_loss / max(1, steps), sequences
+    sequences, checksum = _sum_coverage(sequences, checksum, device)
+    return EpochStats(total_loss / max(1, steps), sequences, checksum)
+
+
+def _train_step(engine, batch: dict, config: Config, rng, device, weight: float) -> float:
+    """Forward, backward and optimizer step on one batch; returns its (unweighted) loss."""
+    inputs = training_inputs(
+        batch,
+        config.data.max_len,
+        config.model.num_time_buckets,
+        rng,
+        config.train.mask_prob,
+        config.train.last_item_mask_prob,
+    )
+    output = engine(
+        torch.as_tensor(inputs.items, device=device),
+        torch.as_tensor(inputs.time_buckets, device=device),
+        torch.as_tensor(inputs.labels, device=device),
+    )
+    engine.backward(output.loss * weight)
+    engine.step()
+    return float(output.loss.detach())
+
+
+def _sum_coverage(sequences: int, checksum: int, device) -> tuple[int, int]:
+    """Sum row counts and checksums over ranks, exactly.
+
+    A checksum (< 2**61) travels as two 31-bit halves, so the int64 sums cannot overflow.
+    """
+    low = (1 << 31) - 1
+    values = torch.tensor([sequences, checksum >> 31, checksum & low], dtype=torch.int64)
+    values = values.to(device)
+    if dist.is_initialized():
+        dist.all_reduce(values)
+    total, high, rest = (int(v) for v in values.tolist())
+    return total, ((high << 31) + rest) % CHECKSUM_MODULUS
 
 
 def _validate(model, batches: ShardBatches, config, rank: int, world: int, device) -> dict:
@@ -221,6 +282,11 @@ def _any_rank(flag: bool, device) -> bool:
     if dist.is_initialized():
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _all_ranks(flag: bool, device) -> bool:
+    """True on every rank if it is true on all."""
+    return not _any_rank(not flag, device)
 
 
 def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: int) -> None:

@@ -23,6 +23,7 @@ from recsys_dist import checkpoint, schema, storage
 from recsys_dist.config import Config, config_json
 from recsys_dist.data.prepare import load_manifest
 from recsys_dist.evaluation.evaluate import RUN_FILE
+from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import METRICS_FILE, SELECTION_METRIC, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
         ),
         datasets=datasets,
-        # Only training data is sharded; every worker sees all validation rows and scores
-        # its own slice of batches, so no row is dropped to make shards equal.
-        dataset_config=ray.train.DataConfig(datasets_to_split=[schema.TRAIN_SPLIT]),
+        # Training data is sharded without dropping rows (shards may differ by a batch);
+        # every worker sees all validation rows and scores the users hashed to it.
+        dataset_config=CoveringDataConfig([schema.TRAIN_SPLIT], config.train.batch_size),
     )
 
 
