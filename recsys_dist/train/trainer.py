@@ -58,7 +58,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
         "data_hash": manifest["data_hash"],
         "run_dir": storage.absolute(run_dir),
-        "steps_per_epoch": math.ceil(rows_per_worker / config.train.batch_size),
+        "steps_per_epoch": _steps_per_epoch(manifest["counts"]["train_rows"], config.train),
     }
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -92,6 +92,18 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         # every worker sees all validation rows and scores the users hashed to it.
         dataset_config=CoveringDataConfig([schema.TRAIN_SPLIT], config.train.batch_size),
     )
+
+
+def _steps_per_epoch(rows: int, train_config) -> int:
+    """Steps every rank takes per epoch (ranks step in lock-step): the largest shard's.
+
+    Shards are balanced to within one batch-sized block, so the largest may hold one batch
+    more than an even share; the learning-rate schedule must not end before training does.
+    """
+    largest = math.ceil(rows / train_config.workers)
+    if train_config.workers > 1:
+        largest += train_config.batch_size
+    return math.ceil(largest / train_config.batch_size)
 
 
 def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
