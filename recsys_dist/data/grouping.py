@@ -260,9 +260,7 @@ def _gather_task(listing: pa.Table, spec: GroupingSpec, summarize) -> pa.Table:
     row = listing.to_pylist()[0]
     users = gather_bucket(row["parts"], row["earlier"] or None, spec)
     if row["output"]:
-        fs, inner = storage.resolve(row["output"])
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(users, inner, filesystem=fs)
+        storage.write_parquet(users, row["output"])
     return summarize(users) if summarize else users
 
 

@@ -329,8 +329,7 @@ def _write_split_parts(users: pa.Table, spec: SplitSpec, vocab_ref, output_dir: 
         counts[f"{split}_rows"] = table.num_rows
         if table.num_rows:
             path = storage.join(output_dir, split, f"part-{part[:16]}.parquet")
-            fs, inner = storage.resolve(path)
-            pq.write_table(table, inner, filesystem=fs)
+            storage.write_parquet(table, path, dictionary=[schema.USER_ID])
     lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
     return pa.table(
         {
