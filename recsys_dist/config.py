@@ -97,6 +97,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
+    placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD
     cache_rows: int = 1_000_000  # a worker's shard up to this size is replayed from memory
     seed: int = 0
 
@@ -104,6 +105,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):
             _check_positive(f"train.{name}", getattr(self, name))
         _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
+        _check_choice(
+            "train.placement_strategy",
+            self.placement_strategy,
+            ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+        )
         if not 0 <= self.mask_prob < 1 or not 0 <= self.last_item_mask_prob <= 1:
             raise ConfigError("train.mask_prob must be in [0, 1), last_item_mask_prob in [0, 1]")
 

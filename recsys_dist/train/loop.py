@@ -104,6 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         shuffle=False,
         agree=agree,
     )
+    nodes = _worker_nodes()
     clock = time.monotonic() - progress.elapsed_s
     while progress.epoch < config.train.epochs:
         epoch_start = time.monotonic()
@@ -136,6 +137,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_checksum=epoch.checksum,
             train_seq_per_s=round(progress.sequences / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
+            train_nodes=nodes,
         )
         progress.record(metrics)
         _report(engine.module, metrics, progress, loop_config, rank)
@@ -274,6 +276,16 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
 def _rows_of_rank(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:
     owner = np.array([zlib.crc32(str(u).encode()) % world for u in batch[schema.USER_ID]])
     return {name: column[owner == rank] for name, column in batch.items()}
+
+
+def _worker_nodes() -> int:
+    """Machines the workers run on, recorded with the metrics so placement can be checked."""
+    node = ray.get_runtime_context().get_node_id()
+    if not dist.is_initialized():
+        return 1
+    nodes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
 
 
 def _any_rank(flag: bool, device) -> bool:

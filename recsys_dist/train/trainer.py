@@ -75,6 +75,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             num_workers=workers,
             use_gpu=config.train.use_gpu,
             resources_per_worker={"CPU": config.train.cpus_per_worker},
+            placement_strategy=config.train.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name="train",
