@@ -79,7 +79,8 @@ def evaluation_sums(
         if len(batch[schema.TARGET_ITEM]) == 0:
             continue
         scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets))
-        targets = torch.as_tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
+        # A copy: Arrow hands out read-only arrays, which torch refuses to wrap.
+        targets = torch.tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None
         ranks = _ranks(scores, targets, seen, eval_config, rng, popularity)
         for name, value in ranking_metric_sums(ranks, eval_config.ks).items():
