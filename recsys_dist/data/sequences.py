@@ -66,15 +66,12 @@ def evaluation_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
     )
 
 
-def training_windows(length: int, max_len: int, stride: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` windows covering ``[0, length)``: the newest first, then every
-    ``stride`` events back; a history no longer than ``max_len`` is one window."""
-    starts, stops, _ = _windows(np.array([length]), max_len, stride)
-    return list(zip(starts.tolist(), stops.tolist(), strict=True))
-
-
 def _windows(ends: np.ndarray, max_len: int, stride: int):
-    """Windows of every user's ``[0, end)``: (starts, stops, owning user), newest first."""
+    """Windows covering every user's ``[0, end)``: (starts, stops, owning user).
+
+    The newest window ends at ``end``, then one every ``stride`` events back; a history no
+    longer than ``max_len`` is one window, and a single event has nothing to predict from.
+    """
     ends = np.asarray(ends, np.int64)
     count = np.where(ends <= 1, 0, np.where(ends <= max_len, 1, (ends - max_len) // stride + 1))
     owner = np.repeat(np.arange(len(ends)), count)
