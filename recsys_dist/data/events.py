@@ -79,9 +79,8 @@ def validated_batches(
     """
     if on_bad_rows == "skip" and tally is None:
         raise ValueError("on_bad_rows='skip' needs a BadRowTally to count what is skipped")
-    fs, inner = storage.resolve(path)
     skipped, examples, offset = 0, [], 0
-    with fs.open_input_file(inner) as handle:
+    with storage.open_input(path) as handle:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS):
             table = pa.Table.from_batches([batch])
             good, bad_reasons = validate_events(table, path, offset)

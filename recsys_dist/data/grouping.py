@@ -69,8 +69,7 @@ def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) 
     """
     rows = 0
     for path in files:
-        fs, inner = storage.resolve(path)
-        with fs.open_input_file(inner) as handle:
+        with storage.open_input(path) as handle:
             rows += pq.ParquetFile(handle).metadata.num_rows
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return GroupingSpec(max(1, cpus, -(-rows // bucket_rows)), max_history, dedup, bucket_rows)
@@ -190,18 +189,15 @@ def bucket_dir(scratch_dir: str, bucket: int) -> str:
 
 
 def _write_ipc(table: pa.Table, directory: str, name: str) -> None:
-    fs, inner = storage.resolve(storage.join(directory, name))
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     with (
-        fs.open_output_stream(inner) as sink,
+        storage.open_output(storage.join(directory, name)) as sink,
         pa.ipc.new_file(sink, PART_SCHEMA, options=_IPC_OPTIONS) as writer,
     ):
         writer.write_table(table)
 
 
 def _read_ipc(path: str) -> pa.Table:
-    fs, inner = storage.resolve(path)
-    with fs.open_input_file(inner) as source:
+    with storage.open_input(path) as source:
         return pa.ipc.open_file(source).read_all()
 
 

@@ -397,8 +397,7 @@ def data_hash(files: list[str]) -> str:
     """A fingerprint of the input: names, sizes and Parquet footers (row counts, statistics)."""
     digest = hashlib.sha256()
     for path in files:
-        fs, inner = storage.resolve(path)
-        with fs.open_input_file(inner) as handle:
+        with storage.open_input(path) as handle:
             meta = pq.ParquetFile(handle).metadata
             digest.update(f"{path.rsplit('/', 1)[-1]}:{handle.size()}:{meta.num_rows}".encode())
             digest.update(str(meta.schema).encode())
