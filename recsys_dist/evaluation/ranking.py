@@ -89,7 +89,7 @@ def evaluation_sums(
 
 
 def _seen_items(batch: dict[str, np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    return [torch.as_tensor(h, dtype=torch.long, device=device) for h in batch[schema.ITEMS]]
+    return [torch.tensor(h, dtype=torch.long, device=device) for h in batch[schema.ITEMS]]
 
 
 def _ranks(scores, targets, seen, eval_config: EvalConfig, rng, popularity) -> torch.Tensor:
