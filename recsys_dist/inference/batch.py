@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 
 from recsys_dist import schema, storage
 from recsys_dist.data import grouping
@@ -67,7 +68,7 @@ def _score(users, model_dir: str, output: str, k: int, exclude_seen: bool) -> Re
         fn_constructor_kwargs={"model_dir": model_dir, "k": k, "exclude_seen": exclude_seen},
         batch_format="numpy",
         batch_size=256,
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),  # one model copy
     )
     summary = RecommendSummary(users=0, rows=0, unknown_items_ignored=0, output=output)
     with (
