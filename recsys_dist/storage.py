@@ -200,15 +200,14 @@ def write_parquet(table, path: str | Path, dictionary: bool | list[str] = True) 
     back 2-3x faster (training reads its split every epoch it streams)."""
     import pyarrow.parquet as pq
 
+    with open_output(path) as sink:
+        pq.write_table(table, sink, compression="lz4", use_dictionary=dictionary)
+
+
+def read_parquet_dataset(path: str | Path):
+    """A lazy Ray Dataset over the Parquet files under ``path``, read through the filesystem
+    :func:`resolve` gives (the same S3 settings as every other read)."""
+    import ray.data
+
     fs, inner = resolve(path)
-    fs.create_dir(posixpath.dirname(inner), recursive=True)
-    pq.write_table(table, inner, filesystem=fs, compression="lz4", use_dictionary=dictionary)
-
-
-def total_size(files: list[str]) -> int:
-    """Bytes in ``files`` (one listing call per file; used to size shuffles)."""
-    total = 0
-    for path in files:
-        fs, inner = resolve(path)
-        total += fs.get_file_info(inner).size or 0
-    return total
+    return ray.data.read_parquet(inner, filesystem=fs)

@@ -92,7 +92,7 @@ def prepare_dataset(
     gathered = _gather(scratch, earlier, users_dir, spec)
     vocab = _vocabulary(gathered.item_counts, output_dir if previous else None)
     vocab.save(storage.join(next_dir, schema.VOCAB_FILE))
-    users = ray.data.read_parquet(users_dir)
+    users = storage.read_parquet_dataset(users_dir)
     split = _split_spec(users, config)
     for name in schema.SPLITS:
         storage.make_dirs(storage.join(next_dir, name))

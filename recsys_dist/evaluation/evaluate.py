@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 
 from recsys_dist import schema, storage
@@ -36,8 +35,7 @@ def evaluate_run(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     popularity = loaded.vocab.popularity().astype(np.float64)
-    fs, split_dir = storage.resolve(storage.join(data_dir, split))
-    rows = ray.data.read_parquet(split_dir, filesystem=fs)
+    rows = storage.read_parquet_dataset(storage.join(data_dir, split))
     config = model.config
     results = {}
     for name, scorer in (

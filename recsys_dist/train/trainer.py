@@ -63,7 +63,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
-        split: _read_parquet(storage.join(prepared_dir, split))
+        split: storage.read_parquet_dataset(storage.join(prepared_dir, split))
         for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
     }
     results_fs, results_path = storage.resolve(storage.join(run_dir, "ray_results"))
@@ -150,11 +150,6 @@ def _warn_if_no_cpu_for_data(config: Config) -> None:
             config.train.cpus_per_worker,
             needed,
         )
-
-
-def _read_parquet(path: str) -> ray.data.Dataset:
-    fs, inner = storage.resolve(path)
-    return ray.data.read_parquet(inner, filesystem=fs)
 
 
 def _last_epoch(run_dir: str) -> int:
