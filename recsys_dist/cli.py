@@ -233,7 +233,8 @@ def _run_generate(args):
 
 
 def _run_prepare(args):
-    from recsys_dist.data.prepare import load_manifest, prepare_dataset
+    from recsys_dist.data.prepare import prepare_dataset
+    from recsys_dist.data.prepared import load_manifest
 
     stored: list[str] = []
     if args.append:  # an appended partition keeps the dataset's settings unless told otherwise

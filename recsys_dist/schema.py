@@ -86,7 +86,7 @@ EVAL_SEQUENCE_SCHEMA = SEQUENCE_SCHEMA.append(
     pa.field(TARGET_ITEM, pa.int32(), nullable=False)
 ).append(pa.field(TARGET_TIMESTAMP, pa.int64(), nullable=False))
 
-# One row per user with raw ids: the prepared dataset's ``users/`` (also seeds online state).
+# One row per user with raw ids: what grouping a raw log gives (e.g. for batch recommendation).
 USER_SEQUENCE_SCHEMA = pa.schema(
     [
         pa.field(USER_ID, pa.string(), nullable=False),
@@ -97,6 +97,11 @@ USER_SEQUENCE_SCHEMA = pa.schema(
         pa.field(NUM_DUPLICATES, pa.int64(), nullable=False),
         pa.field(NUM_TRUNCATED, pa.int64(), nullable=False),
     ]
+)
+# The prepared dataset's ``users/``: the same with vocabulary indices. Training windows and
+# evaluation rows are cut from it as they are read (``recsys_dist.data.prepared``).
+PREPARED_USER_SCHEMA = USER_SEQUENCE_SCHEMA.set(
+    1, pa.field(ITEMS, pa.list_(pa.int32()), nullable=False)
 )
 USERS_DIR = "users"
 

@@ -204,10 +204,10 @@ def write_parquet(table, path: str | Path, dictionary: bool | list[str] = True) 
         pq.write_table(table, sink, compression="lz4", use_dictionary=dictionary)
 
 
-def read_parquet_dataset(path: str | Path):
-    """A lazy Ray Dataset over the Parquet files under ``path``, read through the filesystem
-    :func:`resolve` gives (the same S3 settings as every other read)."""
+def read_parquet_dataset(path: str | Path, columns: list[str] | None = None):
+    """A lazy Ray Dataset over the Parquet files under ``path`` (only ``columns``, when given),
+    read through the filesystem :func:`resolve` gives (the same S3 settings as every read)."""
     import ray.data
 
     fs, inner = resolve(path)
-    return ray.data.read_parquet(inner, filesystem=fs)
+    return ray.data.read_parquet(inner, filesystem=fs, columns=columns)

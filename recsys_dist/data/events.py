@@ -88,7 +88,7 @@ def validated_batches(
                 raise BadEventError(bad_reasons[0])
             skipped += len(bad_reasons)
             examples.extend(bad_reasons[: 10 - len(examples)])
-            yield _with_order(good.table, file_index, good.rows)
+            yield _with_order(good.table, file_index, offset + good.rows)
             offset += table.num_rows
     if skipped:
         ray.get(tally.add.remote(path, skipped, examples))
@@ -97,7 +97,7 @@ def validated_batches(
 @dataclass
 class ValidatedRows:
     table: pa.Table  # normalised to EVENT_SCHEMA
-    rows: np.ndarray  # row numbers (within the file) of the rows kept
+    rows: np.ndarray  # row numbers (within the batch) of the rows kept
 
 
 def validate_events(table: pa.Table, path: str, offset: int = 0) -> tuple[ValidatedRows, list[str]]:
@@ -124,7 +124,9 @@ def validate_events(table: pa.Table, path: str, offset: int = 0) -> tuple[Valida
         columns[target.name] = values
     normalised = pa.table(columns, schema=_NULLABLE_EVENT_SCHEMA)
     keep = np.flatnonzero(~bad)
-    good = normalised.take(keep).cast(schema.EVENT_SCHEMA)
+    if len(keep) < table.num_rows:  # copying a whole batch costs as much as validating it
+        normalised = normalised.take(keep)
+    good = normalised.cast(schema.EVENT_SCHEMA)
     return ValidatedRows(good, keep), [reasons[r] for r in sorted(reasons)]
 
 
@@ -164,7 +166,10 @@ def _ids_to_string(column: pa.Array) -> pa.Array:
         as_int = pc.cast(column, pa.int64(), safe=False)
         column = pc.if_else(whole, as_int, pa.scalar(None, pa.int64()))
     values = _safe_cast(column, pa.string())
-    return pc.if_else(pc.equal(pc.utf8_length(values), 0), pa.scalar(None, pa.string()), values)
+    empty = pc.equal(pc.binary_length(values), 0)
+    if not pc.any(empty).as_py():
+        return values
+    return pc.if_else(empty, pa.scalar(None, pa.string()), values)
 
 
 def _timestamps_to_seconds(column: pa.Array) -> pa.Array:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,8 @@ import ray
 from recsys_dist import schema, storage
 from recsys_dist.data import events as events_io
 from recsys_dist.data.events import ORDER
+from recsys_dist.data.parallel import map_tasks
+from recsys_dist.data.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ PART_SCHEMA = pa.schema(
         pa.field(ORDER, pa.int64(), nullable=False),
     ]
 )
+# The same events once items are vocabulary indices (the merge state of ``prepare``).
+INDEXED_PART_SCHEMA = PART_SCHEMA.set(1, pa.field(schema.ITEM_ID, pa.int32(), nullable=False))
 _IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 _HASH_BASE = np.uint64(0x100000001B3)  # FNV-1a prime, used as a polynomial base
 
@@ -63,7 +68,8 @@ class GroupingSpec:
 
 
 def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) -> GroupingSpec:
-    """Enough buckets that each holds about ``bucket_rows`` events, and one per CPU at least.
+    """Enough buckets that each holds at most about ``bucket_rows`` events, in a multiple of
+    the CPU count so that the last round of gather tasks keeps every CPU busy.
 
     The size comes from the Parquet footers, so no data is read to plan the shuffle.
     """
@@ -71,8 +77,9 @@ def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) 
     for path in files:
         with storage.open_input(path) as handle:
             rows += pq.ParquetFile(handle).metadata.num_rows
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return GroupingSpec(max(1, cpus, -(-rows // bucket_rows)), max_history, dedup, bucket_rows)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    rounds = max(1, -(-rows // (bucket_rows * cpus)))  # whole rounds: no CPU idles at the end
+    return GroupingSpec(rounds * cpus, max_history, dedup, bucket_rows)
 
 
 def user_buckets(user_ids: pa.Array | pa.ChunkedArray, num_buckets: int) -> np.ndarray:
@@ -114,6 +121,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 # --- scatter ---------------------------------------------------------------------------------
 
 
+class FileSummary(Protocol):
+    """Something a scatter task learns from every validated batch of its file (e.g. counts)."""
+
+    def add(self, table: pa.Table) -> None: ...
+
+    def result(self) -> pa.Table:
+        """One row: what the driver needs of this file."""
+        ...
+
+
 def scatter(
     files: list[str],
     first_file_index: int,
@@ -121,37 +138,42 @@ def scatter(
     num_buckets: int,
     on_bad_rows: str,
     tally=None,
-) -> int:
-    """Validate ``files`` and write their events into bucket parts; return events accepted."""
-    listing = ray.data.from_items(
-        [{"path": p, "file_index": first_file_index + i} for i, p in enumerate(files)],
-        override_num_blocks=len(files),
-    )
-    written = listing.map_batches(
-        _scatter_file,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={
-            "scratch_dir": scratch_dir,
-            "num_buckets": num_buckets,
-            "on_bad_rows": on_bad_rows,
-            "tally": tally,
-        },
-    )
-    return sum(int(row["events"]) for row in written.iter_rows())
+    summarize: Callable[[], FileSummary] | None = None,
+) -> Iterator[pa.Table]:
+    """Validate ``files`` and write their events into bucket parts, one Ray task per file.
+
+    Yields one row per file as its task ends: ``events`` accepted, and the columns of
+    ``summarize()``'s result when given, so the driver learns about the log in the same pass.
+    """
+    calls = [
+        (path, first_file_index + i, scratch_dir, num_buckets, on_bad_rows, tally, summarize)
+        for i, path in enumerate(files)
+    ]
+    yield from map_tasks(_scatter_file, calls, desc="scatter", unit="file")
 
 
 def _scatter_file(
-    listing, scratch_dir: str, num_buckets: int, on_bad_rows: str, tally
-) -> Iterator[dict[str, np.ndarray]]:
-    path, file_index = str(listing["path"][0]), int(listing["file_index"][0])
+    path: str,
+    file_index: int,
+    scratch_dir: str,
+    num_buckets: int,
+    on_bad_rows: str,
+    tally,
+    summarize,
+) -> pa.Table:
     buffer = _BucketBuffer(scratch_dir, num_buckets, f"f{file_index:07d}")
+    summary = summarize() if summarize else None
     for table in events_io.validated_batches(path, file_index, on_bad_rows, tally):
         buffer.add(table)
+        if summary is not None:
+            summary.add(table)
         if buffer.rows >= SCATTER_FLUSH_ROWS:
             buffer.flush()
     buffer.flush()
-    yield {"events": np.array([buffer.total])}
+    events = pa.array([buffer.total], pa.int64())
+    if summary is None:
+        return pa.table({"events": events})
+    return summary.result().append_column("events", events)
 
 
 class _BucketBuffer:
@@ -222,48 +244,52 @@ def users_file(users_dir: str, bucket: int) -> str:
 def gather(
     scratch_dir: str,
     spec: GroupingSpec,
+    users_dir: str,
     earlier_users_dir: str | None = None,
-    users_dir: str | None = None,
     summarize: Callable[[pa.Table], pa.Table] | None = None,
-) -> ray.data.Dataset:
-    """One Ray task per bucket merges its parts into users; the buckets stream out.
+    vocabulary: ray.ObjectRef | None = None,
+) -> Iterator[pa.Table]:
+    """One Ray task per bucket merges its parts into users, written to
+    ``users_dir/bucket-K.parquet``; yields ``summarize(users)`` per bucket as it ends.
 
-    With ``users_dir`` each bucket's users are written to ``users_dir/bucket-K.parquet``;
-    with ``earlier_users_dir`` (incremental mode) the bucket's earlier users are merged in.
-    The dataset holds ``summarize(users)`` per bucket, or the users themselves.
+    With ``earlier_users_dir`` (incremental mode) the bucket's earlier users are merged in.
+    With ``vocabulary`` (a reference to a :class:`Vocabulary` that knows every item) users hold
+    item indices (:data:`schema.PREPARED_USER_SCHEMA`), otherwise raw ids
+    (:data:`schema.USER_SEQUENCE_SCHEMA`).
     """
     parts = bucket_parts(scratch_dir, spec.num_buckets)
-    listing = ray.data.from_items(
-        [
-            {
-                "parts": parts[b],
-                "earlier": users_file(earlier_users_dir, b) if earlier_users_dir else "",
-                "output": users_file(users_dir, b) if users_dir else "",
-            }
-            for b in range(spec.num_buckets)
-        ],
-        override_num_blocks=spec.num_buckets,
-    )
-    return listing.map_batches(
-        _gather_task,
-        batch_size=1,
-        batch_format="pyarrow",
-        fn_kwargs={"spec": spec, "summarize": summarize},
-    )
+    calls = [
+        (
+            parts[bucket],
+            users_file(earlier_users_dir, bucket) if earlier_users_dir else None,
+            users_file(users_dir, bucket),
+            spec,
+            summarize,
+            vocabulary,
+        )
+        for bucket in range(spec.num_buckets)
+    ]
+    yield from map_tasks(_gather_task, calls, desc="gather", unit="bucket")
 
 
-def _gather_task(listing: pa.Table, spec: GroupingSpec, summarize) -> pa.Table:
-    row = listing.to_pylist()[0]
-    users = gather_bucket(row["parts"], row["earlier"] or None, spec)
-    if row["output"]:
-        storage.write_parquet(users, row["output"])
-    return summarize(users) if summarize else users
+def _gather_task(
+    parts: list[str], earlier: str | None, output: str, spec: GroupingSpec, summarize, vocab
+) -> pa.Table | None:
+    """``vocab`` arrives resolved: Ray passes a task the value of a top-level ``ObjectRef``."""
+    users = gather_bucket(parts, earlier, spec, vocab)
+    storage.write_parquet(users, output, dictionary=[schema.EVENT_TYPES])
+    return summarize(users) if summarize else None
 
 
-def gather_bucket(parts: list[str], previous_users: str | None, spec: GroupingSpec) -> pa.Table:
+def gather_bucket(
+    parts: list[str],
+    previous_users: str | None,
+    spec: GroupingSpec,
+    vocab: Vocabulary | None = None,
+) -> pa.Table:
     """Merge one bucket's parts (and its earlier users, when appending) into user sequences,
-    one row per user in :data:`schema.USER_SEQUENCE_SCHEMA`."""
-    state, counters = _previous_state(previous_users)
+    one row per user; items become ``vocab`` indices when it is given."""
+    state, counters = _previous_state(previous_users, vocab is not None)
     pending: list[pa.Table] = []
     pending_rows = 0
     for path in parts:
@@ -271,13 +297,25 @@ def gather_bucket(parts: list[str], previous_users: str | None, spec: GroupingSp
         pending.append(table)
         pending_rows += table.num_rows
         if pending_rows >= spec.compact_rows:
-            state, merged = compact(state, pa.concat_tables(pending), spec, final=False)
+            new = _with_indices(pa.concat_tables(pending), vocab)
+            state, merged = compact(state, new, spec, final=False)
             counters.append(merged)
             pending, pending_rows = [], 0
-    new = pa.concat_tables(pending) if pending else PART_SCHEMA.empty_table()
+    new = _with_indices(pa.concat_tables(pending) if pending else PART_SCHEMA.empty_table(), vocab)
     state, merged = compact(state, new, spec, final=True)
     counters.append(merged)
-    return _users_table(state, _sum_counters(counters))
+    return _users_table(state, _sum_counters(counters), vocab is not None)
+
+
+def _with_indices(events: pa.Table, vocab: Vocabulary | None) -> pa.Table:
+    """Raw item ids → vocabulary indices (one lookup per merge round, not per part)."""
+    if vocab is None:
+        return events
+    indices = vocab.to_indices(events.column(schema.ITEM_ID))
+    if events.num_rows and indices.min() < schema.NUM_SPECIAL_TOKENS:
+        raise RuntimeError("an accepted event's item is missing from the vocabulary")
+    column = pa.array(indices.astype(np.int32))
+    return events.set_column(1, INDEXED_PART_SCHEMA.field(schema.ITEM_ID), column)
 
 
 COUNTER_SCHEMA = pa.schema(
@@ -375,25 +413,27 @@ def _too_old(user_code: np.ndarray, times: np.ndarray, max_history: int, final: 
     return too_old & (times < oldest_kept[run])
 
 
-def _previous_state(previous_users: str | None) -> tuple[pa.Table, list[pa.Table]]:
+def _previous_state(previous_users: str | None, indexed: bool) -> tuple[pa.Table, list[pa.Table]]:
     """Events and counters of the users already prepared in this bucket (incremental mode).
 
     Their events rank before every new file in log order (positions < any new file's order).
     """
+    part_schema = INDEXED_PART_SCHEMA if indexed else PART_SCHEMA
     if previous_users is None or not storage.exists(previous_users):
-        return PART_SCHEMA.empty_table(), []
+        return part_schema.empty_table(), []
     fs, inner = storage.resolve(previous_users)
     users = pq.read_table(inner, filesystem=fs)
-    lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
+    items = users.column(schema.ITEMS if indexed else schema.ITEM_IDS)
+    lengths = pc.list_value_length(items).to_numpy()
     events = pa.table(
         {
             schema.USER_ID: np.repeat(users.column(schema.USER_ID).to_numpy(), lengths),
-            schema.ITEM_ID: pc.list_flatten(users.column(schema.ITEM_IDS)),
+            schema.ITEM_ID: pc.list_flatten(items),
             schema.TIMESTAMP: pc.list_flatten(users.column(schema.TIMESTAMPS)),
             schema.EVENT_TYPE: pc.list_flatten(users.column(schema.EVENT_TYPES)),
             ORDER: np.arange(int(lengths.sum()), dtype=np.int64),
         },
-        schema=PART_SCHEMA,
+        schema=part_schema,
     )
     duplicates = users.column(schema.NUM_DUPLICATES)
     counters = pa.table(
@@ -418,7 +458,7 @@ def _sum_counters(counters: list[pa.Table]) -> pa.Table:
     return summed.rename_columns([n.removesuffix("_sum") for n in summed.column_names])
 
 
-def _users_table(state: pa.Table, counters: pa.Table) -> pa.Table:
+def _users_table(state: pa.Table, counters: pa.Table, indexed: bool) -> pa.Table:
     """One row per user from the sorted state, with the user's summed counters."""
     ids = state.column(schema.USER_ID).combine_chunks()
     changes = pc.not_equal(ids.slice(1), ids.slice(0, max(0, len(ids) - 1)))
@@ -433,17 +473,18 @@ def _users_table(state: pa.Table, counters: pa.Table) -> pa.Table:
         pc.index_in(first, value_set=counters.column(schema.USER_ID).combine_chunks())
     )
     accepted, duplicates, truncated = (per_user.column(n) for n in COUNTER_SCHEMA.names[1:])
+    users_schema = schema.PREPARED_USER_SCHEMA if indexed else schema.USER_SEQUENCE_SCHEMA
     return pa.table(
-        {
-            schema.USER_ID: first,
-            schema.ITEM_IDS: lists(schema.ITEM_ID),
-            schema.TIMESTAMPS: lists(schema.TIMESTAMP),
-            schema.EVENT_TYPES: lists(schema.EVENT_TYPE),
-            schema.NUM_EVENTS: pc.subtract(accepted, duplicates),
-            schema.NUM_DUPLICATES: duplicates,
-            schema.NUM_TRUNCATED: truncated,
-        },
-        schema=schema.USER_SEQUENCE_SCHEMA,
+        [
+            first,
+            lists(schema.ITEM_ID),
+            lists(schema.TIMESTAMP),
+            lists(schema.EVENT_TYPE),
+            pc.subtract(accepted, duplicates),
+            duplicates,
+            truncated,
+        ],
+        schema=users_schema,
     )
 
 

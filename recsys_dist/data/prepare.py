@@ -1,28 +1,33 @@
-"""``prepare``: a canonical event log → the training/validation/test sequence dataset.
+"""``prepare``: a canonical event log → the per-user sequence dataset that training reads.
 
 Runs on Ray Data and reads the raw log once. Output (local or ``s3://``)::
 
-    OUTPUT/users/        one file per hash bucket, one row per user: time-ordered raw item
-                         ids, timestamps and event types (the most recent ``max_history``)
+    OUTPUT/users/        one file per hash bucket, one row per user: time-ordered item indices,
+                         timestamps and event types (the most recent ``max_history``)
     OUTPUT/vocab.parquet the item vocabulary (ids → indices, counts)
-    OUTPUT/train/        training windows (item indices), at most ``max_len`` long
-    OUTPUT/valid/        history + target per user, for model selection
-    OUTPUT/test/         history + target per user, reported once
     OUTPUT/manifest.json counts, vocabulary size, data hash, split and cut times, input files
 
-Grouping by user is :mod:`recsys_dist.data.grouping` (hash buckets, bounded memory). With
-``append=True`` new log partitions are merged into an existing dataset: the old raw files are
-not read again (their events live on in ``users/``), the vocabulary only grows, and every
-split is rebuilt. Results are written under ``OUTPUT/_next`` and moved into place at the end,
-so a failed run leaves the previous dataset intact and a retried task cannot double-count.
+The training windows and the validation and test rows are not stored: they are cut from
+``users/`` as they are read (:mod:`recsys_dist.data.prepared`), with the split protocol and
+cut times recorded here.
 
-Nothing here collects the log on the driver: only per-item counts (the vocabulary), a
-fixed-size histogram of event times and per-file bad-row counts come back to it.
+Two passes over the data, both :mod:`recsys_dist.data.grouping`'s: the **scatter** validates
+every file, writes its events into hash buckets and counts items and event times on the way;
+from those counts the driver fixes the vocabulary and (time split) the cut times; the
+**gather** then builds each bucket's users with item indices and counts their split rows.
+With ``append=True`` new log partitions are merged into an existing dataset: the old raw
+files are not read again (their events live on in ``users/``), the vocabulary only grows.
+Results are written under ``OUTPUT/_next`` and moved into place at the end, so a failed run
+leaves the previous dataset intact and a retried task cannot double-count.
+
+Nothing here collects the log on the driver: only per-item counts, a fixed-size histogram of
+event times, per-bucket counts and per-file bad-row counts come back to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -40,16 +45,17 @@ from recsys_dist import schema, storage
 from recsys_dist.config import DataConfig
 from recsys_dist.data import events as events_io
 from recsys_dist.data import grouping
-from recsys_dist.data.sequences import SplitSpec, evaluation_rows, time_cuts, training_rows
+from recsys_dist.data.prepared import load_manifest
+from recsys_dist.data.sequences import SplitSpec, TimeHistogram, split_counts
 from recsys_dist.data.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 2
-_TIME_BINS = 65_536
+MANIFEST_VERSION = 3
 NEXT_DIR = "_next"  # the dataset being built; moved into place when complete
 SCRATCH_DIR = "_buckets"  # bucket parts of the scatter step; deleted when done
-_PUBLISHED = (schema.USERS_DIR, *schema.SPLITS, schema.VOCAB_FILE)
+_PUBLISHED = (schema.USERS_DIR, schema.VOCAB_FILE)
+_RETIRED = schema.SPLITS  # materialised splits of format 2, removed when a dataset is rebuilt
 # Settings an appended partition must share with the dataset it joins.
 _FIXED_ON_APPEND = (
     "max_len",
@@ -70,7 +76,7 @@ class AppendError(ValueError):
 def prepare_dataset(
     data_dir: str, output_dir: str, config: DataConfig, append: bool = False
 ) -> dict[str, Any]:
-    """Validate, de-duplicate, group, index and split ``data_dir``; return the manifest.
+    """Validate, de-duplicate, group and index ``data_dir``; return the manifest.
 
     With ``append``, ``data_dir`` holds new files for the dataset already in ``output_dir``.
     """
@@ -84,36 +90,31 @@ def prepare_dataset(
         storage.delete_dir(leftover)
     tally = events_io.BadRowTally.remote() if config.on_bad_rows == "skip" else None
     first_file = len(previous["input_files"]) if previous else 0
-    accepted = grouping.scatter(
-        files, first_file, scratch, spec.num_buckets, config.on_bad_rows, tally
-    )
+    scanned = _scan(files, first_file, scratch, spec.num_buckets, config.on_bad_rows, tally)
+    vocab = _vocabulary(scanned.item_counts, output_dir if previous else None)
+    times = scanned.times
+    if previous:
+        times = TimeHistogram.from_dict(previous["time_histogram"]).merge(times)
+    split = _split_spec(config, times)
     users_dir = storage.join(next_dir, schema.USERS_DIR)
     earlier = storage.join(output_dir, schema.USERS_DIR) if previous else None
-    gathered = _gather(scratch, earlier, users_dir, spec)
-    vocab = _vocabulary(gathered.item_counts, output_dir if previous else None)
+    gathered = _gather(scratch, earlier, users_dir, spec, split, vocab)
+    vocab = dataclasses.replace(vocab, counts=gathered.item_counts)
     vocab.save(storage.join(next_dir, schema.VOCAB_FILE))
-    users = storage.read_parquet_dataset(users_dir)
-    split = _split_spec(users, config)
-    for name in schema.SPLITS:
-        storage.make_dirs(storage.join(next_dir, name))
-    totals = _write_splits(users, split, vocab, next_dir)
-    _check_nothing_lost(accepted, totals, previous)
+    _check_nothing_lost(scanned.accepted, gathered.totals, previous)
     _publish(next_dir, output_dir)
     storage.delete_dir(scratch)
-    manifest = _manifest(data_dir, files, config, vocab, split, totals, tally, accepted, previous)
-    manifest.update(num_buckets=spec.num_buckets, skewed_users=gathered.skewed)
-    manifest["prepare_seconds"] = round(time.perf_counter() - started, 3)
+    manifest = _manifest(
+        data_dir, files, config, vocab, split, gathered.totals, tally, scanned.accepted, previous
+    )
+    manifest.update(
+        num_buckets=spec.num_buckets,
+        skewed_users=gathered.skewed,
+        time_histogram=times.to_dict(),
+        prepare_seconds=round(time.perf_counter() - started, 3),
+    )
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
     return manifest
-
-
-def load_manifest(prepared_dir: str) -> dict[str, Any]:
-    path = storage.join(prepared_dir, schema.MANIFEST_FILE)
-    if not storage.exists(path):
-        raise FileNotFoundError(
-            f"{prepared_dir}: not a prepared dataset (no {schema.MANIFEST_FILE})"
-        )
-    return storage.read_json(path)
 
 
 def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict[str, Any]:
@@ -140,63 +141,75 @@ def _grouping_spec(files: list[str], config: DataConfig, previous) -> grouping.G
     return dataclasses.replace(spec, num_buckets=previous["num_buckets"]) if previous else spec
 
 
-@dataclasses.dataclass
-class _Gathered:
-    item_counts: pa.Table
-    skewed: list[dict[str, Any]]
+class _FileScan:
+    """What the scatter learns of one file on the way: item counts and event times."""
 
+    def __init__(self) -> None:
+        self.counts: list[pa.Table] = []
+        self.times = TimeHistogram.empty()
 
-def _gather(scratch: str, earlier: str | None, users_dir: str, spec) -> _Gathered:
-    """One task per bucket builds its users file; item counts and skewed users come back."""
-    results = grouping.gather(scratch, spec, earlier, users_dir, summarize=_bucket_summary)
-    counts = pa.table(
-        {schema.ITEM_ID: pa.array([], pa.string()), schema.COUNT: pa.array([], pa.int64())}
-    )
-    skewed: list[dict[str, Any]] = []
-    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in range(batch.num_rows):
-            bucket_counts = pa.table(
-                {
-                    schema.ITEM_ID: batch.column(schema.ITEM_ID)[row].values,
-                    schema.COUNT: batch.column(schema.COUNT)[row].values,
-                }
-            )
-            counts = _add_counts(counts, bucket_counts)
-            skewed.extend(json.loads(batch.column("skewed")[row].as_py()))
-    skewed.sort(key=lambda user: -user["events"])
-    if skewed:
-        logger.warning(
-            "%d user(s) had more than data.max_history events and were cut to their most "
-            "recent ones, e.g. %s",
-            len(skewed),
-            skewed[0],
+    def add(self, events: pa.Table) -> None:
+        values, counts = pc.value_counts(events.column(schema.ITEM_ID).combine_chunks()).flatten()
+        self.counts.append(
+            pa.table({schema.ITEM_ID: values, schema.COUNT: pc.cast(counts, pa.int64())})
         )
-    return _Gathered(counts, skewed[: grouping.SKEWED_USERS_REPORTED])
+        self.times = self.times.merge(TimeHistogram.of(events.column(schema.TIMESTAMP).to_numpy()))
+
+    def result(self) -> pa.Table:
+        counts = _sum_counts(self.counts)
+        return pa.table(
+            {
+                schema.ITEM_ID: _as_one_list(counts.column(schema.ITEM_ID)),
+                schema.COUNT: _as_one_list(counts.column(schema.COUNT)),
+                "times": [json.dumps(self.times.to_dict())],
+            }
+        )
 
 
-def _bucket_summary(users: pa.Table) -> pa.Table:
-    """What the driver needs of a bucket: its item counts and its cut (skewed) users."""
-    counts = _item_counts(users)
-    return pa.table(
-        {
-            schema.ITEM_ID: _as_one_list(counts.column(schema.ITEM_ID)),
-            schema.COUNT: _as_one_list(counts.column(schema.COUNT)),
-            "skewed": [json.dumps(list(grouping.iter_skewed(users)))],
-        }
+@dataclasses.dataclass
+class _Scanned:
+    accepted: int
+    item_counts: pa.Table  # item_id, count: accepted events per item
+    times: TimeHistogram  # of the accepted events
+
+
+def _scan(files, first_file: int, scratch: str, num_buckets: int, on_bad_rows, tally) -> _Scanned:
+    """The scatter, which also counts every file's items and event times."""
+    per_file = grouping.scatter(
+        files, first_file, scratch, num_buckets, on_bad_rows, tally, summarize=_FileScan
     )
+    counts, times, accepted = [], TimeHistogram.empty(), 0
+    for batch in per_file:
+        for row in range(batch.num_rows):
+            counts.append(
+                pa.table(
+                    {
+                        schema.ITEM_ID: batch.column(schema.ITEM_ID)[row].values,
+                        schema.COUNT: batch.column(schema.COUNT)[row].values,
+                    }
+                )
+            )
+            times = times.merge(TimeHistogram.from_dict(json.loads(batch["times"][row].as_py())))
+            accepted += batch["events"][row].as_py()
+    return _Scanned(accepted, _sum_counts(counts), times)
+
+
+def _sum_counts(tables: list[pa.Table]) -> pa.Table:
+    if not tables:
+        return pa.table(
+            {schema.ITEM_ID: pa.array([], pa.string()), schema.COUNT: pa.array([], pa.int64())}
+        )
+    summed = (
+        pa.concat_tables(tables)
+        .group_by(schema.ITEM_ID, use_threads=False)
+        .aggregate([(schema.COUNT, "sum")])
+    )
+    return summed.rename_columns([schema.ITEM_ID, schema.COUNT])
 
 
 def _as_one_list(column: pa.ChunkedArray) -> pa.ListArray:
     values = column.combine_chunks()
     return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
-
-
-def _add_counts(total: pa.Table, more: pa.Table) -> pa.Table:
-    summed = (
-        pa.concat_tables([total, more]).group_by(schema.ITEM_ID).aggregate([(schema.COUNT, "sum")])
-    )
-    summed = summed.rename_columns([n.removesuffix("_sum") for n in summed.column_names])
-    return summed.select([schema.ITEM_ID, schema.COUNT])
 
 
 def _vocabulary(counts: pa.Table, existing_dir: str | None) -> Vocabulary:
@@ -207,7 +220,80 @@ def _vocabulary(counts: pa.Table, existing_dir: str | None) -> Vocabulary:
     values = counts.column(schema.COUNT).to_numpy()
     if existing_dir is None:
         return Vocabulary.from_counts(ids, values)
-    return Vocabulary.load(storage.join(existing_dir, schema.VOCAB_FILE)).recount(ids, values)
+    return Vocabulary.load(storage.join(existing_dir, schema.VOCAB_FILE)).extend(ids, values)
+
+
+def _split_spec(config: DataConfig, times: TimeHistogram) -> SplitSpec:
+    spec = SplitSpec(config.split, config.max_len, config.window_stride, config.min_user_events)
+    if config.split == "loo":
+        return spec
+    valid_cut, test_cut = times.cuts(config.valid_fraction, config.test_fraction)
+    return dataclasses.replace(spec, valid_cut=valid_cut, test_cut=test_cut)
+
+
+@dataclasses.dataclass
+class _Gathered:
+    item_counts: np.ndarray  # per vocabulary position: events kept in users' sequences
+    totals: dict[str, int]
+    skewed: list[dict[str, Any]]
+
+
+_TOTALS = ("events", "duplicates", "truncated", "users", "users_below_min_events")
+
+
+def _gather(scratch, earlier, users_dir: str, spec, split: SplitSpec, vocab) -> _Gathered:
+    """One task per bucket writes its users; item counts, split rows and cut users come back."""
+    results = grouping.gather(
+        scratch,
+        spec,
+        users_dir,
+        earlier,
+        summarize=functools.partial(_bucket_summary, split=split),
+        vocabulary=ray.put(vocab),
+    )
+    item_counts = np.zeros(vocab.size, np.int64)
+    totals = dict.fromkeys([*_TOTALS, *(f"{s}_rows" for s in schema.SPLITS)], 0)
+    skewed: list[dict[str, Any]] = []
+    for batch in results:
+        for row in range(batch.num_rows):
+            indices = batch.column(schema.INDEX)[row].values.to_numpy()
+            item_counts[indices] += batch.column(schema.COUNT)[row].values.to_numpy()
+            skewed.extend(json.loads(batch.column("skewed")[row].as_py()))
+        for name in totals:
+            totals[name] += int(pc.sum(batch.column(name)).as_py())
+    skewed.sort(key=lambda user: -user["events"])
+    if skewed:
+        logger.warning(
+            "%d user(s) had more than data.max_history events and were cut to their most "
+            "recent ones, e.g. %s",
+            len(skewed),
+            skewed[0],
+        )
+    counts = item_counts[schema.NUM_SPECIAL_TOKENS :]
+    return _Gathered(counts, totals, skewed[: grouping.SKEWED_USERS_REPORTED])
+
+
+def _bucket_summary(users: pa.Table, split: SplitSpec) -> pa.Table:
+    """What the driver needs of a bucket: kept item counts, split row counts, cut users."""
+    items = pc.list_flatten(users.column(schema.ITEMS)).to_numpy()
+    per_index = np.bincount(items)
+    indices = np.flatnonzero(per_index)
+    counts = per_index[indices]
+    lengths = pc.list_value_length(users.column(schema.ITEMS)).to_numpy()
+    rows = split_counts(users, split)
+    return pa.table(
+        {
+            schema.INDEX: _as_one_list(pa.chunked_array([pa.array(indices, pa.int64())])),
+            schema.COUNT: _as_one_list(pa.chunked_array([pa.array(counts, pa.int64())])),
+            "skewed": [json.dumps(list(grouping.iter_skewed(users)))],
+            "events": [int(pc.sum(users.column(schema.NUM_EVENTS)).as_py() or 0)],
+            "duplicates": [int(pc.sum(users.column(schema.NUM_DUPLICATES)).as_py() or 0)],
+            "truncated": [int(pc.sum(users.column(schema.NUM_TRUNCATED)).as_py() or 0)],
+            "users": [int((lengths >= split.min_user_events).sum())],
+            "users_below_min_events": [int((lengths < split.min_user_events).sum())],
+            **{f"{name}_rows": [count] for name, count in rows.items()},
+        }
+    )
 
 
 def _check_nothing_lost(accepted: int, totals: dict[str, int], previous) -> None:
@@ -224,15 +310,16 @@ def _check_nothing_lost(accepted: int, totals: dict[str, int], previous) -> None
 def _publish(next_dir: str, output_dir: str) -> None:
     """Replace the dataset's files with the newly built ones."""
     fs, _ = storage.resolve(output_dir)
-    for name in _PUBLISHED:
+    for name in (*_PUBLISHED, *_RETIRED):
         _, target = storage.resolve(storage.join(output_dir, name))
         info = fs.get_file_info(target)
         if info.type == pafs.FileType.Directory:
             fs.delete_dir(target)
         elif info.type == pafs.FileType.File:
             fs.delete_file(target)
-        _, source = storage.resolve(storage.join(next_dir, name))
-        _move(fs, source, target)
+        if name in _PUBLISHED:
+            _, source = storage.resolve(storage.join(next_dir, name))
+            _move(fs, source, target)
     storage.delete_dir(next_dir)
 
 
@@ -248,99 +335,6 @@ def _move(fs: pafs.FileSystem, source: str, target: str) -> None:
     for info in fs.get_file_info(pafs.FileSelector(source, recursive=True)):
         if info.type == pafs.FileType.File:
             fs.move(info.path, target + info.path[len(source) :])
-
-
-def _item_counts(users: pa.Table) -> pa.Table:
-    items = pc.list_flatten(users.column(schema.ITEM_IDS))
-    values, counts = pc.value_counts(items).flatten()
-    return pa.table({schema.ITEM_ID: values, schema.COUNT: pc.cast(counts, pa.int64())})
-
-
-def _index_items(users: pa.Table, vocab_ref) -> pa.Table:
-    """Replace raw item ids by vocabulary indices (every kept item is in the vocabulary)."""
-    vocab = Vocabulary(ray.get(vocab_ref), np.empty(0, np.int64))
-    lists = users.column(schema.ITEM_IDS).combine_chunks()
-    indices = vocab.to_indices(lists.flatten()).astype(np.int32)
-    as_lists = pa.ListArray.from_arrays(lists.offsets, pa.array(indices))
-    return users.drop_columns([schema.ITEM_IDS]).append_column(schema.ITEMS, as_lists)
-
-
-def _split_spec(users: ray.data.Dataset, config: DataConfig) -> SplitSpec:
-    spec = SplitSpec(config.split, config.max_len, config.window_stride, config.min_user_events)
-    if config.split == "loo":
-        return spec
-    low, high = (
-        users.map_batches(_time_range, batch_format="pyarrow")
-        .aggregate(ray.data.aggregate.Min("low"), ray.data.aggregate.Max("high"))
-        .values()
-    )
-    edges = np.linspace(low, high + 1, _TIME_BINS + 1)
-    histogram = np.zeros(_TIME_BINS, np.int64)
-    for batch in users.map_batches(
-        _time_histogram, batch_format="pyarrow", fn_kwargs={"edges": edges}
-    ).iter_batches(batch_size=None, batch_format="numpy"):
-        histogram += np.asarray(batch["histogram"].tolist(), np.int64).sum(axis=0)
-    valid_cut, test_cut = time_cuts(histogram, edges, config.valid_fraction, config.test_fraction)
-    return dataclasses.replace(spec, valid_cut=valid_cut, test_cut=test_cut)
-
-
-def _time_range(users: pa.Table) -> pa.Table:
-    times = pc.list_flatten(users.column(schema.TIMESTAMPS))
-    bounds = pc.min_max(times)
-    return pa.table({"low": [bounds["min"].as_py()], "high": [bounds["max"].as_py()]})
-
-
-def _time_histogram(users: pa.Table, edges: np.ndarray) -> pa.Table:
-    times = pc.list_flatten(users.column(schema.TIMESTAMPS)).to_numpy()
-    histogram, _ = np.histogram(times, bins=edges)
-    return pa.table({"histogram": [histogram]})
-
-
-def _write_splits(
-    users: ray.data.Dataset, spec: SplitSpec, vocab: Vocabulary, output_dir: str
-) -> dict[str, int]:
-    """One pass over ``users/``: index items, write train/valid/test parts, sum the counts."""
-    stats = users.map_batches(
-        _write_split_parts,
-        batch_format="pyarrow",
-        fn_kwargs={"spec": spec, "vocab_ref": ray.put(vocab.item_ids), "output_dir": output_dir},
-    )
-    totals: dict[str, int] = {}
-    for batch in stats.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for name in batch.column_names:
-            totals[name] = totals.get(name, 0) + int(pc.sum(batch.column(name)).as_py() or 0)
-    return totals
-
-
-def _write_split_parts(users: pa.Table, spec: SplitSpec, vocab_ref, output_dir: str) -> pa.Table:
-    """Write this block's rows of every split; return its counts as one row.
-
-    Part names derive from the block's content, so a retried task overwrites its own parts
-    instead of adding duplicates.
-    """
-    indexed = _index_items(users, vocab_ref)
-    part = hashlib.sha1(f"{users.column(schema.USER_ID)[0]}:{users.num_rows}".encode()).hexdigest()
-    counts = {}
-    for split, table in (
-        (schema.TRAIN_SPLIT, training_rows(indexed, spec)),
-        (schema.VALID_SPLIT, evaluation_rows(indexed, spec, schema.VALID_SPLIT)),
-        (schema.TEST_SPLIT, evaluation_rows(indexed, spec, schema.TEST_SPLIT)),
-    ):
-        counts[f"{split}_rows"] = table.num_rows
-        if table.num_rows:
-            path = storage.join(output_dir, split, f"part-{part[:16]}.parquet")
-            storage.write_parquet(table, path, dictionary=[schema.USER_ID])
-    lengths = pc.list_value_length(users.column(schema.ITEM_IDS)).to_numpy()
-    return pa.table(
-        {
-            **{name: [value] for name, value in counts.items()},
-            "events": [int(pc.sum(users.column(schema.NUM_EVENTS)).as_py())],
-            "duplicates": [int(pc.sum(users.column(schema.NUM_DUPLICATES)).as_py())],
-            "truncated": [int(pc.sum(users.column(schema.NUM_TRUNCATED)).as_py())],
-            "users": [int((lengths >= spec.min_user_events).sum())],
-            "users_below_min_events": [int((lengths < spec.min_user_events).sum())],
-        }
-    )
 
 
 def _manifest(

@@ -1,7 +1,9 @@
 """Per-user sequences → training windows and evaluation rows, without leaking the future.
 
-Pure array functions over a block of users (grouping itself is :mod:`recsys_dist.data.grouping`),
-applied by :mod:`recsys_dist.data.prepare` through Ray Data. Two split protocols:
+Pure array functions over a block of users (grouping itself is :mod:`recsys_dist.data.grouping`).
+A prepared dataset stores each user's sequence once; training windows and evaluation rows are
+cut from it when they are read (:mod:`recsys_dist.data.prepared`), so nothing is stored five
+times over and a split costs no preparation time. Two split protocols:
 
 * ``loo`` (leave-one-out): a user's last event is the test target, the second-last the
   validation target; training sees everything before the validation target.
@@ -32,6 +34,26 @@ class SplitSpec:
     min_user_events: int
     valid_cut: int = 0  # time split only: first second of the validation period
     test_cut: int = 0  # time split only: first second of the test period
+
+
+def split_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
+    """The rows of split ``which`` (train, valid or test) cut from a block of users."""
+    if which == schema.TRAIN_SPLIT:
+        return training_rows(users, spec)
+    if which in (schema.VALID_SPLIT, schema.TEST_SPLIT):
+        return evaluation_rows(users, spec, which)
+    raise ValueError(f"split must be one of {schema.SPLITS}, got {which!r}")
+
+
+def split_counts(users: pa.Table, spec: SplitSpec) -> dict[str, int]:
+    """Rows every split would have, counted without building them."""
+    lists = _Lists.of(users)
+    enough = lists.lengths >= spec.min_user_events
+    ends = np.where(enough, _train_ends(lists, spec), 0)
+    counts = {schema.TRAIN_SPLIT: int(_window_counts(ends, spec.max_len, spec.window_stride).sum())}
+    for which in (schema.VALID_SPLIT, schema.TEST_SPLIT):
+        counts[which] = int((enough & (_target_positions(lists, spec, which) >= 1)).sum())
+    return counts
 
 
 def training_rows(users: pa.Table, spec: SplitSpec) -> pa.Table:
@@ -73,11 +95,16 @@ def _windows(ends: np.ndarray, max_len: int, stride: int):
     longer than ``max_len`` is one window, and a single event has nothing to predict from.
     """
     ends = np.asarray(ends, np.int64)
-    count = np.where(ends <= 1, 0, np.where(ends <= max_len, 1, (ends - max_len) // stride + 1))
+    count = _window_counts(ends, max_len, stride)
     owner = np.repeat(np.arange(len(ends)), count)
     step = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
     stops = ends[owner] - step * stride
     return np.maximum(0, stops - max_len), stops, owner
+
+
+def _window_counts(ends: np.ndarray, max_len: int, stride: int) -> np.ndarray:
+    ends = np.asarray(ends, np.int64)
+    return np.where(ends <= 1, 0, np.where(ends <= max_len, 1, (ends - max_len) // stride + 1))
 
 
 @dataclass(frozen=True)
@@ -151,13 +178,87 @@ def _target_positions(lists: _Lists, spec: SplitSpec, which: str) -> np.ndarray:
     return np.where(has_next, position, -1)
 
 
-def time_cuts(
-    histogram: np.ndarray, edges: np.ndarray, valid_fraction: float, test_fraction: float
-):
-    """Cut times such that about ``test_fraction`` of events fall after the test cut and
-    ``valid_fraction`` between the cuts, from a histogram of all event times."""
-    cumulative = np.cumsum(histogram) / max(1, histogram.sum())
-    valid_bin = int(np.searchsorted(cumulative, 1 - valid_fraction - test_fraction, side="left"))
-    test_bin = int(np.searchsorted(cumulative, 1 - test_fraction, side="left"))
-    valid_cut, test_cut = int(np.ceil(edges[valid_bin + 1])), int(np.ceil(edges[test_bin + 1]))
-    return valid_cut, max(test_cut, valid_cut + 1)
+TIME_BINS = 1 << 12
+
+
+def _shift_for(shift: int, low: int, high: int) -> int:
+    """The smallest bin width (a power of two, at least ``2**shift``) that fits ``[low, high]``."""
+    while (high >> shift) - (low >> shift) >= TIME_BINS:
+        shift += 1
+    return shift
+
+
+@dataclass(frozen=True)
+class TimeHistogram:
+    """Event counts in bins of ``2**shift`` seconds, bin ``first`` being ``[first << shift, …)``.
+
+    Bins are aligned to powers of two, so histograms of different files (or of an earlier
+    dataset and an appended partition) merge exactly: the finer one is coarsened to the other's
+    width. Widths grow until the whole span fits :data:`TIME_BINS` bins, a resolution of
+    about span / 4,096 whatever the log, and small enough to keep in the manifest.
+    """
+
+    shift: int
+    first: int
+    counts: np.ndarray  # int64 [bins]
+
+    @classmethod
+    def empty(cls) -> TimeHistogram:
+        return cls(0, 0, np.zeros(0, np.int64))
+
+    @classmethod
+    def of(cls, times: np.ndarray) -> TimeHistogram:
+        times = np.asarray(times, np.int64)
+        if not len(times):
+            return cls.empty()
+        low, high = int(times.min()), int(times.max())
+        shift = _shift_for(0, low, high)
+        first = low >> shift
+        return cls(shift, first, np.bincount((times >> shift) - first).astype(np.int64))
+
+    def merge(self, other: TimeHistogram) -> TimeHistogram:
+        if not len(other.counts):
+            return self
+        if not len(self.counts):
+            return other
+        low = min(self.first << self.shift, other.first << other.shift)
+        high = max(self.last_second, other.last_second)
+        shift = _shift_for(max(self.shift, other.shift), low, high)
+        first = low >> shift
+        counts = np.zeros((high >> shift) - first + 1, np.int64)
+        for part in (self, other):
+            bins = ((np.arange(len(part.counts)) + part.first) << part.shift >> shift) - first
+            np.add.at(counts, bins, part.counts)
+        return TimeHistogram(shift, first, counts)
+
+    @property
+    def last_second(self) -> int:
+        return ((self.first + len(self.counts)) << self.shift) - 1
+
+    def cuts(self, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+        """Cut times such that about ``test_fraction`` of events fall at or after the test cut
+        and ``valid_fraction`` between the cuts; each cut is a bin edge."""
+        cumulative = np.cumsum(self.counts) / max(1, self.counts.sum())
+        valid_bin = int(np.searchsorted(cumulative, 1 - valid_fraction - test_fraction))
+        test_bin = int(np.searchsorted(cumulative, 1 - test_fraction))
+        valid_cut = (self.first + valid_bin + 1) << self.shift
+        test_cut = (self.first + test_bin + 1) << self.shift
+        return valid_cut, max(test_cut, valid_cut + 1)
+
+    def to_dict(self) -> dict:
+        """Non-empty bins only: small enough for the manifest."""
+        nonzero = np.flatnonzero(self.counts)
+        return {
+            "shift": self.shift,
+            "first": self.first,
+            "bins": nonzero.tolist(),
+            "counts": self.counts[nonzero].tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> TimeHistogram:
+        if not stored["bins"]:
+            return cls.empty()
+        counts = np.zeros(stored["bins"][-1] + 1, np.int64)
+        counts[stored["bins"]] = stored["counts"]
+        return cls(stored["shift"], stored["first"], counts)

@@ -19,13 +19,11 @@ sums counts: memory stays bounded at 10^8 events. The output directory may be lo
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from recsys_dist import schema, storage
 from recsys_dist.data.importers import PartWriter, prepare_output_dir
@@ -212,25 +210,13 @@ def _run_shards(
     """Run shard tasks with bounded concurrency; returns the number of events written."""
     import ray
 
+    from recsys_dist.data.parallel import map_tasks
+
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
-    task = ray.remote(num_cpus=1)(_generate_shard)
     catalogue_ref = ray.put(catalogue)
-    limit = max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    pending, events = [], 0
-    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0", "false", "False")
-    with tqdm(total=len(shards), desc="generate", unit="shard", disable=disable) as bar:
-        for shard in shards:
-            while len(pending) >= limit:
-                done, pending = ray.wait(pending, num_returns=1)
-                events += sum(ray.get(done))
-                bar.update(len(done))
-            pending.append(task.remote(root, *shard, catalogue_ref, seed, events_per_user))
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            events += sum(ray.get(done))
-            bar.update(len(done))
-    return events
+    calls = [(root, *shard, catalogue_ref, seed, events_per_user) for shard in shards]
+    return sum(map_tasks(_generate_shard, calls, desc="generate", unit="shard"))
 
 
 @dataclass

@@ -65,15 +65,6 @@ class Vocabulary:
             np.concatenate([self.counts, added.counts]),
         )
 
-    def recount(self, item_ids: pa.Array, counts: np.ndarray) -> Vocabulary:
-        """Fresh counts for every item: known ones keep their index, unknown ones are appended."""
-        counts = np.asarray(counts, np.int64)
-        grown = self.extend(item_ids, counts)
-        position = pc.index_in(grown.item_ids, value_set=item_ids)
-        found = np.asarray(pc.fill_null(position, -1), np.int64)
-        fresh = np.where(found >= 0, counts[np.maximum(found, 0)], 0)
-        return Vocabulary(grown.item_ids, fresh)
-
     def popularity(self) -> np.ndarray:
         """Counts aligned with indices (zero for PAD/MASK): for popularity baselines/sampling."""
         return np.concatenate([np.zeros(schema.NUM_SPECIAL_TOKENS, np.int64), self.counts])

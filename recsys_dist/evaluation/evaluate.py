@@ -13,6 +13,7 @@ import torch
 from recsys_dist import schema, storage
 from recsys_dist.checkpoint import MODEL_DIR, load_checkpoint
 from recsys_dist.config import EvalConfig
+from recsys_dist.data.prepared import read_split
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import (
     evaluation_sums,
@@ -35,7 +36,7 @@ def evaluate_run(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     popularity = loaded.vocab.popularity().astype(np.float64)
-    rows = storage.read_parquet_dataset(storage.join(data_dir, split))
+    rows = read_split(data_dir, split)
     config = model.config
     results = {}
     for name, scorer in (

@@ -1,8 +1,9 @@
 """Batch recommendation with Ray Data: event histories in, top-K rows out.
 
 Histories are grouped per user exactly as ``prepare`` groups them (the same hash-bucketed
-shuffle, validation, time order, de-duplication, ``max_history``), each bucket's users stream
-into the shared :class:`Recommender`, and the rows stream into one Parquet file.
+shuffle, validation, time order, de-duplication, ``max_history``) into per-bucket users files
+beside the output; Ray Data streams them through the shared :class:`Recommender`, and the rows
+stream into one Parquet file.
 The export, the histories and the output may each be local or ``s3://``.
 """
 
@@ -56,8 +57,13 @@ def recommend_histories(
     # The shuffle's parts go beside the output: the one place every node can reach.
     scratch = storage.join(storage.parent(output), f"_recommend-{uuid.uuid4().hex[:12]}")
     try:
-        grouping.scatter(files, 0, scratch, spec.num_buckets, on_bad_rows="error")
-        return _score(grouping.gather(scratch, spec), model_dir, output, k, exclude_seen)
+        for _ in grouping.scatter(files, 0, scratch, spec.num_buckets, on_bad_rows="error"):
+            pass  # every file's events are in the buckets once the tasks have ended
+        users_dir = storage.join(scratch, "users")
+        for _ in grouping.gather(scratch, spec, users_dir):
+            pass
+        users = storage.read_parquet_dataset(users_dir)
+        return _score(users, model_dir, output, k, exclude_seen)
     finally:
         storage.delete_dir(scratch)
 

@@ -21,7 +21,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from recsys_dist import checkpoint, schema, storage
 from recsys_dist.config import Config, config_json
-from recsys_dist.data.prepare import load_manifest
+from recsys_dist.data.prepared import load_manifest, read_split
 from recsys_dist.evaluation.evaluate import RUN_FILE
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import METRICS_FILE, SELECTION_METRIC, train_loop_per_worker
@@ -63,8 +63,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
-        split: storage.read_parquet_dataset(storage.join(prepared_dir, split))
-        for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
+        split: read_split(prepared_dir, split) for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
     }
     results_fs, results_path = storage.resolve(storage.join(run_dir, "ray_results"))
     return TorchTrainer(

@@ -10,7 +10,9 @@ import pytest
 
 from recsys_dist import schema
 from recsys_dist.config import DataConfig
-from recsys_dist.data.prepare import load_manifest, prepare_dataset
+from recsys_dist.data import prepared as prepared_data
+from recsys_dist.data.prepare import prepare_dataset
+from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
 
 
@@ -23,7 +25,10 @@ def write_events(directory, rows, name="part-0.parquet", table=None):
 
 
 def read_split(prepared, split) -> pd.DataFrame:
-    return pq.read_table(prepared / split).to_pandas()
+    """A split's rows as training and evaluation read them, or (``users``) the stored users."""
+    if split == schema.USERS_DIR:
+        return pq.read_table(prepared / schema.USERS_DIR).to_pandas()
+    return prepared_data.read_split(str(prepared), split).to_pandas()
 
 
 def user_log(user, items, start=1000, step=10):
@@ -56,6 +61,21 @@ def test_leave_one_out_never_shows_the_future(ray_session, small_log, tmp_path):
         assert all(max(t) < tt for t, tt in zip(frame.timestamps, frame.target_timestamp))
     assert manifest["counts"]["users"] == 2 and manifest["vocab_size"] == 8 + 2
     assert manifest["counts"]["test_rows"] == 2
+
+
+def test_splits_are_cut_as_read_and_counted_in_the_manifest(ray_session, tmp_path):
+    """Only users are stored; the rows read back are the rows the manifest counts."""
+    rows = []
+    for u in range(40):
+        rows += user_log(f"u{u}", [f"i{(u * k) % 30}" for k in range(3 + u % 17)], start=u)
+    raw = write_events(tmp_path / "raw", rows)
+    for split in ("loo", "time"):
+        out = tmp_path / split
+        config = DataConfig(split=split, max_len=5, window_stride=2)
+        manifest = prepare_dataset(str(raw), str(out), config)
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "users", "vocab.parquet"]
+        for name in schema.SPLITS:
+            assert len(read_split(out, name)) == manifest["counts"][f"{name}_rows"] > 0
 
 
 def test_time_split_cuts_are_global_and_leak_free(ray_session, tmp_path):
@@ -94,7 +114,8 @@ def test_duplicates_dropped_and_ties_keep_log_order(ray_session, tmp_path):
     raw = write_events(tmp_path / "raw", rows)
     manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
     users = read_split(tmp_path / "p", "users")
-    assert list(users.iloc[0]["item_ids"]) == ["c", "b", "a", "d"]
+    vocab = Vocabulary.load(str(tmp_path / "p" / schema.VOCAB_FILE))
+    assert vocab.to_item_ids(users.iloc[0]["items"]).to_pylist() == ["c", "b", "a", "d"]
     assert manifest["counts"]["duplicates_dropped"] == 1
     assert manifest["counts"]["events"] == 4 and manifest["counts"]["events_accepted"] == 5
 
@@ -205,7 +226,8 @@ def test_many_buckets_give_the_same_dataset(ray_session, tmp_path):
     raw = random_log(tmp_path / "raw", users=40, days=range(3))
     few = prepare_dataset(str(raw), str(tmp_path / "few"), DataConfig(bucket_rows=10**9))
     many = prepare_dataset(str(raw), str(tmp_path / "many"), DataConfig(bucket_rows=50))
-    assert many["num_buckets"] == 900 // 50 and few["num_buckets"] == 4  # one per CPU
+    # 900 events in buckets of at most ~50, in whole rounds of the session's 4 CPUs: 5 rounds
+    assert many["num_buckets"] == 20 and few["num_buckets"] == 4
     assert many["counts"] == few["counts"]
     assert as_id_sequences(tmp_path / "many") == as_id_sequences(tmp_path / "few")
 
