@@ -1,11 +1,15 @@
-"""Shared fixtures: one local Ray instance per test session, tiny data made on the fly, and a
-real S3 endpoint over HTTP on loopback (moto's server mode) for the object-storage paths."""
+"""Shared fixtures: one local Ray instance per test session, tiny data made on the fly, a real
+S3 endpoint over HTTP on loopback (moto's server mode) for the object-storage paths, and a real
+redis-server on loopback for the Redis store."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -72,6 +76,50 @@ def s3_endpoint(tmp_path_factory):
 def s3_prefix(s3_endpoint) -> str:
     """A fresh ``s3://recsys-test/<unique>`` prefix for one test."""
     return f"{s3_endpoint}/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server on 127.0.0.1 for the session; yields its ``redis://`` URL.
+
+    Nothing is persisted (no RDB snapshots, no AOF) and its working directory is a temporary
+    one, so a developer's own Redis and files are never touched. A missing server fails rather
+    than skips: CI must exercise the Redis store, and ``./dev test`` installs one.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run ./dev test, which installs it")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    log = workdir / "redis.log"
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
+    command += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    try:
+        while not _redis_answers(port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                output = log.read_text() if log.exists() else ""
+                pytest.fail(f"redis-server did not start (exit {server.poll()}):\n{output}")
+            time.sleep(0.05)  # a poll interval, bounded by the deadline above
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _redis_answers(port: int) -> bool:
+    """Whether a Redis server on ``port`` answers PING (plain RESP, no client library)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,237 @@
+"""The Redis backend of the online store: every user's history in one Redis server.
+
+All replicas (and every later deployment) share the same server, so histories survive restarts
+of the whole Ray cluster; the embedded :class:`~recsys_dist.inference.store.ActorStore` does not.
+Whether Redis itself keeps them across its own restarts (AOF, RDB snapshots, both or neither) is
+the operator's choice, made in the server's configuration, not here.
+
+Layout, all under ``prefix`` (the service's ``instance`` name, so services can share a server):
+
+* ``{prefix}:h:{user_id}``: a list, the user's history oldest first, one entry per event,
+  ``"<timestamp>:<item_id>"``. The timestamp is a decimal integer (it holds no ``:``), so the
+  first ``:`` ends it and an item id may contain anything, ``:`` included.
+* ``{prefix}:users``: a set of every user with a history, so :meth:`RedisStore.num_users` counts
+  this service's users only, without scanning the database.
+
+Appends run as one Lua script per call: Redis runs a script atomically, so concurrent appends
+from any number of replicas never lose or misorder events, and one call is one round trip. The
+script applies :func:`~recsys_dist.inference.store.merge_events`'s rule. A single server (or a
+primary with replicas / Sentinel) is assumed: the script touches several users' keys, which Redis
+Cluster would reject unless they shared a hash slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as redis
+
+from recsys_dist.inference.store import Event, History, UserStore, merge_events
+
+logger = logging.getLogger(__name__)
+
+SEED_USERS_PER_ROUND_TRIP = 1000  # users per seed pipeline ...
+SEED_ENTRIES_PER_ROUND_TRIP = 100_000  # ... or fewer, when their histories are long
+MAX_TIMESTAMP = 2**53  # Lua numbers are doubles: integers beyond this would compare inexactly
+
+# KEYS[1]: the users set; KEYS[1 + u]: the history list of the call's u-th user.
+# ARGV[1]: max_history; then for each user in KEYS' order: user id, event count n, n entries.
+# Per user: the new entries are sorted by time (ties: arrival order). Stored entries no later
+# than the earliest new one stay in place (the common case: events arrive in time order, so this
+# is a plain RPUSH); any later ones are taken off, merged with the new ones (ties: stored first)
+# and pushed back. Then the list is cut to the most recent max_history.
+_APPEND_SCRIPT = """
+local max_history = tonumber(ARGV[1])
+
+local function time_of(entry)
+  return tonumber(string.sub(entry, 1, string.find(entry, ':', 1, true) - 1))
+end
+
+local function push(key, entries)
+  for first = 1, #entries, 1000 do  -- unpack has a stack limit: bounded chunks
+    redis.call('RPUSH', key, unpack(entries, first, math.min(first + 999, #entries)))
+  end
+end
+
+local function earlier(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end
+
+local arg = 2
+for u = 2, #KEYS do
+  local key = KEYS[u]
+  local user = ARGV[arg]
+  local n = tonumber(ARGV[arg + 1])
+  local new = {}
+  for j = 1, n do
+    local entry = ARGV[arg + 1 + j]
+    new[j] = {time_of(entry), j, entry}
+  end
+  arg = arg + 2 + n
+  table.sort(new, earlier)
+
+  local earliest = new[1][1]
+  local stored = {}
+  local last = redis.call('LINDEX', key, -1)
+  if last and time_of(last) > earliest then
+    local all = redis.call('LRANGE', key, 0, -1)
+    local keep = #all
+    while keep > 0 and time_of(all[keep]) > earliest do keep = keep - 1 end
+    for j = keep + 1, #all do stored[#stored + 1] = all[j] end
+    if keep == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('LTRIM', key, 0, keep - 1)
+    end
+  end
+
+  local merged, i, j = {}, 1, 1
+  while i <= #stored or j <= n do
+    if j > n or (i <= #stored and time_of(stored[i]) <= new[j][1]) then
+      merged[#merged + 1] = stored[i]
+      i = i + 1
+    else
+      merged[#merged + 1] = new[j][3]
+      j = j + 1
+    end
+  end
+  push(key, merged)
+  redis.call('LTRIM', key, -max_history, -1)
+  redis.call('SADD', KEYS[1], user)
+end
+return 0
+"""
+
+
+def _entry(timestamp: Any, item_id: str) -> str:
+    """One stored event. Timestamps are checked here because the script compares them as
+    doubles, and a value that silently lost precision would misorder a history."""
+    time = int(timestamp)
+    if abs(time) > MAX_TIMESTAMP:
+        raise ValueError(f"timestamp {timestamp!r} is out of range (at most 2**53 in magnitude)")
+    return f"{time}:{item_id}"
+
+
+def _history(entries: list[str]) -> History:
+    history = History()
+    for entry in entries:
+        time, _, item = entry.partition(":")
+        history.item_ids.append(item)
+        history.timestamps.append(int(time))
+    return history
+
+
+class RedisStore(UserStore):
+    """A client of the histories in one Redis server; every replica builds its own.
+
+    The client connects lazily, on the first call, so building one is cheap and does no I/O.
+    Its connections belong to the event loop that first uses them: use one ``RedisStore`` per
+    event loop, and :meth:`close` it on that loop when done.
+
+    Args:
+        url: The server, e.g. ``redis://host:6379/0`` (``rediss://`` for TLS; a password in
+            the URL is never logged).
+        max_history: Events kept per user (the most recent); must match every other client of
+            the same ``prefix``, since each append cuts to its own value.
+        prefix: Namespaces every key, so several services (or tests) can share one server.
+    """
+
+    def __init__(self, url: str, max_history: int, prefix: str = "recsys_dist") -> None:
+        if max_history <= 0:
+            raise ValueError(f"max_history must be positive, got {max_history}")
+        self.max_history = max_history
+        self.prefix = prefix
+        self.users_key = f"{prefix}:users"
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self._append = self.client.register_script(_APPEND_SCRIPT)
+        where = self.client.connection_pool.connection_kwargs
+        logger.info(
+            "online store: Redis at %s:%s db %s, prefix %r",
+            where.get("host", "?"),
+            where.get("port", "?"),
+            where.get("db", 0),
+            prefix,
+        )
+
+    def history_key(self, user_id: str) -> str:
+        """The key of one user's history list."""
+        return f"{self.prefix}:h:{user_id}"
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:
+        """One round trip: the users set's membership, so a user seeded with an empty history
+        reads as empty rather than unknown, and every user's list, pipelined."""
+        if not user_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.users_key, list(user_ids))
+            for user in user_ids:
+                pipe.lrange(self.history_key(user), 0, -1)
+            known, *lists = await pipe.execute()
+        return [
+            _history(entries) if entries or member else None
+            for member, entries in zip(known, lists, strict=True)
+        ]
+
+    async def append(self, events: Sequence[Event]) -> None:
+        """Add events to their users' histories in one atomic script call (one round trip,
+        after the first call has loaded the script into the server)."""
+        by_user: dict[str, list[str]] = {}
+        for event in events:
+            by_user.setdefault(event.user_id, []).append(_entry(event.timestamp, event.item_id))
+        if not by_user:
+            return
+        keys = [self.users_key]
+        args: list[str | int] = [self.max_history]
+        for user, entries in by_user.items():
+            keys.append(self.history_key(user))
+            args += [user, len(entries), *entries]
+        await self._append(keys=keys, args=args)
+
+    async def seed(self, users: Iterable[tuple[str, History]]) -> int:
+        """Replace these users' histories, in MULTI/EXEC chunks: memory stays bounded however
+        many users come, and no reader sees a user between the delete and the push.
+
+        Each history is put in time order and cut first (``merge_events`` with no events), so
+        every stored list keeps the order the append script relies on.
+        """
+        loaded = 0
+        chunk: list[tuple[str, list[str]]] = []
+        chunk_entries = 0
+        for user, history in users:
+            ordered = merge_events(history, (), self.max_history)
+            entries = [_entry(t, i) for i, t in zip(ordered.item_ids, ordered.timestamps)]
+            chunk.append((user, entries))
+            chunk_entries += len(entries)
+            if (
+                len(chunk) >= SEED_USERS_PER_ROUND_TRIP
+                or chunk_entries >= SEED_ENTRIES_PER_ROUND_TRIP
+            ):
+                loaded += await self._seed_chunk(chunk)
+                chunk, chunk_entries = [], 0
+        if chunk:
+            loaded += await self._seed_chunk(chunk)
+        logger.debug("seeded %d users under prefix %r", loaded, self.prefix)
+        return loaded
+
+    async def _seed_chunk(self, chunk: list[tuple[str, list[str]]]) -> int:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for user, entries in chunk:
+                key = self.history_key(user)
+                pipe.delete(key)
+                if entries:
+                    pipe.rpush(key, *entries)
+            pipe.sadd(self.users_key, *[user for user, _ in chunk])
+            await pipe.execute()
+        return len(chunk)
+
+    async def num_users(self) -> int:
+        """This prefix's users only (the users set's size), whatever else the server holds."""
+        return await self.client.scard(self.users_key)
+
+    async def close(self) -> None:
+        """Close the client's connections (on the event loop that used them)."""
+        close = getattr(self.client, "aclose", None) or self.client.close  # aclose: redis>=5.0.1
+        await close()

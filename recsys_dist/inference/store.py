@@ -1,0 +1,155 @@
+"""The online store: every user's recent history, shared by all serving replicas.
+
+A replica keeps no user state of its own, so any replica can answer any user and a replica that
+crashes or is scaled away loses nothing. Two backends share one contract (tested alike):
+
+* :class:`ActorStore`, the embedded default: a named, detached Ray actor holding histories in
+  memory, seeded from a prepared dataset. It outlives every replica (but not its own node).
+* ``RedisStore`` (:mod:`recsys_dist.inference.redis_store`): histories in a Redis server,
+  surviving restarts of the whole Ray cluster.
+
+Histories hold raw item ids, so items the model does not know yet are kept for the next
+retraining; they are ordered by time (ties keep arrival order) and cut to ``max_history``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import ray
+
+STORE_ACTOR = "recsys_dist_user_store"  # the embedded store's actor name
+STORE_NAMESPACE = "recsys_dist"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behaviour event as the service receives it."""
+
+    user_id: str
+    item_id: str
+    timestamp: int  # seconds since the epoch
+    event_type: str | None = None
+    rating: float | None = None
+
+
+@dataclass
+class History:
+    """A user's recent events, oldest first."""
+
+    item_ids: list[str] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+class UserStore(abc.ABC):
+    """What the service needs of an online store. All methods are coroutines: replicas serve
+    many requests at once on one event loop."""
+
+    max_history: int
+
+    @abc.abstractmethod
+    async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:
+        """Histories of ``user_ids`` in order; ``None`` for a user the store has never seen."""
+
+    async def get(self, user_id: str) -> History | None:
+        return (await self.get_many([user_id]))[0]
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[Event]) -> None:
+        """Add events to their users' histories; visible to every replica when this returns."""
+
+    @abc.abstractmethod
+    async def seed(self, users: Iterable[tuple[str, History]]) -> int:
+        """Replace the histories of these users (bulk load at start-up); returns users loaded."""
+
+    @abc.abstractmethod
+    async def num_users(self) -> int:
+        """Users with a history."""
+
+
+def merge_events(history: History, events: Sequence[Event], max_history: int) -> History:
+    """``history`` plus ``events``, ordered by time (ties: history first, then arrival order),
+    cut to the most recent ``max_history``. The one ordering rule every backend applies."""
+    pairs = list(zip(history.timestamps, history.item_ids, strict=True))
+    pairs += [(e.timestamp, e.item_id) for e in events]
+    pairs.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
+    pairs = pairs[-max_history:]
+    return History([item for _, item in pairs], [time for time, _ in pairs])
+
+
+class _Histories:
+    """The embedded store's actor: a dict of histories, in one process every replica reaches."""
+
+    def __init__(self, max_history: int) -> None:
+        self.max_history = max_history
+        self.histories: dict[str, History] = {}
+
+    def get_many(self, user_ids: list[str]) -> list[History | None]:
+        return [self.histories.get(user) for user in user_ids]
+
+    def append(self, events: list[Event]) -> None:
+        by_user: dict[str, list[Event]] = {}
+        for event in events:
+            by_user.setdefault(event.user_id, []).append(event)
+        for user, user_events in by_user.items():
+            current = self.histories.get(user, History())
+            self.histories[user] = merge_events(current, user_events, self.max_history)
+
+    def seed(self, users: list[tuple[str, History]]) -> int:
+        for user, history in users:  # in time order, like every stored history
+            self.histories[user] = merge_events(history, (), self.max_history)
+        return len(users)
+
+    def num_users(self) -> int:
+        return len(self.histories)
+
+
+class ActorStore(UserStore):
+    """The embedded store: a client of one named, detached Ray actor per cluster namespace.
+
+    Every replica that builds an ``ActorStore`` with the same ``name`` reaches the same actor;
+    the first creates it. It uses no CPU reservation (it is mostly idle dictionary lookups).
+    """
+
+    def __init__(self, max_history: int, name: str = STORE_ACTOR) -> None:
+        self.max_history = max_history
+        self.actor = (
+            ray.remote(_Histories)
+            .options(
+                name=name,
+                namespace=STORE_NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,
+                num_cpus=0,
+            )
+            .remote(max_history)
+        )
+
+    async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:
+        return await self.actor.get_many.remote(list(user_ids))
+
+    async def append(self, events: Sequence[Event]) -> None:
+        await self.actor.append.remote(list(events))
+
+    async def seed(self, users: Iterable[tuple[str, History]]) -> int:
+        loaded, chunk = 0, []
+        for user in users:
+            chunk.append(user)
+            if len(chunk) >= 10_000:  # bounded messages, however many users
+                loaded += await self.actor.seed.remote(chunk)
+                chunk = []
+        if chunk:
+            loaded += await self.actor.seed.remote(chunk)
+        return loaded
+
+    async def num_users(self) -> int:
+        return await self.actor.num_users.remote()
+
+    def destroy(self) -> None:
+        """Remove the actor and its histories (tests, or a fresh start)."""
+        ray.kill(self.actor)

@@ -1,0 +1,369 @@
+"""The online store's contract, run alike against both backends: the embedded Ray actor and a
+real redis-server. ``merge_events`` is the reference every backend must match."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from recsys_dist.inference.store import ActorStore, Event, History, UserStore, merge_events
+
+ODD_IDS = ["a|b", "with space", "naïve ☕ 商品", "12:34:x", ":", "", "line\nbreak", '{"json": 1}']
+
+
+class Backend:
+    """Opens clients (each one a replica) of one fresh store, and removes the store afterwards.
+
+    Clients are opened inside the test's own event loop (a Redis client's connections belong to
+    the loop that uses them) and closed when their ``async with`` ends.
+    """
+
+    def __init__(self, kind: str, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.name = f"test_{uuid.uuid4().hex[:12]}"  # the actor name or the Redis prefix
+        self.redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+        if kind == "embedded":
+            request.getfixturevalue("ray_session")
+        self.max_history: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def open(self, max_history: int = 50) -> AsyncIterator[UserStore]:
+        if self.max_history is None:
+            self.max_history = max_history
+        assert max_history == self.max_history, "all clients of one store share max_history"
+        if self.kind == "embedded":
+            yield ActorStore(max_history, name=self.name)
+            return
+        from recsys_dist.inference.redis_store import RedisStore
+
+        store = RedisStore(self.redis_url, max_history, prefix=self.name)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    def remove(self) -> None:
+        if self.max_history is None:
+            return  # never opened
+        if self.kind == "embedded":
+            ActorStore(self.max_history, name=self.name).destroy()
+            return
+        import redis.asyncio as redis
+
+        async def delete_prefix() -> None:
+            client = redis.Redis.from_url(self.redis_url)
+            keys = [key async for key in client.scan_iter(match=f"{self.name}:*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+        asyncio.run(delete_prefix())
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request) -> Backend:
+    backend = Backend(request.param, request)
+    yield backend
+    backend.remove()
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())
+
+
+def pairs(history: History | None) -> list[tuple[int, str]]:
+    assert history is not None
+    return list(zip(history.timestamps, history.item_ids, strict=True))
+
+
+def test_unknown_user_is_none(store):
+    async def scenario():
+        async with store.open() as s:
+            assert await s.get("nobody") is None
+            assert await s.get_many(["nobody", "nobody else"]) == [None, None]
+            assert await s.get_many([]) == []
+            assert await s.num_users() == 0
+
+    run(scenario)
+
+
+def test_append_orders_by_time(store):
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("u", "c", 30), Event("u", "a", 10), Event("u", "b", 20)])
+            assert pairs(await s.get("u")) == [(10, "a"), (20, "b"), (30, "c")]
+            await s.append([Event("u", "late", 15), Event("u", "early", 5)])  # out of order
+            assert pairs(await s.get("u")) == [
+                (5, "early"),
+                (10, "a"),
+                (15, "late"),
+                (20, "b"),
+                (30, "c"),
+            ]
+            found = await s.get("u")
+            assert all(type(t) is int for t in found.timestamps)
+
+    run(scenario)
+
+
+def test_ties_keep_history_first_then_arrival_order(store):
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("u", "h1", 10), Event("u", "h2", 10), Event("u", "h3", 20)])
+            await s.append([Event("u", "n1", 10), Event("u", "n0", 5), Event("u", "n2", 10)])
+            assert pairs(await s.get("u")) == [
+                (5, "n0"),
+                (10, "h1"),
+                (10, "h2"),
+                (10, "n1"),
+                (10, "n2"),
+                (20, "h3"),
+            ]
+            await s.append([Event("u", "n3", 20), Event("u", "n4", 10)])
+            assert pairs(await s.get("u"))[3:] == [
+                (10, "n1"),
+                (10, "n2"),
+                (10, "n4"),
+                (20, "h3"),
+                (20, "n3"),
+            ]
+
+    run(scenario)
+
+
+def test_many_ties_in_one_call_keep_arrival_order(store):
+    async def scenario():
+        rng = random.Random(11)
+        events = [Event("u", f"e{k}", rng.randrange(0, 4)) for k in range(300)]
+        async with store.open(max_history=500) as s:
+            await s.append(events[:100])
+            await s.append(events[100:])
+            expected = merge_events(merge_events(History(), events[:100], 500), events[100:], 500)
+            assert pairs(await s.get("u")) == pairs(expected)
+
+    run(scenario)
+
+
+def test_cut_keeps_the_most_recent(store):
+    async def scenario():
+        async with store.open(max_history=3) as s:
+            await s.append([Event("u", f"i{t}", t) for t in (5, 1, 4, 2, 3)])
+            assert pairs(await s.get("u")) == [(3, "i3"), (4, "i4"), (5, "i5")]
+            await s.append([Event("u", "old", 0)])  # older than everything kept: cut at once
+            assert pairs(await s.get("u")) == [(3, "i3"), (4, "i4"), (5, "i5")]
+            await s.append([Event("u", "mid", 4), Event("u", "new", 9)])
+            assert pairs(await s.get("u")) == [(4, "mid"), (5, "i5"), (9, "new")]
+
+    run(scenario)
+
+
+def test_seed_replaces_orders_and_cuts(store):
+    async def scenario():
+        async with store.open(max_history=3) as s:
+            await s.append([Event("u", "online", 100), Event("v", "kept", 7)])
+            loaded = await s.seed(
+                [
+                    ("u", History(["a", "b", "c", "d"], [1, 2, 3, 4])),
+                    ("w", History(["z", "y"], [9, 8])),  # not in time order
+                    ("empty", History()),
+                ]
+            )
+            assert loaded == 3
+            assert pairs(await s.get("u")) == [(2, "b"), (3, "c"), (4, "d")]  # online one gone
+            assert pairs(await s.get("w")) == [(8, "y"), (9, "z")]
+            assert pairs(await s.get("v")) == [(7, "kept")]  # users not seeded are untouched
+            assert pairs(await s.get("empty")) == []  # known, with no events: not None
+            assert await s.num_users() == 4
+            await s.append([Event("w", "x", 8)])  # the seeded list is in order for appends
+            assert pairs(await s.get("w")) == [(8, "y"), (8, "x"), (9, "z")]
+
+    run(scenario)
+
+
+def test_seed_in_chunks_and_from_a_generator(store):
+    async def scenario():
+        async with store.open(max_history=4) as s:
+            users = ((f"user{n}", History([f"i{n}", "j"], [n, n + 1])) for n in range(2500))
+            assert await s.seed(users) == 2500
+            assert await s.num_users() == 2500
+            found = await s.get_many(["user0", "user1234", "user2499"])
+            assert [pairs(h) for h in found] == [
+                [(0, "i0"), (1, "j")],
+                [(1234, "i1234"), (1235, "j")],
+                [(2499, "i2499"), (2500, "j")],
+            ]
+
+    run(scenario)
+
+
+def test_num_users_counts_each_user_once(store):
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("a", "x", 1), Event("b", "x", 1), Event("a", "y", 2)])
+            assert await s.num_users() == 2
+            await s.append([Event("a", "z", 3), Event("c", "x", 1)])
+            assert await s.num_users() == 3
+
+    run(scenario)
+
+
+def test_get_many_keeps_order_with_unknowns_mixed_in(store):
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("a", "ia", 1), Event("b", "ib", 2), Event("c", "ic", 3)])
+            found = await s.get_many(["c", "ghost", "a", "b", "ghost2", "a"])
+            assert [None if h is None else pairs(h) for h in found] == [
+                [(3, "ic")],
+                None,
+                [(1, "ia")],
+                [(2, "ib")],
+                None,
+                [(1, "ia")],
+            ]
+
+    run(scenario)
+
+
+def test_one_append_for_many_users_matches_merge_events(store):
+    """Random batches over several users, ties and late events included, against the
+    reference rule after every call."""
+
+    async def scenario():
+        rng = random.Random(7)
+        expected: dict[str, History] = {}
+        async with store.open(max_history=6) as s:
+            for step in range(40):
+                events = [
+                    Event(rng.choice("pqrs"), f"e{step}.{k}", rng.randrange(0, 12))
+                    for k in range(rng.randrange(1, 8))
+                ]
+                await s.append(events)
+                for user in {e.user_id for e in events}:
+                    mine = [e for e in events if e.user_id == user]
+                    expected[user] = merge_events(expected.get(user, History()), mine, 6)
+                users = sorted(expected)
+                assert [pairs(h) for h in await s.get_many(users)] == [
+                    pairs(expected[u]) for u in users
+                ], f"step {step}"
+
+    run(scenario)
+
+
+def test_concurrent_appends_from_two_replicas_lose_nothing(store):
+    async def scenario():
+        times = list(range(40))
+        random.Random(3).shuffle(times)  # most appends land before events already stored
+        async with store.open() as first, store.open() as second:
+            clients = [first, second]
+            await asyncio.gather(
+                *(
+                    clients[n % 2].append(
+                        [Event("u", f"i{times[2 * n]}", times[2 * n]), Event("v", "x", n)]
+                        + [Event("u", f"i{times[2 * n + 1]}", times[2 * n + 1])]
+                    )
+                    for n in range(20)
+                )
+            )
+            assert pairs(await first.get("u")) == [(t, f"i{t}") for t in range(40)]
+            assert sorted(pairs(await second.get("v"))) == [(n, "x") for n in range(20)]
+
+    run(scenario)
+
+
+def test_concurrent_appends_with_equal_times_keep_each_call_together_in_order(store):
+    async def scenario():
+        async with store.open() as first, store.open() as second:
+            clients = [first, second]
+            await asyncio.gather(
+                *(
+                    clients[n % 2].append([Event("u", f"{n}a", 1), Event("u", f"{n}b", 1)])
+                    for n in range(20)
+                )
+            )
+            items = (await first.get("u")).item_ids
+            assert sorted(items) == sorted(f"{n}{s}" for n in range(20) for s in "ab")
+            # each call's two events were appended together (atomically), in arrival order
+            assert all(items[k][:-1] == items[k + 1][:-1] for k in range(0, 40, 2))
+            assert all(items[k].endswith("a") for k in range(0, 40, 2))
+
+    run(scenario)
+
+
+def test_odd_item_and_user_ids_round_trip(store):
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("user|1 ü", item, t) for t, item in enumerate(ODD_IDS)])
+            assert pairs(await s.get("user|1 ü")) == list(enumerate(ODD_IDS))
+            await s.seed([("seeded:ü", History(ODD_IDS, list(range(len(ODD_IDS)))))])
+            assert pairs(await s.get("seeded:ü")) == list(enumerate(ODD_IDS))
+            await s.append(
+                [Event("neg", "x", -5), Event("neg", "big", 2**40), Event("neg", "y", 0)]
+            )
+            assert pairs(await s.get("neg")) == [(-5, "x"), (0, "y"), (2**40, "big")]
+
+    run(scenario)
+
+
+def test_a_new_replica_sees_earlier_writes(store):
+    async def first_replica():
+        async with store.open() as s:
+            await s.append([Event("u", "a", 1)])
+            await s.seed([("v", History(["b"], [2]))])
+
+    async def second_replica():
+        async with store.open() as s:
+            assert pairs(await s.get("u")) == [(1, "a")]
+            assert pairs(await s.get("v")) == [(2, "b")]
+            assert await s.num_users() == 2
+            await s.append([Event("u", "c", 0)])
+
+    async def third_replica():
+        async with store.open() as s:
+            assert pairs(await s.get("u")) == [(0, "c"), (1, "a")]
+
+    run(first_replica)  # each replica on its own event loop, as separate processes would be
+    run(second_replica)
+    run(third_replica)
+
+
+def test_redis_prefixes_are_independent(redis_url):
+    from recsys_dist.inference.redis_store import RedisStore
+
+    async def scenario():
+        one, two = (f"test_{uuid.uuid4().hex[:12]}" for _ in range(2))
+        a, b = RedisStore(redis_url, 5, prefix=one), RedisStore(redis_url, 5, prefix=two)
+        try:
+            await a.append([Event("u", "x", 1), Event("v", "x", 1)])
+            await b.append([Event("u", "y", 2)])
+            assert await a.num_users() == 2
+            assert await b.num_users() == 1
+            assert pairs(await b.get("u")) == [(2, "y")]
+            assert await b.get("v") is None
+            keys = {key async for key in a.client.scan_iter(match=f"{one}:*")}
+            assert keys == {f"{one}:users", f"{one}:h:u", f"{one}:h:v"}
+        finally:
+            for store in (a, b):
+                await store.client.delete(store.users_key, *(store.history_key(u) for u in "uv"))
+                await store.close()
+
+    run(scenario)
+
+
+def test_redis_rejects_timestamps_lua_cannot_compare_exactly(redis_url):
+    from recsys_dist.inference.redis_store import RedisStore
+
+    async def scenario():
+        s = RedisStore(redis_url, 5, prefix=f"test_{uuid.uuid4().hex[:12]}")
+        try:
+            with pytest.raises(ValueError, match="out of range"):
+                await s.append([Event("u", "x", 2**60)])
+            assert await s.get("u") is None
+        finally:
+            await s.close()
+
+    run(scenario)
