@@ -1,0 +1,435 @@
+"""The online service's durable event log: acknowledged events become Parquet for retraining.
+
+One named, detached, async Ray actor (:class:`EventLog`) receives every batch the service
+accepts. A batch is first appended to a local **write-ahead log** (WAL) segment and fsynced;
+only then does ``append`` return, so the service acknowledges an event only once it is on disk.
+Segments are turned into Parquet micro-batches in the canonical event layout
+(``LOG_DIR/events/part-<segment id>.parquet``, :data:`schema.EVENT_SCHEMA`, local or ``s3://``)
+when they hold ``flush_rows`` events or are ``flush_seconds`` old, so
+``recsys-dist prepare --append --data LOG_DIR`` reads them like any other event log.
+
+Guarantees: an acknowledged event is never lost, whether a replica or the log actor itself
+crashes after acknowledging (a restarted actor converts the segments it finds before serving),
+and appears exactly once: a segment is deleted only after its Parquet file exists, and the
+file's name derives from the segment's, so redoing a conversion rewrites the same file. Events
+of one ``append`` call always land in the same file. Segment ids start with the wall-clock time
+in nanoseconds, so the files sort in arrival order (``prepare`` breaks equal timestamps by file
+order); a random suffix keeps them unique across restarts, nodes and service instances. A call
+that failed may still have been written (a crash after the fsync, before the answer): a client
+that resends it adds an exact duplicate, which ``prepare`` drops.
+
+WAL segment format (``<wal_dir>/<segment id>.wal``): the 8-byte magic :data:`WAL_MAGIC`, then
+one record per ``append`` call: ``uint32 length, uint32 crc32`` (little-endian) and a JSON
+payload ``[[user_id, item_id, timestamp, event_type, rating], ...]``. A crash in mid-write
+leaves a torn last record, which the checksum exposes; it was never acknowledged and is dropped
+(and counted). Concurrent ``append`` calls are written together with one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import glob
+import json
+import logging
+import os
+import secrets
+import struct
+import time
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import ray
+
+from recsys_dist import schema, storage
+from recsys_dist.inference.store import STORE_NAMESPACE, Event
+
+logger = logging.getLogger(__name__)
+
+EVENT_LOG_ACTOR = "recsys_dist_event_log"
+WAL_MAGIC = b"RSDWAL1\n"
+WAL_SUFFIX = ".wal"
+LOCK_FILE = "LOCK"
+LOCK_WAIT_S = 30.0  # a crashed predecessor's lock goes with its process; wait that long at most
+_HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
+_MAX_RETRY_S = 60.0
+
+
+@dataclass
+class _Segment:
+    """The open WAL segment: appends go here until it is sealed."""
+
+    path: str
+    fd: int
+    opened: float  # time.monotonic() when opened
+    rows: int = 0
+
+
+def encode_record(events: Sequence[Event]) -> bytes:
+    """One WAL record (header and payload) holding one ``append`` call's events."""
+    payload = json.dumps([_row(e) for e in events], separators=(",", ":")).encode()
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _row(event: Event) -> list:
+    """The event as the WAL stores it, in the schema's types: a value that does not fit fails
+    the ``append`` call here, never the Parquet conversion of a whole segment later."""
+    kind, rating = event.event_type, event.rating
+    return [
+        str(event.user_id),
+        str(event.item_id),
+        int(event.timestamp),
+        None if kind is None else str(kind),
+        None if rating is None else float(rating),
+    ]
+
+
+def read_segment(path: str) -> tuple[pa.Table, int]:
+    """The complete records of a WAL segment as an :data:`schema.EVENT_SCHEMA` table, and the
+    number of torn records after them (0 or 1: a crash can only tear the last one).
+
+    Raises:
+        ValueError: For a file that is not a WAL segment (it is left alone, never deleted).
+    """
+    data = Path(path).read_bytes()
+    if not data.startswith(WAL_MAGIC):
+        if WAL_MAGIC.startswith(data):  # torn while the segment was being created
+            return _to_table([]), 0
+        raise ValueError(f"{path}: not an event-log WAL segment")
+    rows: list[list] = []
+    offset = len(WAL_MAGIC)
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        payload = data[offset + _HEADER.size : offset + _HEADER.size + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            break
+        rows.extend(json.loads(payload))
+        offset += _HEADER.size + length
+    return _to_table(rows), int(offset < len(data))
+
+
+def _to_table(rows: list[list]) -> pa.Table:
+    columns = list(zip(*rows)) if rows else [[] for _ in schema.EVENT_SCHEMA]
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema.EVENT_SCHEMA)]
+    return pa.Table.from_arrays(arrays, schema=schema.EVENT_SCHEMA)
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` at the end of the segment and fsync: after this it survives a crash."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _write_parquet(table: pa.Table, path: str) -> None:
+    """Write one Parquet file so that no reader ever sees half of it.
+
+    S3 makes an object visible only once complete. A local file is written under a hidden name
+    (``list_files`` skips it), fsynced, then renamed: its WAL segment is deleted next, so the
+    file must be on disk first.
+    """
+    if storage.is_remote(path):
+        storage.write_parquet(table, path)
+        return
+    directory, name = os.path.split(path)
+    hidden = os.path.join(directory, f".{name}.tmp")
+    storage.write_parquet(table, hidden)
+    _fsync_path(hidden)
+    os.replace(hidden, path)
+    _fsync_path(directory, directory=True)
+
+
+def _lock(wal_dir: str) -> int:
+    """Hold ``wal_dir`` exclusively: a second log on it could publish another's live segment."""
+    fd = os.open(os.path.join(wal_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(f"{wal_dir} is in use by another event log") from None
+            time.sleep(0.1)  # the holder is a process that is exiting; poll until it has
+
+
+class EventLog:
+    """Appends acknowledged events to a WAL and publishes them as Parquet micro-batches.
+
+    Used as an async Ray actor (see :func:`event_log_actor`); all state lives on its event
+    loop. File work runs in threads so a slow disk or S3 never stalls other calls: WAL writes
+    in the default executor (one at a time, under ``_wal_lock``), Parquet conversions in a
+    single thread of their own, so they stay in order even if a caller gives up waiting.
+
+    Args:
+        log_dir: Where the Parquet files go (``LOG_DIR/events/``); local or ``s3://``.
+        wal_dir: A local directory on the actor's node, for this log alone.
+        flush_rows: Seal a segment once it holds at least this many events.
+        flush_seconds: ... or once it is this old.
+    """
+
+    def __init__(self, log_dir: str, wal_dir: str, flush_rows: int, flush_seconds: float):
+        if flush_rows < 1 or not flush_seconds > 0:
+            raise ValueError(f"flush_rows={flush_rows} and flush_seconds={flush_seconds} > 0")
+        self._log_dir = storage.absolute(log_dir)
+        self._wal_dir = os.path.abspath(wal_dir)
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._tick = min(1.0, max(0.05, flush_seconds / 4))
+        os.makedirs(self._wal_dir, exist_ok=True)
+        self._lock_fd = _lock(self._wal_dir)
+        self._segment: _Segment | None = None
+        self._sealed: dict[str, int] = {}  # sealed segment path -> events, oldest first
+        self._queue: list[tuple[bytes, int, asyncio.Future]] = []  # appends not yet written
+        self._queued = asyncio.Event()
+        self._wake = asyncio.Event()  # a segment was sealed
+        self._wal_lock = asyncio.Lock()
+        self._publish_lock = asyncio.Lock()
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-log")
+        self._last_id = 0
+        self._tasks: list[asyncio.Task] = []
+        counters = ("appended", "files_written", "segments_recovered", "segments_unreadable")
+        self._counts = dict.fromkeys((*counters, "torn_records"), 0)
+        self._recover()
+        self._start_tasks()
+
+    # --- the actor's methods ---------------------------------------------------------------
+
+    async def append(self, events: list[Event]) -> int:
+        """Make ``events`` durable; returns the events now pending (in the WAL, not yet in
+        Parquet). Once this returns the caller may acknowledge them."""
+        self._start_tasks()
+        if not events:
+            return self._pending()
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((encode_record(events), len(events), done))
+        self._queued.set()
+        return await asyncio.shield(done)  # a caller that gives up does not undo the write
+
+    async def flush(self) -> list[str]:
+        """Publish the current segment and every sealed one now; returns the files written.
+
+        Raises:
+            OSError: When a Parquet file cannot be written (the events stay in the WAL and
+                are retried in the background).
+        """
+        self._start_tasks()
+        async with self._wal_lock:
+            self._seal()
+        return await self._publish_sealed()
+
+    async def stats(self) -> dict:
+        """Counters since this actor (re)started, for tests and monitoring."""
+        return {
+            **self._counts,
+            "pending": self._pending(),
+            "sealed_segments": len(self._sealed),
+            "log_dir": self._log_dir,
+            "wal_dir": self._wal_dir,
+        }
+
+    # --- the WAL ----------------------------------------------------------------------------
+
+    def _start_tasks(self) -> None:
+        """Start the writer and the flusher on the actor's event loop (once)."""
+        if self._tasks:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # constructed off the loop: the first call starts them
+        self._tasks = [loop.create_task(self._write_loop()), loop.create_task(self._flush_loop())]
+
+    def _pending(self) -> int:
+        current = self._segment.rows if self._segment else 0
+        return current + sum(self._sealed.values())
+
+    async def _write_loop(self) -> None:
+        """Write queued appends, all that arrived meanwhile in one go and one fsync."""
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            async with self._wal_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    continue
+                try:
+                    await self._write(batch)
+                except Exception as error:  # a writer that died would leave callers waiting
+                    logger.exception(
+                        "event log: WAL write failed; %d calls not acknowledged", len(batch)
+                    )
+                    self._seal()  # a partly written record stays last in its segment: torn
+                    for _, _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+
+    async def _write(self, batch: list[tuple[bytes, int, asyncio.Future]]) -> None:
+        """Append the batch's records to the open segment, fsync, then answer its callers."""
+        if self._segment is None:
+            self._segment = await asyncio.to_thread(self._open_segment)
+        await asyncio.to_thread(_write_all, self._segment.fd, b"".join(r for r, _, _ in batch))
+        rows = sum(count for _, count, _ in batch)
+        self._segment.rows += rows
+        self._counts["appended"] += rows
+        pending = self._pending()
+        if self._segment.rows >= self._flush_rows:
+            self._seal()
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(pending)
+
+    def _open_segment(self) -> _Segment:
+        """A new, empty segment whose name (and so its directory entry) is already durable."""
+        self._last_id = max(time.time_ns(), self._last_id + 1)
+        name = f"{self._last_id:020d}-{secrets.token_hex(4)}{WAL_SUFFIX}"
+        path = os.path.join(self._wal_dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        _write_all(fd, WAL_MAGIC)
+        _fsync_path(self._wal_dir, directory=True)
+        return _Segment(path, fd, time.monotonic())
+
+    def _seal(self) -> None:
+        """Close the open segment (every record in it is already fsynced) for publishing."""
+        if self._segment is None:
+            return
+        segment, self._segment = self._segment, None
+        os.close(segment.fd)
+        self._sealed[segment.path] = segment.rows
+        self._wake.set()
+
+    # --- Parquet ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        """Seal the segment once it is ``flush_seconds`` old; publish sealed segments, retrying
+        failures (S3 unreachable, ...) with a growing delay — they wait safely in the WAL."""
+        failures, retry_at = 0, 0.0
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._tick)
+            self._wake.clear()
+            segment = self._segment
+            if segment and time.monotonic() - segment.opened >= self._flush_seconds:
+                async with self._wal_lock:
+                    if self._segment is segment:
+                        self._seal()
+            if not self._sealed or time.monotonic() < retry_at:
+                continue
+            try:
+                await self._publish_sealed()
+                failures = 0
+            except Exception:  # logged; the events stay in the WAL
+                failures += 1
+                retry_at = time.monotonic() + min(_MAX_RETRY_S, 2.0**failures)
+                logger.warning("event log: publishing failed (try %d)", failures, exc_info=True)
+
+    async def _publish_sealed(self) -> list[str]:
+        """Publish sealed segments, oldest first, stopping at the first failure."""
+        written = []
+        loop = asyncio.get_running_loop()
+        async with self._publish_lock:
+            for path in list(self._sealed):
+                result = await loop.run_in_executor(self._publisher, self._publish, path)
+                written += self._published(path, *result)
+        return written
+
+    def _publish(self, path: str) -> tuple[str | None, int]:
+        """Write a sealed segment's Parquet file, then delete the segment; returns the file
+        (``None`` when the segment held no complete record or was already published) and the
+        torn records dropped."""
+        if not os.path.exists(path):
+            return None, 0
+        table, torn = read_segment(path)
+        target = None
+        if table.num_rows:
+            segment_id = os.path.basename(path).removesuffix(WAL_SUFFIX)
+            target = storage.join(self._log_dir, schema.EVENTS_DIR, f"part-{segment_id}.parquet")
+            _write_parquet(table, target)
+        os.remove(path)
+        return target, torn
+
+    def _published(self, path: str, target: str | None, torn: int) -> list[str]:
+        self._sealed.pop(path, None)
+        self._counts["torn_records"] += torn
+        if torn:
+            logger.warning(
+                "event log: dropped a torn, unacknowledged record at the end of %s", path
+            )
+        if target is None:
+            return []
+        self._counts["files_written"] += 1
+        logger.info("event log: wrote %s", target)
+        return [target]
+
+    def _recover(self) -> None:
+        """Publish the segments a previous run left behind (a crash, a kill, a redeploy)."""
+        leftovers = []
+        for path in sorted(glob.glob(os.path.join(self._wal_dir, "*" + WAL_SUFFIX))):
+            try:
+                self._sealed[path] = read_segment(path)[0].num_rows
+                leftovers.append(path)
+            except ValueError:  # kept for a person to look at; never deleted unread
+                logger.error("event log: %s is not a WAL segment; left in place", path)
+                self._counts["segments_unreadable"] += 1
+        self._counts["segments_recovered"] = len(leftovers)
+        if leftovers:
+            logger.info(
+                "event log: recovering %d WAL segments from %s", len(leftovers), self._wal_dir
+            )
+        try:
+            for path in leftovers:
+                self._published(path, *self._publish(path))
+        except Exception:  # still in the WAL; the flusher retries
+            logger.warning("event log: recovery could not publish yet; retrying", exc_info=True)
+
+
+def event_log_actor(
+    log_dir: str,
+    wal_dir: str,
+    flush_rows: int,
+    flush_seconds: float,
+    name: str = EVENT_LOG_ACTOR,
+) -> ray.actor.ActorHandle:
+    """The named event-log actor, created by the first caller and shared by every replica.
+
+    It restarts after a crash without limit (recovering its WAL before serving again), and a
+    call in flight during a crash fails rather than retries: the caller then does not
+    acknowledge, and the client sends again. Its WAL lives in ``wal_dir/<name>``, so service
+    instances may share ``wal_dir``. It reserves no CPU (it mostly waits on the disk).
+
+    The WAL is on the node the actor runs on: if that node is lost and the actor restarts
+    elsewhere, the segments wait on the old node's disk until a log starts there again.
+    """
+    return (
+        ray.remote(EventLog)
+        .options(
+            name=name,
+            namespace=STORE_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+        )
+        .remote(
+            storage.absolute(log_dir),
+            os.path.join(os.path.abspath(wal_dir), name),
+            flush_rows,
+            flush_seconds,
+        )
+    )
