@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_evaluate,
         _add_recommend,
+        _add_score,
+        _add_serve,
     ):
         sub = add(commands)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
@@ -169,6 +171,30 @@ def _add_recommend(commands):
     sub.add_argument("--output", required=True)
     sub.add_argument("--keep-seen", action="store_true")
     sub.set_defaults(handler=_run_recommend)
+    return sub
+
+
+def _add_score(commands):
+    sub = commands.add_parser("score", help="top-K for every user of a prepared dataset")
+    sub.add_argument("--run", required=True)
+    sub.add_argument("--data", help="prepared dataset (default: the run's)")
+    sub.add_argument("--k", type=int, default=10)
+    sub.add_argument("--output", required=True, help="Parquet file: user_id, rank, item_id, score")
+    sub.add_argument("--keep-seen", action="store_true")
+    sub.set_defaults(handler=_run_score)
+    return sub
+
+
+def _add_serve(commands):
+    sub = commands.add_parser(
+        "serve", help="online recommendations over HTTP (Ray Serve), real-time interest updates"
+    )
+    sub.add_argument("--run", required=True, help="run directory (its model/ is served)")
+    sub.add_argument("--model", help="another export to serve (default: RUN/model)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--host", default="127.0.0.1")
+    _add_config_args(sub)
+    sub.set_defaults(handler=_run_serve)
     return sub
 
 
@@ -288,6 +314,43 @@ def _run_recommend(args):
         args.k,
         exclude_seen=not args.keep_seen,
     )
+
+
+def _run_score(args):
+    from recsys_dist import storage
+    from recsys_dist.checkpoint import MODEL_DIR
+    from recsys_dist.evaluation.evaluate import RUN_FILE
+    from recsys_dist.inference.batch import score_prepared
+
+    init_ray(args.address)
+    data = args.data or storage.read_json(storage.join(args.run, RUN_FILE))["prepared"]
+    model = storage.join(args.run, MODEL_DIR)
+    return score_prepared(model, data, args.output, args.k, exclude_seen=not args.keep_seen)
+
+
+def _run_serve(args):
+    from recsys_dist.inference.app import run_service
+
+    config = _config(args)
+    init_ray(args.address, min_cpus=2)
+    url = run_service(args.run, config.serve, args.host, args.port, args.model)
+    print(json.dumps({"url": url, "docs": f"{url}/docs"}) if args.json else f"serving on {url}")
+    sys.stdout.flush()
+    _wait_for_interrupt()
+    return {"url": url, "stopped": True}
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM; the service keeps running in Ray meanwhile."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_result(result: Any, args) -> None:

@@ -132,6 +132,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """The online service (used by ``serve``). Replicas, autoscaling and queue bounds are Ray
+    Serve's own deployment options, set in ``serve/*.yaml``; the model comes in ``user_config``."""
+
+    instance: str = "recsys_dist"  # names this service's store and event-log actors, Redis keys
+    store: str = "embedded"  # "embedded": a Ray actor; "redis": a Redis server at redis_url
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    event_log_dir: str = ""  # acknowledged events as Parquet (local or s3://); "" = RUN/event_log
+    wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
+    flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
+    flush_seconds: float = 5.0  # ... or sooner, after this many seconds
+    max_history: int = 2000  # events kept per user online (the most recent)
+    max_k: int = 1000  # largest k a request may ask for
+    max_request_events: int = 2000  # events in one request body (history or events): else 413
+    max_body_bytes: int = 1_000_000  # request bodies above this size get 413
+    batch_size: int = 32  # requests scored together by @serve.batch
+    batch_wait_s: float = 0.005  # how long a batch waits to fill
+
+    def __post_init__(self) -> None:
+        _check_choice("serve.store", self.store, ("embedded", "redis"))
+        for name in ("flush_rows", "max_history", "max_k", "max_request_events", "batch_size"):
+            _check_positive(f"serve.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs, passed down as one object."""
 
@@ -139,6 +164,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -145,3 +145,25 @@ def test_credentials_are_never_inline():
         for item in walk(doc):
             if isinstance(item, dict) and item.get("name") in SECRET_ENV:
                 assert "value" not in item, f"{path.name}: {item['name']} written inline"
+
+
+def test_serve_config_is_a_valid_serve_deploy_config():
+    """Ray Serve's own schema accepts it, the builder exists, and its settings are ServeConfig's."""
+    import importlib
+
+    from ray.serve.schema import ServeDeploySchema
+
+    from recsys_dist.config import config_from_dict
+
+    raw = yaml.safe_load((ROOT / "serve" / "recommender.yaml").read_text())
+    deploy = ServeDeploySchema.model_validate(raw)
+    (application,) = deploy.applications
+    module, _, builder = application.import_path.partition(":")
+    assert callable(getattr(importlib.import_module(module), builder))
+    config_from_dict({"serve": application.args["serve"]})  # unknown keys or bad types raise
+    (deployment,) = application.deployments
+    assert deployment.name == "recommender" and "model_dir" in deployment.user_config
+    assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= set(
+        deployment.autoscaling_config
+    )
+    assert deployment.max_queued_requests > 0

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from recsys_dist import schema, storage
 from recsys_dist.data import grouping
 from recsys_dist.data.events import event_files
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import RECOMMENDED, SCORES, UNKNOWN_ITEMS, Recommender
 
 RANK = "rank"
@@ -66,6 +68,32 @@ def recommend_histories(
         return _score(users, model_dir, output, k, exclude_seen)
     finally:
         storage.delete_dir(scratch)
+
+
+def score_prepared(
+    model_dir: str, prepared_dir: str, output: str, k: int, exclude_seen: bool = True
+) -> RecommendSummary:
+    """Top-``k`` for every user of a prepared dataset (each user once), e.g. nightly.
+
+    Users' item indices are turned back into raw ids with the dataset's vocabulary, so a model
+    trained on an older vocabulary scores them too (items it does not know are counted).
+    """
+    users = storage.read_parquet_dataset(
+        storage.join(prepared_dir, schema.USERS_DIR),
+        columns=[schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS],
+    )
+    vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+    with_ids = users.map_batches(
+        _with_raw_ids, batch_format="pyarrow", fn_kwargs={"item_ids": vocab.item_ids}
+    )
+    return _score(with_ids, model_dir, output, k, exclude_seen)
+
+
+def _with_raw_ids(users: pa.Table, item_ids: pa.Array) -> pa.Table:
+    items = users.column(schema.ITEMS).combine_chunks()
+    raw = item_ids.take(pc.subtract(items.values, schema.NUM_SPECIAL_TOKENS))
+    as_lists = pa.ListArray.from_arrays(items.offsets, raw)
+    return users.drop_columns([schema.ITEMS]).append_column(schema.ITEM_IDS, as_lists)
 
 
 def _score(users, model_dir: str, output: str, k: int, exclude_seen: bool) -> RecommendSummary:

@@ -7,6 +7,8 @@ the model has never seen are ignored for scoring and counted, so callers can rep
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -25,11 +27,21 @@ UNKNOWN_ITEMS = "unknown_items"  # int: history events whose item the model does
 QUERY_TIME = "query_time"  # optional int64 input: when the recommendation is asked for
 
 
+@dataclass
+class Recommendations:
+    """Top-K per row, best first, and how many history events the model did not know."""
+
+    item_ids: list[list[str]]
+    scores: list[np.ndarray]  # float32 per row
+    unknown_items: np.ndarray  # int64 [rows]
+
+
 class Recommender:
     """``__call__(batch)`` maps ``user_id, item_ids, timestamps`` rows to top-K items.
 
     ``model_dir`` is an export, local or ``s3://`` (copied to a temporary directory once, when
     the predictor is built, so each Ray Data actor or Serve replica downloads it once).
+    :meth:`recommend` is the same scoring with per-row options, for the online service.
     """
 
     def __init__(self, model_dir: str, k: int = 10, exclude_seen: bool = True) -> None:
@@ -37,17 +49,64 @@ class Recommender:
         loaded = load_checkpoint(model_dir, map_location=str(self.device))
         self.model = loaded.model.to(self.device).eval()
         self.vocab = loaded.vocab
+        self.state = loaded.state
         self.k = min(k, self.vocab.num_items)
         self.exclude_seen = exclude_seen
-        self.model_version = loaded.state.get("model_version", str(model_dir))
+        self.model_version = model_version(loaded.state, model_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        query = batch.get(QUERY_TIME)
+        found = self.recommend(
+            [list(ids) for ids in batch[schema.ITEM_IDS]],
+            [np.asarray(t, np.int64) for t in batch[schema.TIMESTAMPS]],
+            query_times=np.asarray(query, np.int64) if query is not None else None,
+        )
+        return {
+            schema.USER_ID: np.asarray(batch[schema.USER_ID]),
+            RECOMMENDED: _object_rows(found.item_ids),
+            SCORES: _object_rows(found.scores),
+            UNKNOWN_ITEMS: found.unknown_items,
+        }
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        histories, times, unknown = self._index_histories(batch)
-        query = batch.get(QUERY_TIME)
-        query_times = np.asarray(
-            query if query is not None else [t[-1] if len(t) else 0 for t in times], np.int64
+    def recommend(
+        self,
+        item_ids: Sequence[Sequence[str]],
+        timestamps: Sequence[np.ndarray],
+        query_times: np.ndarray | None = None,
+        ks: Sequence[int] | None = None,
+        exclude_seen: Sequence[bool] | None = None,
+        allow: Sequence[Sequence[str] | None] | None = None,
+        deny: Sequence[Sequence[str] | None] | None = None,
+    ) -> Recommendations:
+        """Top-``ks[i]`` items for every history ``i`` (raw ids, oldest first).
+
+        ``query_times`` default to each history's last time. ``allow`` limits a row to those
+        items, ``deny`` removes items; both take raw ids and ignore unknown ones.
+        """
+        rows = len(item_ids)
+        histories, times, unknown = self._index_histories(item_ids, timestamps)
+        if query_times is None:
+            query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
+        scores = self._scores(histories, times, query_times)
+        exclude = exclude_seen if exclude_seen is not None else [self.exclude_seen] * rows
+        masked = [
+            h if e else np.zeros(0, np.int64) for h, e in zip(histories, exclude, strict=True)
+        ]
+        scores = scores.masked_fill(seen_mask(masked, rows, scores.shape[1], self.device), -np.inf)
+        scores = self._filter(scores, allow, deny)
+        ks = [min(k, self.vocab.num_items) for k in (ks or [self.k] * rows)]
+        top = torch.topk(scores, max(ks), dim=1)
+        values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
+        kept = [np.isfinite(values[r, : ks[r]]) for r in range(rows)]  # filters may leave < k
+        return Recommendations(
+            [self.vocab.to_item_ids(indices[r, : ks[r]][kept[r]]).to_pylist() for r in range(rows)],
+            [values[r, : ks[r]][kept[r]] for r in range(rows)],
+            unknown,
         )
+
+    def _scores(self, histories, times, query_times: np.ndarray) -> torch.Tensor:
+        """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""
         config = self.model.config
         inputs = prediction_inputs(
             histories, times, query_times, config.max_len, config.num_time_buckets
@@ -56,30 +115,52 @@ class Recommender:
             torch.as_tensor(inputs.items, device=self.device),
             torch.as_tensor(inputs.time_buckets, device=self.device),
         ).float()
-        if self.exclude_seen:
-            seen = seen_mask(histories, len(histories), scores.shape[1], self.device)
-            scores = scores.masked_fill(seen, float("-inf"))
-        top = torch.topk(scores, self.k, dim=1)
-        indices = top.indices.cpu().numpy()
-        return {
-            schema.USER_ID: np.asarray(batch[schema.USER_ID]),
-            RECOMMENDED: _object_rows([self.vocab.to_item_ids(r).to_pylist() for r in indices]),
-            SCORES: _object_rows(list(top.values.cpu().numpy())),
-            UNKNOWN_ITEMS: unknown,
-        }
+        scores[:, : schema.NUM_SPECIAL_TOKENS] = -np.inf
+        return scores
 
-    def _index_histories(self, batch: dict[str, np.ndarray]):
+    def _filter(self, scores: torch.Tensor, allow, deny) -> torch.Tensor:
+        for row in range(scores.shape[0]):
+            if allow is not None and allow[row] is not None:
+                keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=self.device)
+                keep[torch.as_tensor(self._known(allow[row]), device=self.device)] = True
+                scores[row] = scores[row].masked_fill(~keep, -np.inf)
+            if deny is not None and deny[row] is not None:
+                scores[row, torch.as_tensor(self._known(deny[row]), device=self.device)] = -np.inf
+        return scores
+
+    def _known(self, item_ids: Sequence[str]) -> np.ndarray:
+        indices = self.vocab.to_indices(pa.array([str(i) for i in item_ids], pa.string()))
+        return indices[indices >= schema.NUM_SPECIAL_TOKENS]
+
+    def _index_histories(self, item_ids, timestamps):
         """Raw ids → indices per row, dropping (and counting) items outside the vocabulary."""
         histories, times, unknown = [], [], []
-        for item_ids, timestamps in zip(
-            batch[schema.ITEM_IDS], batch[schema.TIMESTAMPS], strict=True
-        ):
-            indices = self.vocab.to_indices(pa.array([str(i) for i in item_ids], pa.string()))
+        for ids, row_times in zip(item_ids, timestamps, strict=True):
+            indices = self.vocab.to_indices(pa.array([str(i) for i in ids], pa.string()))
             known = indices >= schema.NUM_SPECIAL_TOKENS
             histories.append(indices[known])
-            times.append(np.asarray(timestamps, np.int64)[known])
+            times.append(np.asarray(row_times, np.int64)[known])
             unknown.append(int((~known).sum()))
         return histories, times, np.asarray(unknown, np.int64)
+
+    def popular(self, k: int, exclude: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
+        """The ``k`` most frequent training items, without ``exclude``: the cold-start answer."""
+        counts = self.vocab.popularity().astype(np.float64)
+        counts[: schema.NUM_SPECIAL_TOKENS] = -np.inf
+        counts[self._known(exclude)] = -np.inf
+        k = min(k, self.vocab.num_items)
+        best = np.argsort(-counts, kind="stable")[:k]
+        best = best[np.isfinite(counts[best])]
+        return self.vocab.to_item_ids(best).to_pylist(), counts[best].astype(np.float32)
+
+
+def model_version(state: dict, model_dir: str) -> str:
+    """A short name for an export: its data hash and epoch, or its state's own version."""
+    if "model_version" in state:
+        return str(state["model_version"])
+    data = str(state.get("data_hash", ""))[:8]
+    epoch = state.get("metrics", {}).get("epoch", state.get("epoch", "?"))
+    return f"{data or 'model'}-epoch{epoch}"
 
 
 def _object_rows(rows: list) -> np.ndarray:

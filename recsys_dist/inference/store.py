@@ -71,6 +71,9 @@ class UserStore(abc.ABC):
     async def num_users(self) -> int:
         """Users with a history."""
 
+    async def close(self) -> None:  # noqa: B027 — optional: only some backends hold connections
+        """Release connections (nothing to release for the embedded store)."""
+
 
 def merge_events(history: History, events: Sequence[Event], max_history: int) -> History:
     """``history`` plus ``events``, ordered by time (ties: history first, then arrival order),

@@ -1,0 +1,375 @@
+"""The online service: a Ray Serve application with a versioned FastAPI ingress.
+
+``POST /v1/events`` makes a user's new behaviour count at once: the events are first written to
+the durable event log (so the next retraining sees them), then added to the shared online
+store, and only then acknowledged; the user's next ``POST /v1/recommend`` scores the updated
+history. No retraining is involved. Replicas hold no user state, so any replica answers any
+user and autoscaling or a crashed replica loses nothing.
+
+Scoring goes through the same :class:`Recommender` as batch scoring; concurrent requests are
+scored together by ``@serve.batch``, on the GPU when the replica has one. The model comes
+through ``user_config`` (``{"model_dir": ...}``), so a new model is picked up by updating the
+config, without a redeploy.
+
+Deploy with ``serve deploy serve/recommender.yaml`` or locally ``recsys-dist serve --run RUN``.
+No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations as
+types to know a body from a query parameter.
+"""
+
+
+import asyncio
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, field_validator
+from ray import serve
+
+from recsys_dist import schema, storage
+from recsys_dist.checkpoint import MODEL_DIR
+from recsys_dist.config import ServeConfig, config_from_dict
+from recsys_dist.data.prepared import load_manifest
+from recsys_dist.data.vocab import Vocabulary
+from recsys_dist.evaluation.evaluate import RUN_FILE
+from recsys_dist.inference.event_log import event_log_actor
+from recsys_dist.inference.predictor import Recommender
+from recsys_dist.inference.store import ActorStore, Event, History, UserStore, merge_events
+
+logger = logging.getLogger(__name__)
+
+EVENT_LOG_DIR = "event_log"  # default event log, inside the run directory
+api = FastAPI(
+    title="recsys_dist",
+    version="1",
+    description="Sequential recommendations that follow users' interests as they happen.",
+)
+
+
+# --- request and response bodies --------------------------------------------------------------
+
+
+class HistoryEvent(BaseModel):
+    item_id: str = Field(min_length=1)
+    timestamp: int = Field(ge=0, description="seconds since the epoch")
+
+
+class RecommendRequest(BaseModel):
+    user_id: str | None = Field(default=None, min_length=1)
+    history: list[HistoryEvent] = Field(default_factory=list, description="recent events")
+    k: int = Field(default=10, ge=1)
+    exclude_seen: bool = True
+    allow_items: list[str] | None = Field(default=None, description="recommend only these")
+    deny_items: list[str] | None = Field(default=None, description="never recommend these")
+    query_time: int | None = Field(default=None, ge=0, description="default: last event")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    model_version: str
+    fallback: bool = Field(description="true: no history to score, most popular items instead")
+    unknown_items: int = Field(description="history events the model does not know (ignored)")
+
+
+class EventIn(BaseModel):
+    user_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    timestamp: int = Field(ge=0)
+    event_type: str | None = None
+    rating: float | None = None
+
+    @field_validator("rating")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("rating must be a finite number")
+        return value
+
+
+class EventsRequest(BaseModel):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    unknown_items: int = Field(description="events whose item the model does not know yet")
+
+
+class HistoryResponse(BaseModel):
+    user_id: str
+    items: list[HistoryEvent]
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    """413 before reading a body that is too large (Content-Length is checked, not trusted:
+    the body parser sees the same bytes)."""
+    limit = getattr(request.app.state, "max_body_bytes", None)
+    length = request.headers.get("content-length")
+    if limit and length and length.isdigit() and int(length) > limit:
+        return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
+    return await call_next(request)
+
+
+# --- the deployment ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Query:
+    """One request's scoring work, queued for ``@serve.batch``."""
+
+    item_ids: list[str]
+    timestamps: list[int]
+    query_time: int | None
+    k: int
+    exclude_seen: bool
+    allow: list[str] | None
+    deny: list[str] | None
+
+
+def _query_times(queries: list[_Query]) -> np.ndarray:
+    return np.asarray(
+        [q.query_time if q.query_time is not None else max(q.timestamps) for q in queries],
+        np.int64,
+    )
+
+
+def make_store(settings: ServeConfig) -> UserStore:
+    if settings.store == "redis":
+        from recsys_dist.inference.redis_store import RedisStore
+
+        return RedisStore(settings.redis_url, settings.max_history, prefix=settings.instance)
+    return ActorStore(settings.max_history, name=f"{settings.instance}_user_store")
+
+
+def default_wal_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "recsys_dist", "wal")
+
+
+@serve.deployment(
+    name="recommender",
+    max_ongoing_requests=32,
+    max_queued_requests=64,  # beyond this, a fast 503 rather than an unbounded queue
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=20,
+)
+@serve.ingress(api)
+class RecommenderService:
+    """The ingress and the model in one replica: one hop per request, one model copy each."""
+
+    def __init__(self, settings: dict[str, Any], run_dir: str) -> None:
+        self.settings = ServeConfig(**settings)
+        self.run_dir = run_dir
+        api.state.max_body_bytes = self.settings.max_body_bytes
+        self.store = make_store(self.settings)
+        self.event_log = event_log_actor(
+            self.settings.event_log_dir or storage.join(run_dir, EVENT_LOG_DIR),
+            self.settings.wal_dir or default_wal_dir(),
+            self.settings.flush_rows,
+            self.settings.flush_seconds,
+            name=f"{self.settings.instance}_event_log",
+        )
+        self.recommender: Recommender | None = None
+        self._score.set_max_batch_size(self.settings.batch_size)
+        self._score.set_batch_wait_timeout_s(self.settings.batch_wait_s)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the model named in ``user_config``: a new model without a redeploy."""
+        model_dir = user_config.get("model_dir") or storage.join(self.run_dir, MODEL_DIR)
+        loaded = Recommender(model_dir)
+        self.recommender = loaded  # requests in flight finish on the model they started with
+        logger.info("serving model %s from %s", loaded.model_version, model_dir)
+
+    async def check_health(self) -> None:
+        if self.recommender is None:
+            raise RuntimeError("no model loaded")
+        await self.store.num_users()  # the store must answer too
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        await self.check_health()
+        return {"status": "ok"}
+
+    @api.get("/v1/model")
+    async def model(self) -> dict[str, Any]:
+        model = self._model()
+        return {
+            "model_version": model.model_version,
+            "vocab_size": model.vocab.size,
+            "num_items": model.vocab.num_items,
+            "metrics": model.state.get("metrics", {}),
+            "data_hash": model.state.get("data_hash"),
+        }
+
+    @api.get("/v1/users/{user_id}/history", response_model=HistoryResponse)
+    async def history(self, user_id: str) -> HistoryResponse:
+        found = await self.store.get(user_id)
+        if found is None:
+            raise HTTPException(404, f"user {user_id!r} has no history")
+        return HistoryResponse(
+            user_id=user_id,
+            items=[
+                HistoryEvent(item_id=i, timestamp=t)
+                for i, t in zip(found.item_ids, found.timestamps, strict=True)
+            ],
+        )
+
+    @api.post("/v1/events", response_model=EventsResponse)
+    async def events(self, body: EventsRequest) -> EventsResponse:
+        """Durable first (the event log), visible next (the store), then acknowledged."""
+        if len(body.events) > self.settings.max_request_events:
+            raise HTTPException(413, f"more than {self.settings.max_request_events} events")
+        events = [Event(**e.model_dump()) for e in body.events]
+        await self.event_log.append.remote(events)
+        await self.store.append(events)
+        known = self._model().vocab.to_indices(pa.array([e.item_id for e in events], pa.string()))
+        return EventsResponse(
+            accepted=len(events), unknown_items=int((known < schema.NUM_SPECIAL_TOKENS).sum())
+        )
+
+    @api.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+        if body.k > self.settings.max_k:
+            raise HTTPException(422, f"k must be at most {self.settings.max_k}")
+        if len(body.history) > self.settings.max_request_events:
+            raise HTTPException(413, f"history longer than {self.settings.max_request_events}")
+        history = await self._history_of(body)
+        model = self._model()
+        if not len(history):
+            items, scores = model.popular(body.k, exclude=body.deny_items or ())
+            return self._response(items, scores, fallback=True, unknown=0)
+        query = _Query(
+            history.item_ids,
+            history.timestamps,
+            body.query_time,
+            body.k,
+            body.exclude_seen,
+            body.allow_items,
+            body.deny_items,
+        )
+        items, scores, unknown = await self._score(query)
+        if unknown == len(history):  # nothing the model knows: as good as no history
+            items, scores = model.popular(body.k, exclude=body.deny_items or ())
+            return self._response(items, scores, fallback=True, unknown=unknown)
+        return self._response(items, scores, fallback=False, unknown=unknown)
+
+    async def _history_of(self, body: RecommendRequest) -> History:
+        """The stored history of ``user_id`` (if any) with the request's own events merged."""
+        stored = await self.store.get(body.user_id) if body.user_id else None
+        extra = [Event("", e.item_id, e.timestamp) for e in body.history]
+        if not extra:
+            return stored or History()
+        return merge_events(stored or History(), extra, self.settings.max_history)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _score(self, queries: list[_Query]) -> list[tuple[list[str], np.ndarray, int]]:
+        model = self._model()
+        found = await asyncio.to_thread(
+            model.recommend,
+            [q.item_ids for q in queries],
+            [np.asarray(q.timestamps, np.int64) for q in queries],
+            _query_times(queries),
+            ks=[q.k for q in queries],
+            exclude_seen=[q.exclude_seen for q in queries],
+            allow=[q.allow for q in queries],
+            deny=[q.deny for q in queries],
+        )
+        return [
+            (found.item_ids[i], found.scores[i], int(found.unknown_items[i]))
+            for i in range(len(queries))
+        ]
+
+    def _model(self) -> Recommender:
+        if self.recommender is None:
+            raise HTTPException(503, "no model loaded yet")
+        return self.recommender
+
+    def _response(self, items, scores, fallback: bool, unknown: int) -> RecommendResponse:
+        return RecommendResponse(
+            items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(items, scores)],
+            model_version=self._model().model_version,
+            fallback=fallback,
+            unknown_items=unknown,
+        )
+
+
+def seed_store(settings: ServeConfig, run_dir: str) -> int:
+    """Load every user of the run's prepared dataset into an empty store; returns users loaded.
+
+    A store that already holds users (a previous deployment's, or Redis's own persistence) is
+    left alone, so a redeploy never overwrites events that arrived online. Users are read one
+    bucket file at a time, so memory does not grow with the dataset.
+    """
+    return asyncio.run(_seed(make_store(settings), run_dir))
+
+
+async def _seed(store: UserStore, run_dir: str) -> int:
+    try:
+        return await _seed_if_empty(store, run_dir)
+    finally:
+        await store.close()
+
+
+async def _seed_if_empty(store: UserStore, run_dir: str) -> int:
+    if await store.num_users():
+        return 0
+    prepared = storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+    load_manifest(prepared)  # a clear error if the run's data is gone
+    vocab = Vocabulary.load(storage.join(prepared, schema.VOCAB_FILE))
+    loaded = 0
+    for path in storage.list_files(storage.join(prepared, schema.USERS_DIR), ".parquet"):
+        with storage.open_input(path) as handle:
+            users = pq.read_table(handle, columns=[schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS])
+        items = vocab.to_item_ids(pc.list_flatten(users.column(schema.ITEMS)).to_numpy())
+        offsets = np.r_[0, np.cumsum(pc.list_value_length(users.column(schema.ITEMS)))]
+        ids, times = items.to_pylist(), users.column(schema.TIMESTAMPS).to_pylist()
+        loaded += await store.seed(
+            (user, History(ids[offsets[i] : offsets[i + 1]], times[i]))
+            for i, user in enumerate(users.column(schema.USER_ID).to_pylist())
+        )
+    logger.info("seeded the online store with %d users from %s", loaded, prepared)
+    return loaded
+
+
+APP_NAME = "recsys_dist"
+
+
+def run_service(
+    run_dir: str,
+    settings: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_dir: str | None = None,
+) -> str:
+    """Start the service on this Ray cluster (``recsys-dist serve``); returns its base URL.
+
+    The deployment options (replicas, queue bounds) are the decorator's; ``serve deploy`` with
+    ``serve/recommender.yaml`` sets autoscaling and the rest for a cluster.
+    """
+    serve.start(http_options={"host": host, "port": port})
+    seed_store(settings, run_dir)
+    model = {"model_dir": model_dir or storage.join(run_dir, MODEL_DIR)}
+    app = RecommenderService.options(user_config=model).bind(asdict(settings), run_dir)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The application builder ``serve deploy``/``serve run`` call with the config's ``args``:
+    ``run`` (the run directory) and optional ``serve`` settings (``ServeConfig`` fields, checked
+    like every config). An empty store is seeded from the run's prepared users first."""
+    config = config_from_dict({"serve": args.get("serve") or {}})
+    seed_store(config.serve, args["run"])
+    return RecommenderService.bind(asdict(config.serve), args["run"])

@@ -1,0 +1,200 @@
+"""The online service through real HTTP: recommend, real-time events, bad input, crashes.
+
+One tiny model is trained on a generated log whose users have category preferences; the
+service runs on the session's Ray with the embedded store, and once more with a real Redis.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ray import serve
+
+from recsys_dist import schema
+from recsys_dist.config import ServeConfig, load_config
+from recsys_dist.data.prepare import prepare_dataset
+from recsys_dist.data.synthetic import generate_dataset
+from recsys_dist.inference import app
+from recsys_dist.train.trainer import train
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.max_len=20",
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=1",
+    "train.workers=1",
+    "train.epochs=25",
+    "train.eval_every=25",
+    "train.batch_size=32",
+    "train.lr=0.003",
+    "train.warmup_steps=20",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    generate_dataset(str(root / "raw"), users=300, items=400, categories=4, seed=1)
+    config = load_config(None, TINY)
+    prepare_dataset(str(root / "raw"), str(root / "prepared"), config.data)
+    train(str(root / "prepared"), str(root / "run"), config)
+    items = pq.read_table(root / "raw" / schema.ITEMS_DIR).to_pylist()
+    categories = {row[schema.ITEM_ID]: row[schema.CATEGORIES][0] for row in items}
+    events = pq.read_table(root / "raw" / schema.EVENTS_DIR).to_pandas()
+    return root, categories, events
+
+
+def start(root, **settings) -> tuple[str, ServeConfig]:
+    instance = f"t{uuid.uuid4().hex[:8]}"
+    config = ServeConfig(
+        instance=instance,
+        wal_dir=str(root / f"wal-{instance}"),
+        event_log_dir=str(root / f"log-{instance}"),
+        flush_seconds=3600.0,  # tests flush explicitly
+        max_request_events=50,
+        max_body_bytes=20_000,
+        **settings,
+    )
+    url = app.run_service(str(root / "run"), config, port=free_port())
+    return url, config
+
+
+@pytest.fixture(scope="module", params=["embedded", "redis"])
+def service(request, trained):
+    """The running service, once with each online store."""
+    root, _, _ = trained
+    extra = {"redis_url": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
+    url, config = start(root, store=request.param, **extra)
+    yield url, config
+    serve.shutdown()
+    names = [f"{config.instance}_event_log"]
+    if request.param == "embedded":
+        names.append(f"{config.instance}_user_store")
+    for name in names:
+        ray.kill(ray.get_actor(name, namespace="recsys_dist"))
+
+
+def recommend(url: str, **body) -> dict:
+    response = httpx.post(f"{url}/v1/recommend", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_recommends_for_known_and_unknown_users(trained, service):
+    _, _, events = trained
+    url, _ = service
+    user = events.user_id.iloc[0]
+    seen = set(events[events.user_id == user].item_id)
+    known = recommend(url, user_id=user, k=5)
+    assert len(known["items"]) == 5 and not known["fallback"]
+    assert not seen & {item["item_id"] for item in known["items"]}
+    scores = [item["score"] for item in known["items"]]
+    assert scores == sorted(scores, reverse=True)
+    stranger = recommend(url, user_id="nobody-" + uuid.uuid4().hex, k=5)
+    assert stranger["fallback"] and len(stranger["items"]) == 5
+    from_history = recommend(url, history=[{"item_id": sorted(seen)[0], "timestamp": 10}], k=3)
+    assert not from_history["fallback"] and len(from_history["items"]) == 3
+    model = httpx.get(f"{url}/v1/model").json()
+    assert model["model_version"] == known["model_version"] and model["num_items"] > 0
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_events_move_recommendations_to_the_new_interest(trained, service):
+    _, categories, events = trained
+    url, _ = service
+    user = events.user_id.iloc[-1]
+    last = int(events[events.user_id == user].timestamp.max())
+    before = recommend(url, user_id=user, k=20)
+    share = {c: 0 for c in set(categories.values())}
+    for item in before["items"]:
+        share[categories[item["item_id"]]] += 1
+    target = min(share, key=share.get)  # the category the user is least recommended now
+    seen = set(events[events.user_id == user].item_id)
+    new_items = sorted(i for i, c in categories.items() if c == target and i not in seen)[:10]
+    posted = [
+        {"user_id": user, "item_id": item, "timestamp": last + 60 * (n + 1), "event_type": "view"}
+        for n, item in enumerate(new_items)
+    ]
+    response = httpx.post(f"{url}/v1/events", json={"events": posted})
+    assert response.status_code == 200 and response.json()["accepted"] == len(posted)
+    history = httpx.get(f"{url}/v1/users/{user}/history").json()["items"]
+    assert [h["item_id"] for h in history[-len(posted) :]] == new_items
+    after = recommend(url, user_id=user, k=20)
+    after_share = sum(categories[i["item_id"]] == target for i in after["items"])
+    assert after_share >= share[target] + 4, (share, after_share)
+
+
+def test_bad_requests_get_the_right_status(service):
+    url, config = service
+    missing = httpx.post(f"{url}/v1/events", json={"events": [{"user_id": "u", "timestamp": 1}]})
+    assert missing.status_code == 422 and "item_id" in missing.text
+    wrong_type = httpx.post(f"{url}/v1/recommend", json={"user_id": "u", "k": "many"})
+    assert wrong_type.status_code == 422 and "k" in wrong_type.text
+    too_many_k = httpx.post(f"{url}/v1/recommend", json={"user_id": "u", "k": 10**6})
+    assert too_many_k.status_code == 422
+    history = [{"item_id": "x", "timestamp": t} for t in range(config.max_request_events + 1)]
+    too_long = httpx.post(f"{url}/v1/recommend", json={"history": history})
+    assert too_long.status_code == 413
+    huge = httpx.post(f"{url}/v1/recommend", json={"user_id": "u" * config.max_body_bytes})
+    assert huge.status_code == 413
+    assert httpx.get(f"{url}/v1/users/nobody/history").status_code == 404
+
+
+def test_state_and_log_survive_a_replica_crash(trained, service):
+    """Events acknowledged just before the replica dies stay in the store and in the log."""
+    root, _, _ = trained
+    url, config = service
+    user = "crash-" + uuid.uuid4().hex[:6]
+    items = sorted(trained[1])[:5]
+    posted = [{"user_id": user, "item_id": i, "timestamp": 100 + n} for n, i in enumerate(items)]
+    assert httpx.post(f"{url}/v1/events", json={"events": posted}).status_code == 200
+    replicas = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith("SERVE_REPLICA::recsys_dist#recommender")
+    ]
+    assert replicas
+    for actor in replicas:
+        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+    deadline = time.monotonic() + 120
+    while True:  # Serve replaces the replica; poll until it answers
+        try:
+            response = httpx.get(f"{url}/v1/users/{user}/history", timeout=5)
+            if response.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "no replica came back"
+        time.sleep(0.2)  # between polls, not instead of one
+    assert [h["item_id"] for h in response.json()["items"]] == items
+    log = ray.get_actor(f"{config.instance}_event_log", namespace="recsys_dist")
+    ray.get(log.flush.remote())
+    logged = pq.read_table(root / f"log-{config.instance}" / schema.EVENTS_DIR).to_pylist()
+    mine = [row[schema.ITEM_ID] for row in logged if row[schema.USER_ID] == user]
+    assert sorted(mine) == sorted(items)
+
+
+def test_batch_scoring_covers_every_user_once(trained, tmp_path, capsys):
+    from recsys_dist import cli
+
+    root, _, events = trained
+    out = tmp_path / "top.parquet"
+    assert cli.main(["score", "--run", str(root / "run"), "--output", str(out), "--k", "4"]) == 0
+    rows = pq.read_table(out).to_pandas()
+    per_user = rows.groupby("user_id")["rank"].apply(list)
+    assert set(per_user.index) == set(events.user_id)
+    assert all(ranks == [1, 2, 3, 4] for ranks in per_user)
