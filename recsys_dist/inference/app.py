@@ -16,7 +16,6 @@ No ``from __future__ import annotations`` here: FastAPI reads the endpoint annot
 types to know a body from a query parameter.
 """
 
-
 import asyncio
 import logging
 import math
@@ -25,9 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
@@ -182,6 +182,9 @@ class RecommenderService:
             name=f"{self.settings.instance}_event_log",
         )
         self.recommender: Recommender | None = None
+        # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))
         self._score.set_max_batch_size(self.settings.batch_size)
         self._score.set_batch_wait_timeout_s(self.settings.batch_wait_s)
 
@@ -234,7 +237,7 @@ class RecommenderService:
         events = [Event(**e.model_dump()) for e in body.events]
         await self.event_log.append.remote(events)
         await self.store.append(events)
-        known = self._model().vocab.to_indices(pa.array([e.item_id for e in events], pa.string()))
+        known = self._model().to_indices([e.item_id for e in events])
         return EventsResponse(
             accepted=len(events), unknown_items=int((known < schema.NUM_SPECIAL_TOKENS).sum())
         )
@@ -352,16 +355,19 @@ def run_service(
     host: str = "127.0.0.1",
     port: int = 8000,
     model_dir: str | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> str:
     """Start the service on this Ray cluster (``recsys-dist serve``); returns its base URL.
 
-    The deployment options (replicas, queue bounds) are the decorator's; ``serve deploy`` with
-    ``serve/recommender.yaml`` sets autoscaling and the rest for a cluster.
+    ``deployment`` overrides the decorator's Serve options (e.g. ``num_replicas`` or an
+    ``autoscaling_config``); ``serve deploy`` with ``serve/recommender.yaml`` sets them on a
+    cluster.
     """
     serve.start(http_options={"host": host, "port": port})
     seed_store(settings, run_dir)
     model = {"model_dir": model_dir or storage.join(run_dir, MODEL_DIR)}
-    app = RecommenderService.options(user_config=model).bind(asdict(settings), run_dir)
+    options = {"user_config": model, **(deployment or {})}
+    app = RecommenderService.options(**options).bind(asdict(settings), run_dir)
     serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 

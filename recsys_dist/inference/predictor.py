@@ -6,12 +6,12 @@ the model has never seen are ignored for scoring and counted, so callers can rep
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from recsys_dist import schema
@@ -49,6 +49,10 @@ class Recommender:
         loaded = load_checkpoint(model_dir, map_location=str(self.device))
         self.model = loaded.model.to(self.device).eval()
         self.vocab = loaded.vocab
+        # A dict, built once: a hash lookup per id, where an Arrow ``index_in`` would rebuild
+        # its table of the whole catalogue on every request.
+        first = schema.NUM_SPECIAL_TOKENS
+        self.index_of = {item: first + i for i, item in enumerate(self.vocab.item_ids.to_pylist())}
         self.state = loaded.state
         self.k = min(k, self.vocab.num_items)
         self.exclude_seen = exclude_seen
@@ -128,15 +132,19 @@ class Recommender:
                 scores[row, torch.as_tensor(self._known(deny[row]), device=self.device)] = -np.inf
         return scores
 
+    def to_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Vocabulary indices of raw ids; -1 for items the model does not know."""
+        return np.fromiter((self.index_of.get(str(i), -1) for i in item_ids), np.int64)
+
     def _known(self, item_ids: Sequence[str]) -> np.ndarray:
-        indices = self.vocab.to_indices(pa.array([str(i) for i in item_ids], pa.string()))
+        indices = self.to_indices(item_ids)
         return indices[indices >= schema.NUM_SPECIAL_TOKENS]
 
     def _index_histories(self, item_ids, timestamps):
         """Raw ids → indices per row, dropping (and counting) items outside the vocabulary."""
         histories, times, unknown = [], [], []
         for ids, row_times in zip(item_ids, timestamps, strict=True):
-            indices = self.vocab.to_indices(pa.array([str(i) for i in ids], pa.string()))
+            indices = self.to_indices(ids)
             known = indices >= schema.NUM_SPECIAL_TOKENS
             histories.append(indices[known])
             times.append(np.asarray(row_times, np.int64)[known])
@@ -145,13 +153,17 @@ class Recommender:
 
     def popular(self, k: int, exclude: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
         """The ``k`` most frequent training items, without ``exclude``: the cold-start answer."""
-        counts = self.vocab.popularity().astype(np.float64)
-        counts[: schema.NUM_SPECIAL_TOKENS] = -np.inf
-        counts[self._known(exclude)] = -np.inf
-        k = min(k, self.vocab.num_items)
-        best = np.argsort(-counts, kind="stable")[:k]
-        best = best[np.isfinite(counts[best])]
+        counts = self.vocab.popularity()
+        excluded = set(self._known(exclude).tolist())
+        best = [i for i in self._by_popularity[: k + len(excluded)] if i not in excluded][:k]
+        best = np.asarray(best, np.int64)
         return self.vocab.to_item_ids(best).to_pylist(), counts[best].astype(np.float32)
+
+    @functools.cached_property
+    def _by_popularity(self) -> np.ndarray:
+        """Real items, most frequent first (ties by index), sorted once."""
+        counts = self.vocab.popularity()[schema.NUM_SPECIAL_TOKENS :]
+        return np.argsort(-counts, kind="stable") + schema.NUM_SPECIAL_TOKENS
 
 
 def model_version(state: dict, model_dir: str) -> str:

@@ -6,6 +6,7 @@ service runs on the session's Ray with the embedded store, and once more with a 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 import uuid
@@ -198,3 +199,31 @@ def test_batch_scoring_covers_every_user_once(trained, tmp_path, capsys):
     per_user = rows.groupby("user_id")["rank"].apply(list)
     assert set(per_user.index) == set(events.user_id)
     assert all(ranks == [1, 2, 3, 4] for ranks in per_user)
+
+
+def test_overload_gets_a_fast_503_not_a_long_queue(trained, service):
+    """With room for one request in flight and one queued, a burst is mostly turned away."""
+    root, _, events = trained
+    url, config = service
+    if config.store != "embedded":
+        pytest.skip("the queue bound is the deployment's, whatever the store")
+    tight = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    app.run_service(str(root / "run"), config, port=int(url.rsplit(":", 1)[1]), deployment=tight)
+    users = list(events.user_id.unique()[:40])
+
+    async def burst() -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def one(user: str) -> tuple[int, float]:
+                started = time.perf_counter()
+                response = await client.post(f"{url}/v1/recommend", json={"user_id": user})
+                return response.status_code, time.perf_counter() - started
+
+            return await asyncio.gather(*(one(user) for user in users))
+
+    answers = asyncio.run(burst())
+    codes = [code for code, _ in answers]
+    assert set(codes) <= {200, 503} and codes.count(503) >= len(users) // 2, codes
+    assert codes.count(200) >= 1
+    rejected = [seconds for code, seconds in answers if code == 503]
+    assert max(rejected) < 5.0  # turned away at once, not after waiting in a queue
