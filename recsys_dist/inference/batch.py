@@ -9,6 +9,7 @@ The export, the histories and the output may each be local or ``s3://``.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ class RecommendSummary:
     rows: int
     unknown_items_ignored: int
     output: str
+    seconds: float = 0.0  # from the first read to the last row written
+    users_per_s: float = 0.0
 
 
 def recommend_histories(
@@ -104,6 +107,7 @@ def _score(users, model_dir: str, output: str, k: int, exclude_seen: bool) -> Re
         batch_size=256,
         compute=ray.data.ActorPoolStrategy(size=1),  # one model copy
     )
+    started = time.perf_counter()
     summary = RecommendSummary(users=0, rows=0, unknown_items_ignored=0, output=output)
     with (
         storage.open_output(output) as sink,
@@ -115,6 +119,8 @@ def _score(users, model_dir: str, output: str, k: int, exclude_seen: bool) -> Re
             summary.users += len(batch[schema.USER_ID])
             summary.rows += table.num_rows
             summary.unknown_items_ignored += int(batch[UNKNOWN_ITEMS].sum())
+    summary.seconds = round(time.perf_counter() - started, 2)
+    summary.users_per_s = round(summary.users / max(summary.seconds, 1e-9), 1)
     return summary
 
 
