@@ -141,6 +141,7 @@ class ServeConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     event_log_dir: str = ""  # acknowledged events as Parquet (local or s3://); "" = RUN/event_log
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
+    items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
     flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
     flush_seconds: float = 5.0  # ... or sooner, after this many seconds
     max_history: int = 2000  # events kept per user online (the most recent)

@@ -68,6 +68,9 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = True
     allow_items: list[str] | None = Field(default=None, description="recommend only these")
     deny_items: list[str] | None = Field(default=None, description="never recommend these")
+    categories: list[str] | None = Field(
+        default=None, description="recommend only items in one of these catalogue categories"
+    )
     query_time: int | None = Field(default=None, ge=0, description="default: last event")
 
 
@@ -154,6 +157,29 @@ def make_store(settings: ServeConfig) -> UserStore:
     return ActorStore(settings.max_history, name=f"{settings.instance}_user_store")
 
 
+def load_categories(settings: ServeConfig, run_dir: str) -> dict[str, list[str]] | None:
+    """Item ids per catalogue category, from ``serve.items_dir`` or the run's own data
+    (the ``items/`` beside the events the run was prepared from); ``None`` when there is none."""
+    items_dir = settings.items_dir or _run_items_dir(run_dir)
+    if not items_dir or not storage.exists(items_dir):
+        return None
+    files = storage.list_files(items_dir, ".parquet")
+    by_category: dict[str, list[str]] = {}
+    for path in files:
+        with storage.open_input(path) as handle:
+            items = pq.read_table(handle, columns=[schema.ITEM_ID, schema.CATEGORIES])
+        for item, categories in zip(*(items.column(n).to_pylist() for n in items.column_names)):
+            for category in categories or ():
+                by_category.setdefault(category, []).append(item)
+    return by_category
+
+
+def _run_items_dir(run_dir: str) -> str | None:
+    prepared = storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+    sources = load_manifest(prepared).get("sources") or []
+    return storage.join(sources[0]["path"], schema.ITEMS_DIR) if sources else None
+
+
 def default_wal_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "recsys_dist", "wal")
 
@@ -182,6 +208,7 @@ class RecommenderService:
             name=f"{self.settings.instance}_event_log",
         )
         self.recommender: Recommender | None = None
+        self.items_in = load_categories(self.settings, run_dir)  # category -> item ids
         # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
@@ -248,10 +275,11 @@ class RecommenderService:
             raise HTTPException(422, f"k must be at most {self.settings.max_k}")
         if len(body.history) > self.settings.max_request_events:
             raise HTTPException(413, f"history longer than {self.settings.max_request_events}")
+        allow = self._allowed(body)
         history = await self._history_of(body)
         model = self._model()
         if not len(history):
-            items, scores = model.popular(body.k, exclude=body.deny_items or ())
+            items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
             return self._response(items, scores, fallback=True, unknown=0)
         query = _Query(
             history.item_ids,
@@ -259,14 +287,28 @@ class RecommenderService:
             body.query_time,
             body.k,
             body.exclude_seen,
-            body.allow_items,
+            allow,
             body.deny_items,
         )
         items, scores, unknown = await self._score(query)
         if unknown == len(history):  # nothing the model knows: as good as no history
-            items, scores = model.popular(body.k, exclude=body.deny_items or ())
+            items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
             return self._response(items, scores, fallback=True, unknown=unknown)
         return self._response(items, scores, fallback=False, unknown=unknown)
+
+    def _allowed(self, body: RecommendRequest) -> list[str] | None:
+        """``allow_items`` narrowed to the requested categories (``None``: no restriction)."""
+        if body.categories is None:
+            return body.allow_items
+        if self.items_in is None:
+            raise HTTPException(422, "categories: this service has no item catalogue")
+        unknown = [c for c in body.categories if c not in self.items_in]
+        if unknown:
+            raise HTTPException(422, f"categories: unknown {unknown[:5]}")
+        in_categories = {i for c in body.categories for i in self.items_in[c]}
+        if body.allow_items is None:
+            return sorted(in_categories)
+        return [i for i in body.allow_items if i in in_categories]
 
     async def _history_of(self, body: RecommendRequest) -> History:
         """The stored history of ``user_id`` (if any) with the request's own events merged."""

@@ -151,12 +151,19 @@ class Recommender:
             unknown.append(int((~known).sum()))
         return histories, times, np.asarray(unknown, np.int64)
 
-    def popular(self, k: int, exclude: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
-        """The ``k`` most frequent training items, without ``exclude``: the cold-start answer."""
+    def popular(
+        self, k: int, exclude: Sequence[str] = (), allow: Sequence[str] | None = None
+    ) -> tuple[list[str], np.ndarray]:
+        """The ``k`` most frequent training items, without ``exclude`` and (given ``allow``)
+        only among those: the cold-start answer."""
         counts = self.vocab.popularity()
         excluded = set(self._known(exclude).tolist())
-        best = [i for i in self._by_popularity[: k + len(excluded)] if i not in excluded][:k]
-        best = np.asarray(best, np.int64)
+        if allow is None:
+            ranked = self._by_popularity[: k + len(excluded)]
+        else:
+            allowed = self._known(allow)
+            ranked = allowed[np.argsort(-counts[allowed], kind="stable")]
+        best = np.asarray([i for i in ranked if i not in excluded][:k], np.int64)
         return self.vocab.to_item_ids(best).to_pylist(), counts[best].astype(np.float32)
 
     @functools.cached_property

@@ -109,6 +109,16 @@ def test_recommends_for_known_and_unknown_users(trained, service):
     assert stranger["fallback"] and len(stranger["items"]) == 5
     from_history = recommend(url, history=[{"item_id": sorted(seen)[0], "timestamp": 10}], k=3)
     assert not from_history["fallback"] and len(from_history["items"]) == 3
+    catalogue = pq.read_table(trained[0] / "raw" / schema.ITEMS_DIR).to_pylist()
+    members = {row[schema.ITEM_ID]: set(row[schema.CATEGORIES]) for row in catalogue}
+    category = sorted(set(trained[1].values()))[0]
+    in_category = recommend(url, user_id=user, k=5, categories=[category])
+    assert len(in_category["items"]) == 5
+    assert all(category in members[i["item_id"]] for i in in_category["items"])
+    cold = recommend(url, user_id="nobody-" + uuid.uuid4().hex, k=3, categories=[category])
+    assert cold["fallback"] and all(category in members[i["item_id"]] for i in cold["items"])
+    bad = httpx.post(f"{url}/v1/recommend", json={"user_id": user, "categories": ["no-such"]})
+    assert bad.status_code == 422 and "no-such" in bad.text
     model = httpx.get(f"{url}/v1/model").json()
     assert model["model_version"] == known["model_version"] and model["num_items"] > 0
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
