@@ -7,6 +7,8 @@ Indices never change once assigned: :meth:`Vocabulary.extend` only appends.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,17 @@ class Vocabulary:
         position = pc.index_in(item_ids, value_set=self.item_ids)
         filled = pc.fill_null(position, -1 - schema.NUM_SPECIAL_TOKENS)
         return np.asarray(filled, dtype=np.int64) + schema.NUM_SPECIAL_TOKENS
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`to_indices` for a handful of ids at a time (one online request): a hash
+        lookup per id in a dict built once, where Arrow's ``index_in`` would rebuild its table
+        of the whole catalogue on every call."""
+        return np.fromiter((self._index_of.get(str(i), -1) for i in item_ids), np.int64)
+
+    @functools.cached_property
+    def _index_of(self) -> dict[str, int]:
+        first = schema.NUM_SPECIAL_TOKENS
+        return {item: first + i for i, item in enumerate(self.item_ids.to_pylist())}
 
     def to_item_ids(self, indices: np.ndarray) -> pa.Array:
         """Map indices back to raw ids; indices must be real items."""

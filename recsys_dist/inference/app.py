@@ -264,7 +264,7 @@ class RecommenderService:
         events = [Event(**e.model_dump()) for e in body.events]
         await self.event_log.append.remote(events)
         await self.store.append(events)
-        known = self._model().to_indices([e.item_id for e in events])
+        known = self._model().vocab.lookup([e.item_id for e in events])
         return EventsResponse(
             accepted=len(events), unknown_items=int((known < schema.NUM_SPECIAL_TOKENS).sum())
         )
@@ -277,10 +277,8 @@ class RecommenderService:
             raise HTTPException(413, f"history longer than {self.settings.max_request_events}")
         allow = self._allowed(body)
         history = await self._history_of(body)
-        model = self._model()
         if not len(history):
-            items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
-            return self._response(items, scores, fallback=True, unknown=0)
+            return self._popular(body, allow, unknown=0)
         query = _Query(
             history.item_ids,
             history.timestamps,
@@ -292,9 +290,14 @@ class RecommenderService:
         )
         items, scores, unknown = await self._score(query)
         if unknown == len(history):  # nothing the model knows: as good as no history
-            items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
-            return self._response(items, scores, fallback=True, unknown=unknown)
+            return self._popular(body, allow, unknown)
         return self._response(items, scores, fallback=False, unknown=unknown)
+
+    def _popular(self, body: RecommendRequest, allow, unknown: int) -> RecommendResponse:
+        """The cold-start answer, flagged as a fallback, under the request's filters."""
+        model = self._model()
+        items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
+        return self._response(items, scores, fallback=True, unknown=unknown)
 
     def _allowed(self, body: RecommendRequest) -> list[str] | None:
         """``allow_items`` narrowed to the requested categories (``None``: no restriction)."""

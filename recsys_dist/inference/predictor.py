@@ -49,10 +49,6 @@ class Recommender:
         loaded = load_checkpoint(model_dir, map_location=str(self.device))
         self.model = loaded.model.to(self.device).eval()
         self.vocab = loaded.vocab
-        # A dict, built once: a hash lookup per id, where an Arrow ``index_in`` would rebuild
-        # its table of the whole catalogue on every request.
-        first = schema.NUM_SPECIAL_TOKENS
-        self.index_of = {item: first + i for i, item in enumerate(self.vocab.item_ids.to_pylist())}
         self.state = loaded.state
         self.k = min(k, self.vocab.num_items)
         self.exclude_seen = exclude_seen
@@ -132,19 +128,15 @@ class Recommender:
                 scores[row, torch.as_tensor(self._known(deny[row]), device=self.device)] = -np.inf
         return scores
 
-    def to_indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Vocabulary indices of raw ids; -1 for items the model does not know."""
-        return np.fromiter((self.index_of.get(str(i), -1) for i in item_ids), np.int64)
-
     def _known(self, item_ids: Sequence[str]) -> np.ndarray:
-        indices = self.to_indices(item_ids)
+        indices = self.vocab.lookup(item_ids)
         return indices[indices >= schema.NUM_SPECIAL_TOKENS]
 
     def _index_histories(self, item_ids, timestamps):
         """Raw ids → indices per row, dropping (and counting) items outside the vocabulary."""
         histories, times, unknown = [], [], []
         for ids, row_times in zip(item_ids, timestamps, strict=True):
-            indices = self.to_indices(ids)
+            indices = self.vocab.lookup(ids)
             known = indices >= schema.NUM_SPECIAL_TOKENS
             histories.append(indices[known])
             times.append(np.asarray(row_times, np.int64)[known])

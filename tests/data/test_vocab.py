@@ -42,3 +42,10 @@ def test_save_load_round_trip(tmp_path):
     loaded = Vocabulary.load(str(tmp_path / schema.VOCAB_FILE))
     assert loaded.item_ids.equals(vocab.item_ids)
     assert np.array_equal(loaded.counts, vocab.counts)
+
+
+def test_lookup_agrees_with_to_indices():
+    vocab = Vocabulary.from_counts(pa.array(["b", "a", "c"]), np.array([5, 5, 9]))
+    ids = ["c", "zz", "a", "b", "a"]
+    np.testing.assert_array_equal(vocab.lookup(ids), vocab.to_indices(pa.array(ids)))
+    assert vocab.lookup(["zz"]).tolist() == [-1]
