@@ -55,9 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-ml100k", action="store_true")
     parser.add_argument("--skip-autoscaling", action="store_true")
+    parser.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        default="haproxy",
+        help="HAProxy in front of the replicas (what `recsys-dist serve` starts) or Serve's "
+        "Python proxy actor",
+    )
+    parser.add_argument("--redis-url", help="use the Redis store at this URL (default: embedded)")
     args = parser.parse_args(argv)
     import ray
 
+    from recsys_dist.inference.app import use_haproxy_ingress
+
+    if args.ingress == "haproxy":
+        use_haproxy_ingress()
+        # Replicas stop after a short drain: HAProxy runs on this node and learns it at once.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    else:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-serve-"))
     catalogues = [("generated-100k", _generated(work))]
@@ -67,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (run_dir, users) in catalogues:
         for replicas in (1, 2):
             result = _measure(run_dir, users, replicas, args)
-            result.update(catalogue=name, replicas=replicas)
+            result.update(catalogue=name, replicas=replicas, ingress=args.ingress)
+            result.update(store="redis" if args.redis_url else "embedded")
             results.append(result)
             print(json.dumps(result), flush=True)
     if not args.skip_autoscaling:
@@ -96,19 +113,22 @@ def _generated(work: Path) -> tuple[Path, list[str]]:
 
 
 def _train(raw: Path, out: Path) -> tuple[Path, list[str]]:
+    """Prepare and train into ``out`` (a model already there, from an earlier run with the
+    same ``--workdir``, is reused)."""
     import pyarrow.parquet as pq
 
     from recsys_dist.data.prepare import prepare_dataset
     from recsys_dist.train.trainer import train
 
-    config = load_config(None, QUICK_TRAIN)
-    prepare_dataset(str(raw), str(out / "prepared"), config.data)
-    train(str(out / "prepared"), str(out / "run"), config)
+    if not (out / "run" / "model").exists():
+        config = load_config(None, QUICK_TRAIN)
+        prepare_dataset(str(raw), str(out / "prepared"), config.data)
+        train(str(out / "prepared"), str(out / "run"), config)
     users = pq.read_table(out / "prepared" / "users", columns=["user_id"]).column(0).to_pylist()
     return out / "run", users
 
 
-def _start(run_dir: Path, deployment: dict) -> str:
+def _start(run_dir: Path, deployment: dict, redis_url: str | None = None) -> str:
     from recsys_dist.inference.app import run_service
 
     with socket.socket() as sock:
@@ -119,6 +139,7 @@ def _start(run_dir: Path, deployment: dict) -> str:
         instance=instance,
         wal_dir=str(run_dir.parent / f"wal-{instance}"),
         event_log_dir=str(run_dir.parent / f"log-{instance}"),
+        **({"store": "redis", "redis_url": redis_url} if redis_url else {}),
     )
     return run_service(str(run_dir), settings, port=port, deployment=deployment)
 
@@ -130,7 +151,7 @@ def _stop() -> None:
 
 
 def _measure(run_dir: Path, users: list[str], replicas: int, args) -> dict:
-    url = _start(run_dir, {"num_replicas": replicas})
+    url = _start(run_dir, {"num_replicas": replicas}, args.redis_url)
     try:
         asyncio.run(_load(url, users, args.qps, 3.0, args.concurrency))  # warm-up
         load = asyncio.run(_load(url, users, args.qps, args.seconds, args.concurrency))
@@ -209,7 +230,7 @@ def _autoscaling(run_dir: Path, users: list[str], args) -> dict:
         "metrics_interval_s": 0.5,
         "look_back_period_s": 2,
     }
-    url = _start(run_dir, {"autoscaling_config": autoscaling})
+    url = _start(run_dir, {"autoscaling_config": autoscaling}, args.redis_url)
     timeline: list[tuple[float, int, str]] = []
     started = time.perf_counter()
 
@@ -246,9 +267,9 @@ def _autoscaling(run_dir: Path, users: list[str], args) -> dict:
 def _summary(results: list[dict]) -> str:
     machine = f"{os.cpu_count()} vCPU {platform.machine()}"
     rows = [
-        "| date | machine | catalogue | replicas | QPS offered | QPS achieved | ok/requests "
-        "| p50 ms | p99 ms | event→reflected p50 / max ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| date | machine | ingress | store | catalogue | replicas | QPS offered | QPS achieved "
+        "| ok/requests | p50 ms | p99 ms | event→reflected p50 / max ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "catalogue" not in r:
@@ -256,6 +277,8 @@ def _summary(results: list[dict]) -> str:
         cells = [
             date.today(),
             machine,
+            r["ingress"],
+            r["store"],
             r["catalogue"],
             r["replicas"],
             r["qps_offered"],

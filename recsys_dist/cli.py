@@ -329,9 +329,10 @@ def _run_score(args):
 
 
 def _run_serve(args):
-    from recsys_dist.inference.app import run_service
+    from recsys_dist.inference.app import run_service, use_haproxy_ingress
 
     config = _config(args)
+    use_haproxy_ingress()  # effective when init_ray starts a local Ray
     init_ray(args.address, min_cpus=2)
     url = run_service(args.run, config.serve, args.host, args.port, args.model)
     print(json.dumps({"url": url, "docs": f"{url}/docs"}) if args.json else f"serving on {url}")

@@ -131,6 +131,12 @@ def ray_session(s3_endpoint):
     """
     import ray
 
+    from recsys_dist.inference.app import use_haproxy_ingress
+
+    use_haproxy_ingress()  # the serving tests run the ingress `recsys-dist serve` ships
+    # A stopped replica stays reachable this long so load balancers can deregister it (30 s by
+    # default); HAProxy here runs on the same node and learns it at once.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray

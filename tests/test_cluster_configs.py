@@ -167,3 +167,25 @@ def test_serve_config_is_a_valid_serve_deploy_config():
         deployment.autoscaling_config
     )
     assert deployment.max_queued_requests > 0
+
+
+def test_every_serving_node_starts_ray_with_the_haproxy_ingress():
+    """Serve reads the ingress choice when Ray starts: each node's start must carry it."""
+    from recsys_dist.inference.app import HAPROXY_INGRESS_ENV
+
+    ((name, value),) = HAPROXY_INGRESS_ENV.items()
+    vm = documents(ROOT / "cluster" / "ray-cluster.yaml")[0]
+    starts = [
+        c
+        for key in ("head_start_ray_commands", "worker_start_ray_commands")
+        for c in vm[key]
+        if "ray start" in c
+    ]
+    assert len(starts) == 2 and all(f"{name}={value} ray start" in c for c in starts), starts
+    (cluster,) = documents(ROOT / "cluster" / "kuberay-raycluster.yaml")
+    spec = cluster["spec"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            assert env.get(name) == value, f"{container['name']}: {name} not {value}"

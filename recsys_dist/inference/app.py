@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
@@ -115,15 +115,25 @@ class HistoryResponse(BaseModel):
     items: list[HistoryEvent]
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    """413 before reading a body that is too large (Content-Length is checked, not trusted:
-    the body parser sees the same bytes)."""
-    limit = getattr(request.app.state, "max_body_bytes", None)
-    length = request.headers.get("content-length")
-    if limit and length and length.isdigit() and int(length) > limit:
-        return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """413 before reading a body whose ``Content-Length`` is over ``app.state.max_body_bytes``
+    (the server holds the body to that length). Plain ASGI: Starlette's ``BaseHTTPMiddleware``
+    would cost every request a task group on the hot path."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        limit = getattr(scope["app"].state, "max_body_bytes", None) if "app" in scope else None
+        if scope["type"] == "http" and limit:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                response = JSONResponse({"detail": f"request body over {limit} bytes"}, 413)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
 
 
 # --- the deployment ---------------------------------------------------------------------------
@@ -178,6 +188,21 @@ def _run_items_dir(run_dir: str) -> str | None:
     prepared = storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
     sources = load_manifest(prepared).get("sources") or []
     return storage.join(sources[0]["path"], schema.ITEMS_DIR) if sources else None
+
+
+# Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
+# replicas that answer HTTP themselves, instead of the Python proxy actor relaying each request
+# over Ray calls. On 2 cores it halves the CPU per request (docs/benchmarks.md). Serve reads
+# it when its processes start, so it belongs in the environment of ``ray start`` (the cluster
+# configs set it) or of the process that starts a local Ray.
+HAPROXY_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def use_haproxy_ingress() -> None:
+    """Ask for HAProxy ingress in a Ray this process is about to start, unless the user chose
+    otherwise (``RAY_SERVE_ENABLE_HA_PROXY=0`` keeps Serve's Python proxy)."""
+    for name, value in HAPROXY_INGRESS_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def default_wal_dir() -> str:
