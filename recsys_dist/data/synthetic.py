@@ -30,11 +30,25 @@ from recsys_dist.data.importers import PartWriter, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
-# The generator's ground truth, beside the canonical dataset; read by tests and analyses.
+# The generator's ground truth, beside the canonical dataset; read by tests and analyses
+# (change-point precision/recall, the share of recommendations in a user's new interest).
 USERS_DIR = "users"
-DRIFT_KIND = "drift_kind"
+DRIFT_KIND = "drift_kind"  # "stable", "gradual" or "abrupt"
+SHIFT_START = "shift_start"  # first event of the new interest (abrupt) or of the timeline
+SHIFT_END = "shift_end"  # = shift_start (abrupt) or the last event's time (gradual)
+SHIFT_EVENT = "shift_event"  # abrupt: index of the first event drawn from the new interest
+FROM_CATEGORIES = "from_categories"  # categories preferred before the shift (all users)
+TO_CATEGORIES = "to_categories"  # categories preferred after it (null for stable users)
 USER_SCHEMA = pa.schema(
-    [pa.field(schema.USER_ID, pa.string(), nullable=False), pa.field(DRIFT_KIND, pa.string())]
+    [
+        pa.field(schema.USER_ID, pa.string(), nullable=False),
+        pa.field(DRIFT_KIND, pa.string()),
+        pa.field(SHIFT_START, pa.int64()),
+        pa.field(SHIFT_END, pa.int64()),
+        pa.field(SHIFT_EVENT, pa.int32()),
+        pa.field(FROM_CATEGORIES, pa.list_(pa.string())),
+        pa.field(TO_CATEGORIES, pa.list_(pa.string())),
+    ]
 )
 DRIFT_KINDS = ("stable", "gradual", "abrupt")
 STABLE, GRADUAL, ABRUPT = range(3)
@@ -146,7 +160,8 @@ def generate_dataset(
     CPU in flight, so the object store and the driver stay small whatever ``users`` is.
 
     Args:
-        output_dir: receives ``events/``, ``items/`` and ``users/`` (user_id, drift_kind).
+        output_dir: receives ``events/``, ``items/`` and ``users/`` (the ground truth:
+            :data:`USER_SCHEMA`, who shifted, when, from which categories to which).
         users, items, categories: sizes; ``items >= categories >= 2``.
         seed: output is a pure function of all arguments.
         events_per_user: inclusive range of events per user, drawn uniformly.
@@ -274,7 +289,7 @@ def _generate_shard(
     """Generate users ``[lo, hi)`` into ``events/part-{shard}``; returns events written."""
     rng = np.random.default_rng([seed, 1, shard])
     users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user)
-    _write_users(storage.join(root, USERS_DIR, f"part-{shard:05d}.parquet"), users)
+    truth = []  # ground truth per block of users
     item_names = pa.array([f"i{k}" for k in range(len(catalogue.primary))])
     events_path = storage.join(root, schema.EVENTS_DIR, f"part-{shard:05d}.parquet")
     ends = np.cumsum(users.length)
@@ -289,17 +304,46 @@ def _generate_shard(
             block = users.take(first, last)
             table = _events_table(rng, catalogue, block, item_names)
             writer.write_table(table, row_group_size=BLOCK_EVENTS)
+            truth.append(_ground_truth(block, table.column(schema.TIMESTAMP).to_numpy()))
             written, first = written + table.num_rows, last
+    with storage.open_output(storage.join(root, USERS_DIR, f"part-{shard:05d}.parquet")) as sink:
+        pq.write_table(pa.concat_tables(truth), sink)
     return written
 
 
-def _write_users(path: str, users: _Users) -> None:
+def _ground_truth(users: _Users, times: np.ndarray) -> pa.Table:
+    """Who shifted, when, and from which categories to which (``times``: the users' events in
+    order, as :func:`_events_table` wrote them)."""
+    first = np.cumsum(users.length) - users.length  # [U] each user's first event
+    last = first + users.length - 1
+    switch_pos = np.ceil(users.switch * (users.length - 1)).astype(np.int64)  # first frac >= switch
+    abrupt, gradual = users.kind == ABRUPT, users.kind == GRADUAL
+    start = np.where(abrupt, times[first + switch_pos], times[first])
+    end = np.where(abrupt, start, times[last])
+    stable = ~(abrupt | gradual)
     columns = {
         schema.USER_ID: [f"u{k}" for k in users.ids],
         DRIFT_KIND: pa.array(DRIFT_KINDS).take(pa.array(users.kind)),
+        SHIFT_START: pa.array(start, mask=stable),
+        SHIFT_END: pa.array(end, mask=stable),
+        SHIFT_EVENT: pa.array(switch_pos.astype(np.int32), mask=~abrupt),
+        FROM_CATEGORIES: _category_sets(users.a, users.a_share),
+        TO_CATEGORIES: pa.array(
+            _category_sets(users.b, users.b_share).to_pylist(), pa.list_(pa.string()), mask=stable
+        ),
     }
-    with storage.open_output(path) as sink:
-        pq.write_table(pa.table(columns, schema=USER_SCHEMA), sink)
+    return pa.table(columns, schema=USER_SCHEMA)
+
+
+def _category_sets(sets: np.ndarray, first_share: np.ndarray) -> pa.Array:
+    """Category names of each user's preference set (one name when the first takes it all)."""
+    return pa.array(
+        [
+            [f"cat-{a}"] if share >= 1.0 or a == b else [f"cat-{a}", f"cat-{b}"]
+            for (a, b), share in zip(sets.tolist(), first_share.tolist(), strict=True)
+        ],
+        pa.list_(pa.string()),
+    )
 
 
 def _events_table(

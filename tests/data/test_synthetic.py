@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -113,3 +114,40 @@ def test_rejects_bad_arguments_and_existing_output(generated):
         generate_dataset(str(out.parent / "x"), events_per_user=(5, 2))
     with pytest.raises(FileExistsError):
         generate_dataset(str(out), seed=3, **SIZES)
+
+
+def test_ground_truth_records_when_and_where_interest_shifted(generated):
+    """Abrupt users' events before ``shift_event`` come from ``from_categories`` and after it
+    from ``to_categories`` (up to the planted noise), at ``shift_start``."""
+    out, _ = generated
+    catalogue = build_catalogue(100, 10, seed=3)
+    truth = pq.read_table(out / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
+    frame = _events(out).to_pandas()
+    frame["cat"] = "cat-" + pd.Series(
+        catalogue.primary[frame[schema.ITEM_ID].str[1:].astype(int)], index=frame.index
+    ).astype(str)
+    stable = truth[truth[synthetic.DRIFT_KIND] == "stable"]
+    assert (
+        stable[synthetic.SHIFT_START].isna().all() and stable[synthetic.TO_CATEGORIES].isna().all()
+    )
+    before_in, after_in, checked = [], [], 0
+    for user, events in frame.groupby(schema.USER_ID, sort=False):
+        row = truth.loc[user]
+        if row[synthetic.DRIFT_KIND] != "abrupt":
+            continue
+        at = int(row[synthetic.SHIFT_EVENT])
+        assert (
+            events[schema.TIMESTAMP].iloc[at]
+            == row[synthetic.SHIFT_START]
+            == row[synthetic.SHIFT_END]
+        )
+        before_in.append(events["cat"].iloc[:at].isin(row[synthetic.FROM_CATEGORIES]).mean())
+        after_in.append(events["cat"].iloc[at:].isin(row[synthetic.TO_CATEGORIES]).mean())
+        checked += 1
+    assert checked > 40
+    # Events follow the preference set but for noise (15%) and successor chains (which stay in
+    # the category of the chain's first item, drawn before the switch for a few events).
+    assert np.mean(before_in) > 0.75 and np.mean(after_in) > 0.7
+    gradual = truth[truth[synthetic.DRIFT_KIND] == "gradual"]
+    assert (gradual[synthetic.SHIFT_END] > gradual[synthetic.SHIFT_START]).all()
+    assert gradual[synthetic.SHIFT_EVENT].isna().all()
