@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_recommend,
         _add_score,
         _add_serve,
+        _add_interests,
     ):
         sub = add(commands)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
@@ -319,11 +320,11 @@ def _run_recommend(args):
 def _run_score(args):
     from recsys_dist import storage
     from recsys_dist.checkpoint import MODEL_DIR
-    from recsys_dist.evaluation.evaluate import RUN_FILE
+    from recsys_dist.evaluation.evaluate import prepared_dir_of
     from recsys_dist.inference.batch import score_prepared
 
     init_ray(args.address)
-    data = args.data or storage.read_json(storage.join(args.run, RUN_FILE))["prepared"]
+    data = args.data or prepared_dir_of(args.run)
     model = storage.join(args.run, MODEL_DIR)
     return score_prepared(model, data, args.output, args.k, exclude_seen=not args.keep_seen)
 
@@ -352,6 +353,46 @@ def _wait_for_interrupt() -> None:
         stop.wait()
     except KeyboardInterrupt:
         pass
+
+
+def _add_interests(commands):
+    sub = commands.add_parser(
+        "interests",
+        help="interest trajectories, drift, change points and forecasts per user (Ray Data)",
+    )
+    sub.add_argument("--run", required=True)
+    sub.add_argument("--data", help="prepared dataset (default: the run's)")
+    sub.add_argument("--users", nargs="+", metavar="USER_ID", help="only these users")
+    sub.add_argument("--output", help="directory for interests.parquet and groups.json")
+    sub.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="fit the forecast on the validation future and score it and the baselines on "
+        "the test future (saved as RUN/interests.json; done anyway when that file is missing)",
+    )
+    _add_config_args(sub)
+    sub.set_defaults(handler=_run_interests)
+    return sub
+
+
+def _run_interests(args):
+    from recsys_dist import storage
+    from recsys_dist.evaluation.evaluate import prepared_dir_of
+    from recsys_dist.interests.evaluate import evaluate_interests
+    from recsys_dist.interests.forecast import INTERESTS_FILE
+    from recsys_dist.interests.offline import analyse_users
+
+    if not args.output and not args.evaluate:
+        raise SystemExit("interests: give --output DIR, --evaluate, or both")
+    config = _config(args).interests
+    init_ray(args.address)
+    data = args.data or prepared_dir_of(args.run)
+    result: dict[str, Any] = {}
+    if args.evaluate or not storage.exists(storage.join(args.run, INTERESTS_FILE)):
+        result["evaluation"] = evaluate_interests(args.run, data, config)
+    if args.output:
+        result["analysis"] = asdict(analyse_users(args.run, data, args.output, config, args.users))
+    return result
 
 
 def _print_result(result: Any, args) -> None:

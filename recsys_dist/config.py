@@ -158,6 +158,36 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class InterestConfig:
+    """Interest profiles, drift, change points and forecasts (``interests``, ``report`` and
+    the service's ``/v1/users/{id}/interests``)."""
+
+    window: str = "events"  # trajectory windows: "events", or calendar (UTC) "day"/"week"/"month"
+    window_size: int = 10  # events per window, or calendar periods per window
+    clusters: int = 20  # embedding clusters for items without catalogue categories
+    recent_windows: int = 1  # drift: the recent profile covers the last this many windows
+    min_segment: int = 5  # change points: fewest events on either side of one
+    penalty: float = 1.0  # change points: multiple of (groups seen - 1) * ln(events) to beat
+    max_change_points: int = 3  # per user
+    future_events: int = 10  # evaluation: size of the held-out future window
+    min_future_events: int = 3  # evaluation: users with fewer future events are left out
+    blend: float = -1.0  # forecast = blend*model + (1-blend)*decayed profile; -1: fit on valid
+    half_life: float = 0.0  # decayed profile's half-life in events; 0: fit on validation data
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("interests.window", self.window, ("events", "day", "week", "month"))
+        for name in ("window_size", "clusters", "recent_windows", "min_segment", "future_events"):
+            _check_positive(f"interests.{name}", getattr(self, name))
+        _check_positive("interests.batch_size", self.batch_size)
+        if self.blend != -1.0 and not 0.0 <= self.blend <= 1.0:
+            raise ConfigError("interests.blend must be in [0, 1], or -1 to fit it")
+        if self.half_life < 0 or self.penalty < 0:
+            raise ConfigError("interests.half_life and interests.penalty must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs, passed down as one object."""
 
@@ -166,6 +196,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    interests: InterestConfig = field(default_factory=InterestConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,15 +43,19 @@ def split_spec(manifest: dict[str, Any]) -> SplitSpec:
     )
 
 
+def read_users(prepared_dir: str) -> ray.data.Dataset:
+    """A lazy Ray Dataset of the users' whole sequences: user id, item indices, times."""
+    return storage.read_parquet_dataset(
+        storage.join(prepared_dir, schema.USERS_DIR), columns=_SPLIT_COLUMNS
+    )
+
+
 def read_split(prepared_dir: str, split: str) -> ray.data.Dataset:
     """A lazy Ray Dataset of ``split``'s rows (:data:`schema.SEQUENCE_SCHEMA`, plus the target
     for ``valid``/``test``), cut from ``users/`` in parallel as it is read."""
     if split not in schema.SPLITS:
         raise ValueError(f"split must be one of {schema.SPLITS}, got {split!r}")
     spec = split_spec(load_manifest(prepared_dir))
-    users = storage.read_parquet_dataset(
-        storage.join(prepared_dir, schema.USERS_DIR), columns=_SPLIT_COLUMNS
-    )
-    return users.map_batches(
+    return read_users(prepared_dir).map_batches(
         split_rows, batch_format="pyarrow", fn_kwargs={"spec": spec, "which": split}
     )

@@ -25,13 +25,18 @@ from recsys_dist.evaluation.ranking import (
 RUN_FILE = "run.json"  # written by training: where the prepared data lives
 
 
+def prepared_dir_of(run_dir: str) -> str:
+    """The prepared dataset a run was trained on (recorded in ``RUN/run.json``)."""
+    return storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+
+
 def evaluate_run(
     run_dir: str, split: str, eval_config: EvalConfig, data_dir: str | None = None
 ) -> dict[str, Any]:
     """Metrics of ``RUN_DIR/model`` and of the most-popular baseline on ``split``."""
     if split not in (schema.VALID_SPLIT, schema.TEST_SPLIT):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    data_dir = data_dir or storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+    data_dir = data_dir or prepared_dir_of(run_dir)
     loaded = load_checkpoint(storage.join(run_dir, MODEL_DIR))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)

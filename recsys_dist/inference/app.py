@@ -36,9 +36,10 @@ from ray import serve
 from recsys_dist import schema, storage
 from recsys_dist.checkpoint import MODEL_DIR
 from recsys_dist.config import ServeConfig, config_from_dict
+from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
-from recsys_dist.evaluation.evaluate import RUN_FILE
+from recsys_dist.evaluation.evaluate import prepared_dir_of
 from recsys_dist.inference.event_log import event_log_actor
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.inference.store import ActorStore, Event, History, UserStore, merge_events
@@ -168,26 +169,11 @@ def make_store(settings: ServeConfig) -> UserStore:
 
 
 def load_categories(settings: ServeConfig, run_dir: str) -> dict[str, list[str]] | None:
-    """Item ids per catalogue category, from ``serve.items_dir`` or the run's own data
-    (the ``items/`` beside the events the run was prepared from); ``None`` when there is none."""
-    items_dir = settings.items_dir or _run_items_dir(run_dir)
-    if not items_dir or not storage.exists(items_dir):
-        return None
-    files = storage.list_files(items_dir, ".parquet")
-    by_category: dict[str, list[str]] = {}
-    for path in files:
-        with storage.open_input(path) as handle:
-            items = pq.read_table(handle, columns=[schema.ITEM_ID, schema.CATEGORIES])
-        for item, categories in zip(*(items.column(n).to_pylist() for n in items.column_names)):
-            for category in categories or ():
-                by_category.setdefault(category, []).append(item)
-    return by_category
-
-
-def _run_items_dir(run_dir: str) -> str | None:
-    prepared = storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
-    sources = load_manifest(prepared).get("sources") or []
-    return storage.join(sources[0]["path"], schema.ITEMS_DIR) if sources else None
+    """Item ids per catalogue category, from ``serve.items_dir`` or the run's own data (the
+    ``items/`` beside the events the run was prepared from); ``None`` when there is none."""
+    prepared = prepared_dir_of(run_dir)
+    categories = read_categories(settings.items_dir or catalogue_dir(prepared))
+    return items_by_category(categories) if categories is not None else None
 
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
@@ -398,7 +384,7 @@ async def _seed(store: UserStore, run_dir: str) -> int:
 async def _seed_if_empty(store: UserStore, run_dir: str) -> int:
     if await store.num_users():
         return 0
-    prepared = storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
+    prepared = prepared_dir_of(run_dir)
     load_manifest(prepared)  # a clear error if the run's data is gone
     vocab = Vocabulary.load(storage.join(prepared, schema.VOCAB_FILE))
     loaded = 0

@@ -105,6 +105,14 @@ class Recommender:
             unknown,
         )
 
+    @torch.no_grad()
+    def next_item_probs(
+        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray], query_times: np.ndarray
+    ) -> torch.Tensor:
+        """``[B, vocab]`` distribution of each history's next item (item *indices* in), with
+        no mass on PAD and MASK: what interest forecasts aggregate by group."""
+        return torch.softmax(self._scores(histories, times, query_times), dim=1)
+
     def _scores(self, histories, times, query_times: np.ndarray) -> torch.Tensor:
         """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""
         config = self.model.config

@@ -1,0 +1,182 @@
+"""How well the interest forecast predicts what users really do next, against baselines.
+
+Protocol (written next to every figure): each user's **future window** is the first
+``interests.future_events`` events after the split point the dataset was prepared with, so the
+model never trained on it. With the ``time`` split the validation future starts at the
+validation cut (history: everything before it) and the test future at the test cut; with
+``loo`` the future is the one held-out event. Users with fewer than
+``interests.min_future_events`` future events (``time``) or no history are left out.
+
+For every user the forecast and three baselines — the last window's profile, the long-term
+profile and an exponentially decayed profile — are compared with the future window's actual
+profile: Jensen–Shannon divergence (lower is better) and top-group accuracy (the forecast's
+most likely group is one of the future window's most frequent). The decay's half-life and the
+forecast's blend are chosen on the validation future, then reported on the test future.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from recsys_dist import schema, storage
+from recsys_dist.config import InterestConfig
+from recsys_dist.data.prepared import load_manifest, read_users, split_spec
+from recsys_dist.data.sequences import SplitSpec
+from recsys_dist.interests.drift import js_divergence
+from recsys_dist.interests.forecast import (
+    INTERESTS_FILE,
+    Calibration,
+    InterestAnalyzer,
+)
+from recsys_dist.interests.profiles import decayed_profile, normalise, profile, trajectory
+
+logger = logging.getLogger(__name__)
+
+HALF_LIVES = (2.0, 5.0, 10.0, 20.0, 50.0)  # events
+BLENDS = tuple(np.round(np.linspace(0, 1, 11), 2))
+JS, TOP = "js", "top"
+
+
+def candidates() -> list[str]:
+    """Every profile scored per user: baselines, decays and model blends."""
+    names = ["last_window", "long_term"]
+    names += [f"decayed:{h}" for h in HALF_LIVES]
+    names += [f"blend:{b}:{h}" for b in BLENDS for h in HALF_LIVES]
+    return names
+
+
+def future_split(
+    items: np.ndarray, times: np.ndarray, spec: SplitSpec, which: str, config: InterestConfig
+) -> tuple[int, int, int] | None:
+    """``(history_end, future_end, query_time)`` of one user, or ``None`` if left out."""
+    if spec.split == "loo":
+        end = len(items) - (2 if which == schema.VALID_SPLIT else 1)
+        return (end, end + 1, int(times[end])) if end >= 1 else None
+    cut = spec.valid_cut if which == schema.VALID_SPLIT else spec.test_cut
+    stop = spec.test_cut if which == schema.VALID_SPLIT else np.iinfo(np.int64).max
+    end = int(np.searchsorted(times, cut, side="left"))
+    future = int(np.searchsorted(times, stop, side="left")) - end
+    future = min(future, config.future_events)
+    if end < 1 or future < config.min_future_events:
+        return None
+    return end, end + future, int(cut)
+
+
+class CandidateScorer:
+    """Ray Data callable: per user, JS divergence and top-group hit of every candidate."""
+
+    def __init__(self, run_dir: str, prepared_dir: str, config: InterestConfig, which: str):
+        self.analyzer = InterestAnalyzer.for_run(run_dir, prepared_dir, config)
+        self.to_model = self.analyzer.index_map(prepared_dir)
+        self.spec = split_spec(load_manifest(prepared_dir))
+        self.config, self.which = config, which
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = []
+        for items, times in zip(batch[schema.ITEMS], batch[schema.TIMESTAMPS], strict=True):
+            items = self.to_model[np.asarray(items, np.int64)]
+            times = np.asarray(times, np.int64)[items >= 0]
+            items = items[items >= 0]
+            cut = future_split(items, times, self.spec, self.which, self.config)
+            if cut is not None:
+                rows.append((items, times, *cut))
+        if not rows:
+            return {JS: np.zeros((0, len(candidates()))), TOP: np.zeros((0, len(candidates())))}
+        model = self.analyzer.model_profiles(
+            [r[0][: r[2]] for r in rows], [r[1][: r[2]] for r in rows], [r[4] for r in rows]
+        )
+        scored = [self._score(row, model[i]) for i, row in enumerate(rows)]
+        return {JS: np.stack([s[0] for s in scored]), TOP: np.stack([s[1] for s in scored])}
+
+    def _score(self, row, model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        items, times, end, future_end, _ = row
+        groups = self.analyzer.groups
+        history = groups.of_events(items[:end])
+        actual = normalise(groups.of_events(items[end:future_end]).sum(axis=0))
+        decayed = {h: decayed_profile(history, h) for h in HALF_LIVES}
+        profiles = [trajectory(history, times[:end], self.config).profiles[-1], profile(history)]
+        profiles += [decayed[h] for h in HALF_LIVES]
+        profiles += [b * model + (1 - b) * decayed[h] for b in BLENDS for h in HALF_LIVES]
+        stacked = np.stack(profiles)  # [candidates, G]
+        top = np.isclose(actual[stacked.argmax(axis=1)], actual.max())
+        return js_divergence(stacked, actual[None]), top.astype(np.float64)
+
+
+def evaluate_interests(
+    run_dir: str, prepared_dir: str, config: InterestConfig, save: bool = True
+) -> dict[str, Any]:
+    """Fit the forecast's blend and the decay on the validation future, report on the test
+    future; the fitted calibration is saved as ``RUN/interests.json`` (``save``)."""
+    valid = _mean_scores(run_dir, prepared_dir, config, schema.VALID_SPLIT)
+    test = _mean_scores(run_dir, prepared_dir, config, schema.TEST_SPLIT)
+    names = candidates()
+    pick = {name: i for i, name in enumerate(names)}
+    decays = [pick[f"decayed:{h}"] for h in HALF_LIVES]
+    best_decay = names[min(decays, key=lambda i: valid[JS][i])]
+    blends = [i for i, name in enumerate(names) if name.startswith("blend:")]
+    best_blend = names[min(blends, key=lambda i: valid[JS][i])]
+    _, blend, half_life = best_blend.split(":")
+    calibration = Calibration(float(blend), float(half_life))
+    model_only = pick[f"blend:1.0:{HALF_LIVES[0]}"]
+    methods = {
+        "forecast": pick[best_blend],
+        "model_only": model_only,
+        "last_window": pick["last_window"],
+        "long_term": pick["long_term"],
+        "decayed": pick[best_decay],
+    }
+    result = {
+        "protocol": _protocol(prepared_dir, config),
+        "users": {"valid": valid["users"], "test": test["users"]},
+        "calibration": calibration.to_dict(),
+        "decay_half_life": float(best_decay.split(":")[1]),
+        "methods": {
+            name: {JS: float(test[JS][i]), "top_accuracy": float(test[TOP][i])}
+            for name, i in methods.items()
+        },
+        "validation": {
+            name: {JS: float(valid[JS][i]), "top_accuracy": float(valid[TOP][i])}
+            for name, i in methods.items()
+        },
+    }
+    if save:
+        storage.write_json(storage.join(run_dir, INTERESTS_FILE), result)
+    return result
+
+
+def _mean_scores(run_dir, prepared_dir, config: InterestConfig, which: str) -> dict[str, Any]:
+    scored = read_users(prepared_dir).map_batches(
+        CandidateScorer,
+        fn_constructor_args=(run_dir, prepared_dir, config, which),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        concurrency=1,
+    )
+    sums = {JS: np.zeros(len(candidates())), TOP: np.zeros(len(candidates()))}
+    count = 0
+    for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        sums[JS] += batch[JS].sum(axis=0)
+        sums[TOP] += batch[TOP].sum(axis=0)
+        count += len(batch[JS])
+    if not count:
+        raise ValueError(f"{prepared_dir}: no user has a {which} future window to evaluate")
+    return {JS: sums[JS] / count, TOP: sums[TOP] / count, "users": count}
+
+
+def _protocol(prepared_dir: str, config: InterestConfig) -> str:
+    spec = split_spec(load_manifest(prepared_dir))
+    future = (
+        "the held-out next event"
+        if spec.split == "loo"
+        else f"the first {config.future_events} events after the split's cut "
+        f"(users with at least {config.min_future_events})"
+    )
+    return (
+        f"{spec.split} split; future window = {future}; history = everything before it; "
+        f"windows of {config.window_size} {config.window}; JS divergence in bits between "
+        "predicted and actual group distribution (lower is better); top-group accuracy "
+        "(higher is better); blend and half-life chosen on the validation future"
+    )

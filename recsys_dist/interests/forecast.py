@@ -1,0 +1,153 @@
+"""Forecasts of a user's next interest profile, and the analysis of one user's interests.
+
+The forecast is the model's next-item distribution (a softmax over the whole catalogue)
+summed by interest group, optionally blended with the exponentially decayed profile:
+``blend * model + (1 - blend) * decayed``. ``blend`` and the decay's half-life are fitted on
+validation data (:mod:`recsys_dist.interests.evaluate`) and stored with the run, so the same
+forecast is served offline, in the report and online.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from recsys_dist import schema, storage
+from recsys_dist.checkpoint import MODEL_DIR
+from recsys_dist.config import InterestConfig
+from recsys_dist.data.catalogue import catalogue_dir, read_categories
+from recsys_dist.data.vocab import Vocabulary
+from recsys_dist.inference.predictor import Recommender
+from recsys_dist.interests.drift import ChangePoint, change_points, drift_score
+from recsys_dist.interests.groups import InterestGroups, build_groups
+from recsys_dist.interests.profiles import Trajectory, decayed_profile, normalise, trajectory
+
+INTERESTS_FILE = "interests.json"  # in the run directory: calibration and evaluation
+DEFAULT_HALF_LIFE = 10.0  # events, when nothing was fitted
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the forecast mixes the model with recent behaviour (fitted on validation data)."""
+
+    blend: float = 1.0
+    half_life: float = DEFAULT_HALF_LIFE
+
+    @classmethod
+    def of_run(cls, run_dir: str, config: InterestConfig) -> Calibration:
+        """The run's fitted calibration (``RUN/interests.json``), overridden by explicit
+        ``interests.blend`` / ``interests.half_life`` settings."""
+        path = storage.join(run_dir, INTERESTS_FILE)
+        fitted = storage.read_json(path)["calibration"] if storage.exists(path) else {}
+        calibration = cls(**fitted)
+        blend = config.blend if config.blend >= 0 else calibration.blend
+        half_life = config.half_life or calibration.half_life
+        return cls(blend, half_life)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UserInterests:
+    """Everything the product shows about one user's interests."""
+
+    user_id: str
+    trajectory: Trajectory
+    current: np.ndarray  # [G] profile of the recent windows
+    drift: float
+    change_points: list[ChangePoint]
+    forecast: np.ndarray | None  # [G]; None when the model knows none of the user's items
+
+
+class InterestAnalyzer:
+    """A model, its interest groups and a calibration: analyses batches of users.
+
+    Built once per Ray Data actor or Serve replica (it loads the model and the catalogue).
+    """
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        categories: dict[str, list[str]] | None,
+        config: InterestConfig,
+        calibration: Calibration,
+    ) -> None:
+        self.recommender = recommender
+        self.config = config
+        self.calibration = calibration
+        embeddings = recommender.model.item_embedding.weight.detach().float().cpu().numpy()
+        self.groups: InterestGroups = build_groups(
+            recommender.vocab, categories, embeddings, config.clusters, config.seed
+        )
+
+    @classmethod
+    def for_run(cls, run_dir: str, prepared_dir: str, config: InterestConfig) -> InterestAnalyzer:
+        """The run's model with the catalogue of ``prepared_dir``'s source data."""
+        recommender = Recommender(storage.join(run_dir, MODEL_DIR))
+        categories = read_categories(catalogue_dir(prepared_dir))
+        return cls(recommender, categories, config, Calibration.of_run(run_dir, config))
+
+    def index_map(self, prepared_dir: str) -> np.ndarray:
+        """Data vocabulary index → model vocabulary index (-1: the model does not know it), for
+        a dataset prepared after the model (appended data grows its vocabulary)."""
+        data_vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+        known = self.recommender.vocab.to_indices(data_vocab.item_ids)
+        return np.concatenate([np.full(schema.NUM_SPECIAL_TOKENS, -1), known])
+
+    def model_profiles(
+        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray], query_times
+    ) -> np.ndarray:
+        """``[B, G]`` the model's next-item distribution summed by group."""
+        probs = self.recommender.next_item_probs(histories, times, np.asarray(query_times))
+        return self.groups.aggregate(probs).double().cpu().numpy()
+
+    def forecast(
+        self,
+        histories: Sequence[np.ndarray],
+        times: Sequence[np.ndarray],
+        query_times,
+        calibration: Calibration | None = None,
+    ) -> np.ndarray:
+        """``[B, G]`` forecasts of the next window (histories: item indices, oldest first)."""
+        calibration = calibration or self.calibration
+        model = self.model_profiles(histories, times, query_times)
+        decayed = np.stack(
+            [decayed_profile(self.groups.of_events(h), calibration.half_life) for h in histories]
+        )
+        return calibration.blend * model + (1 - calibration.blend) * decayed
+
+    def analyse(
+        self, user_ids: Sequence[str], histories: Sequence[np.ndarray], times: Sequence[np.ndarray]
+    ) -> list[UserInterests]:
+        """Trajectory, drift, change points and forecast of each user (item indices in, oldest
+        first; the forecast is made as of the user's last event)."""
+        known = [i for i, h in enumerate(histories) if len(h)]
+        forecasts: list[np.ndarray | None] = [None] * len(histories)
+        if known:
+            made = self.forecast(
+                [histories[i] for i in known],
+                [times[i] for i in known],
+                [int(times[i][-1]) for i in known],
+            )
+            for row, i in enumerate(known):
+                forecasts[i] = made[row]
+        return [
+            self._one(user, np.asarray(h, np.int64), np.asarray(t, np.int64), forecasts[i])
+            for i, (user, h, t) in enumerate(zip(user_ids, histories, times, strict=True))
+        ]
+
+    def _one(self, user: str, items: np.ndarray, times: np.ndarray, forecast) -> UserInterests:
+        weights = self.groups.of_events(items)
+        path = trajectory(weights, times, self.config)
+        recent = int(path.first_event[-self.config.recent_windows :][0]) if len(items) else 0
+        return UserInterests(
+            user_id=user,
+            trajectory=path,
+            current=normalise(weights[recent:].sum(axis=0)),
+            drift=drift_score(weights, recent),
+            change_points=change_points(weights, times, self.config),
+            forecast=forecast,
+        )

@@ -1,0 +1,175 @@
+"""``recsys-dist interests``: every (or some) user's interests, computed with Ray Data.
+
+Writes ``OUT/interests.parquet`` (one row per user: trajectory, current profile, drift score,
+change points, forecast) and ``OUT/groups.json`` (the interest groups, in the column order of
+every profile). Users stream through a pool of :class:`InterestAnalyzer` actors, so memory
+does not grow with the number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from recsys_dist import schema, storage
+from recsys_dist.config import InterestConfig
+from recsys_dist.data.prepared import read_users
+from recsys_dist.interests.forecast import InterestAnalyzer, UserInterests
+
+logger = logging.getLogger(__name__)
+
+INTERESTS_PARQUET = "interests.parquet"
+GROUPS_FILE = "groups.json"
+
+_MOVE = pa.struct([("group", pa.string()), ("before", pa.float32()), ("after", pa.float32())])
+CHANGE_POINT = pa.struct(
+    [
+        ("index", pa.int32()),
+        ("timestamp", pa.int64()),
+        ("score", pa.float32()),
+        ("divergence", pa.float32()),
+        ("rose", pa.list_(_MOVE)),
+        ("fell", pa.list_(_MOVE)),
+    ]
+)
+INTEREST_SCHEMA = pa.schema(
+    [
+        pa.field(schema.USER_ID, pa.string(), nullable=False),
+        pa.field("events", pa.int32()),
+        pa.field("unknown_items", pa.int32()),
+        pa.field("window_starts", pa.list_(pa.int64())),
+        pa.field("window_counts", pa.list_(pa.int32())),
+        pa.field("profiles", pa.list_(pa.list_(pa.float32()))),  # [W][G]
+        pa.field("current", pa.list_(pa.float32())),  # [G]
+        pa.field("top_group", pa.string()),
+        pa.field("drift", pa.float32()),
+        pa.field("change_points", pa.list_(CHANGE_POINT)),
+        pa.field("forecast", pa.list_(pa.float32())),  # [G]; null without known items
+        pa.field("forecast_top_group", pa.string()),
+    ]
+)
+
+
+@dataclass
+class InterestsSummary:
+    output: str
+    users: int
+    groups: int
+    users_with_change_points: int
+    mean_drift: float
+    seconds: float
+
+
+class InterestRows:
+    """Ray Data callable: a batch of prepared users → rows of :data:`INTEREST_SCHEMA`."""
+
+    def __init__(self, run_dir: str, prepared_dir: str, config: InterestConfig) -> None:
+        self.analyzer = InterestAnalyzer.for_run(run_dir, prepared_dir, config)
+        self.to_model = self.analyzer.index_map(prepared_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        histories, times, unknown = [], [], []
+        for items, stamps in zip(batch[schema.ITEMS], batch[schema.TIMESTAMPS], strict=True):
+            mapped = self.to_model[np.asarray(items, np.int64)]
+            histories.append(mapped[mapped >= 0])
+            times.append(np.asarray(stamps, np.int64)[mapped >= 0])
+            unknown.append(int((mapped < 0).sum()))
+        users = [str(u) for u in batch[schema.USER_ID]]
+        found = self.analyzer.analyse(users, histories, times)
+        names = self.analyzer.groups.names
+        return pa.Table.from_pylist(
+            [as_row(r, names, n) for r, n in zip(found, unknown, strict=True)],
+            schema=INTEREST_SCHEMA,
+        )
+
+
+def as_row(found: UserInterests, names: Sequence[str], unknown: int = 0) -> dict:
+    """One user's interests as plain values (a Parquet row, or a JSON answer online)."""
+    path = found.trajectory
+
+    def moves(listed):
+        return [{"group": names[g], "before": b, "after": a} for g, b, a in listed]
+
+    has_profile = found.current.sum() > 0
+    return {
+        schema.USER_ID: found.user_id,
+        "events": int(path.counts.sum()),
+        "unknown_items": unknown,
+        "window_starts": path.starts.tolist(),
+        "window_counts": path.counts.tolist(),
+        "profiles": path.profiles.tolist(),
+        "current": found.current.tolist(),
+        "top_group": names[int(found.current.argmax())] if has_profile else None,
+        "drift": found.drift,
+        "change_points": [
+            {
+                "index": c.index,
+                "timestamp": c.timestamp,
+                "score": c.score,
+                "divergence": c.divergence,
+                "rose": moves(c.rose),
+                "fell": moves(c.fell),
+            }
+            for c in found.change_points
+        ],
+        "forecast": None if found.forecast is None else found.forecast.tolist(),
+        "forecast_top_group": None
+        if found.forecast is None
+        else names[int(np.argmax(found.forecast))],
+    }
+
+
+def analyse_users(
+    run_dir: str,
+    prepared_dir: str,
+    output: str,
+    config: InterestConfig,
+    users: Sequence[str] | None = None,
+) -> InterestsSummary:
+    """Interests of every user of ``prepared_dir`` (or only ``users``) → ``output``/."""
+    started = time.perf_counter()
+    dataset = read_users(prepared_dir)
+    if users is not None:
+        wanted = pa.array(sorted(set(users)), pa.string())
+        dataset = dataset.map_batches(_only, batch_format="pyarrow", fn_kwargs={"wanted": wanted})
+    rows = dataset.map_batches(
+        InterestRows,
+        fn_constructor_args=(run_dir, prepared_dir, config),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+    )
+    storage.make_dirs(output)
+    summary = InterestsSummary(output, 0, 0, 0, 0.0, 0.0)
+    drift_sum = 0.0
+    with (
+        storage.open_output(storage.join(output, INTERESTS_PARQUET)) as sink,
+        pq.ParquetWriter(sink, INTEREST_SCHEMA) as writer,
+    ):
+        for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write_table(table.cast(INTEREST_SCHEMA))
+            summary.users += table.num_rows
+            points = pc.list_value_length(table.column("change_points")).to_numpy(False)
+            summary.users_with_change_points += int((points > 0).sum())
+            drift_sum += float(np.sum(table.column("drift").to_numpy(False)))
+    groups = InterestAnalyzer.for_run(run_dir, prepared_dir, config).groups.names
+    storage.write_json(storage.join(output, GROUPS_FILE), {"groups": list(groups)})
+    summary.groups = len(groups)
+    summary.mean_drift = round(drift_sum / max(summary.users, 1), 4)
+    summary.seconds = round(time.perf_counter() - started, 2)
+    if users is not None and summary.users < len(set(users)):
+        missing = len(set(users)) - summary.users
+        logger.warning("%d of the requested users are not in %s", missing, prepared_dir)
+    return summary
+
+
+def _only(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch.column(schema.USER_ID), value_set=wanted))
