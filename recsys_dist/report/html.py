@@ -1,0 +1,267 @@
+"""One self-contained HTML page for a run: no script, no network, openable straight from disk.
+
+Charts are inline SVG drawn by ``recsys_dist.report.svg``/``trajectory``; the stylesheet is a
+``<style>`` block and a Content-Security-Policy forbids any fetch, so the page looks the same
+offline and an escaped-but-hostile user id could not load or run anything even if missed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+
+from recsys_dist.report.data import ReportData, UserInterests
+from recsys_dist.report.svg import esc, fmt, histogram_svg, line_chart_svg
+from recsys_dist.report.trajectory import describe_moves, group_colors, stacked_area_svg
+
+__all__ = [
+    "histogram_svg",
+    "interest_table_html",
+    "line_chart_svg",
+    "ranking_table_html",
+    "render_report",
+    "stacked_area_svg",
+    "training_families",
+]
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 860px; margin: 24px auto; padding: 0 16px; background: #fff; }
+h1 { font-size: 24px; margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
+h3 { margin: 24px 0 4px; font-size: 16px; }
+.meta, .protocol { color: #555; } .protocol { font-style: italic; }
+code { background: #f3f3f3; padding: 0 4px; border-radius: 3px; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+th, td { padding: 4px 12px; border-bottom: 1px solid #e5e5e5; text-align: right; }
+th:first-child, td:first-child { text-align: left; } td.best { font-weight: 700; }
+svg.chart { display: block; max-width: 100%; height: auto; margin: 8px 0; }
+svg.chart text { font-size: 12px; font-family: inherit; }
+svg.chart .chart-title { font-size: 13px; font-weight: 600; }
+svg.chart .grid { stroke: #eee; } svg.chart .axis { stroke: #999; }
+svg.chart .series { stroke-width: 2; } svg.chart .axis-label { fill: #555; }
+ul.change-points { margin: 0; color: #444; font-size: 13px; }
+"""
+
+_INTEREST_COLUMNS = {  # key -> (header, True when higher is better)
+    "js": ("JS divergence (lower is better)", False),
+    "top_accuracy": ("top-category accuracy (higher is better)", True),
+}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metric_order(name: str) -> tuple[str, int, str]:
+    """Sort ``ndcg@5 < ndcg@10 < ndcg@20`` numerically, families alphabetically."""
+    base, _, k = name.partition("@")
+    return base, int(k) if k.isdigit() else 0, name
+
+
+def training_families(rows: Sequence[Mapping]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Curves grouped one chart per family: every ``*loss*`` key together, and ``split_metric@K``.
+
+    Bookkeeping columns (elapsed time, throughput, counts, checksums) are not curves and are left
+    out; x is the row's ``epoch`` when present, else its position.
+    """
+    families: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for position, row in enumerate(rows, start=1):
+        x = row.get("epoch", position)
+        for key in sorted(row, key=_metric_order):
+            if not _is_number(row[key]) or not _is_number(x):
+                continue
+            if "loss" in key:
+                family = "loss"
+            elif "@" in key:
+                family = key.partition("@")[0] + "@K"
+            else:
+                continue
+            families.setdefault(family, {}).setdefault(key, []).append((x, row[key]))
+    return dict(sorted(families.items(), key=lambda item: (item[0] != "loss", item[0])))
+
+
+def _best_cells(values: Sequence[float | None], higher_is_better: bool) -> list[bool]:
+    present = [v for v in values if v is not None]
+    if len(present) < 2:
+        return [False] * len(values)
+    best = max(present) if higher_is_better else min(present)
+    return [v is not None and v == best for v in values]
+
+
+def _table(header: Sequence[str], rows: Sequence[tuple[str, list[float | None], list[bool]]]):
+    """A plain table; each row is (label, values, which cells to bold)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = []
+    for label, values, best in rows:
+        cells = "".join(
+            f'<td class="best">{fmt(v)}</td>'
+            if bold
+            else f"<td>{'–' if v is None else fmt(v)}</td>"
+            for v, bold in zip(values, best)
+        )
+        body.append(f"<tr><td>{esc(label)}</td>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _protocol(metrics: Mapping, *facts: str) -> str:
+    shown = [esc(fact) for fact in facts if fact]
+    if metrics.get("protocol"):
+        shown.append(f"protocol: {esc(metrics['protocol'])}")
+    return f'<p class="protocol">{" · ".join(shown)}</p>' if shown else ""
+
+
+def _known(baselines: Mapping[str, Mapping]) -> set[str]:
+    return {key for baseline in baselines.values() for key in baseline}
+
+
+def ranking_table_html(metrics: Mapping) -> str:
+    """Model vs each ``baseline_*`` on every ranking metric, better value per row in bold."""
+    baselines = {
+        key.removeprefix("baseline_").replace("_", " ") + " baseline": value
+        for key, value in metrics.items()
+        if key.startswith("baseline_") and isinstance(value, Mapping)
+    }
+    names = {
+        k for k, v in metrics.items() if _is_number(v) and ("@" in k or k in _known(baselines))
+    }
+    rows = []
+    for name in sorted(names, key=_metric_order):
+        values = [metrics[name]] + [
+            b[name] if _is_number(b.get(name)) else None for b in baselines.values()
+        ]
+        rows.append((name, values, _best_cells(values, "loss" not in name)))
+    facts = [f"split: {metrics['split']}" if metrics.get("split") else ""]
+    facts.append(f"users: {metrics['users']}" if metrics.get("users") is not None else "")
+    return _protocol(metrics, *facts) + _table(["metric", "model", *baselines], rows)
+
+
+def interest_table_html(metrics: Mapping) -> str:
+    """Forecasting methods × JS divergence and top-category accuracy, best per column in bold."""
+    methods: Mapping[str, Mapping] = metrics.get("methods") or {}
+    keys = [k for k in _INTEREST_COLUMNS if any(k in m for m in methods.values())]
+    keys += sorted({k for m in methods.values() for k, v in m.items() if _is_number(v)} - set(keys))
+    columns = {
+        key: [m[key] if _is_number(m.get(key)) else None for m in methods.values()] for key in keys
+    }
+    best = {
+        key: _best_cells(values, _INTEREST_COLUMNS[key][1])
+        if key in _INTEREST_COLUMNS
+        else [False] * len(values)
+        for key, values in columns.items()
+    }
+    rows = [
+        (method, [columns[k][i] for k in keys], [best[k][i] for k in keys])
+        for i, method in enumerate(methods)
+    ]
+    header = ["method", *(_INTEREST_COLUMNS.get(k, (k,))[0] for k in keys)]
+    users = f"users: {metrics['users']}" if metrics.get("users") is not None else ""
+    return _protocol(metrics, users) + _table(header, rows)
+
+
+def _header(data: ReportData) -> str:
+    return (
+        f'<header><h1>{esc(data.title)}</h1><p class="meta">model version '
+        f"<code>{esc(data.model_version)}</code> · generated {esc(data.generated_at)}</p></header>"
+    )
+
+
+def _training_section(rows: Sequence[Mapping]) -> str:
+    families = training_families(rows)
+    if not families:
+        return ""
+    x_label = "epoch" if any("epoch" in row for row in rows) else "report"
+    charts = "".join(
+        line_chart_svg(series, title=family, x_label=x_label, y_label=family)
+        for family, series in families.items()
+    )
+    return f'<section id="training"><h2>Training curves</h2>{charts}</section>'
+
+
+def _metrics_section(data: ReportData) -> str:
+    parts = []
+    if data.ranking_metrics:
+        parts.append(f"<h3>Next-item ranking</h3>{ranking_table_html(data.ranking_metrics)}")
+    if data.interest_metrics:
+        parts.append(f"<h3>Interest forecast</h3>{interest_table_html(data.interest_metrics)}")
+    return f'<section id="metrics"><h2>Metrics</h2>{"".join(parts)}</section>' if parts else ""
+
+
+def _change_point_list(user: UserInterests) -> str:
+    if not user.change_points:
+        return '<p class="meta">No change points detected.</p>'
+    items = []
+    for point in sorted(user.change_points, key=lambda p: p["timestamp"]):
+        items.append(
+            f"<li>{esc(_utc(point['timestamp']))}: score {float(point.get('score', 0)):.3f}; "
+            f"rose: {esc(describe_moves(point.get('rose', ())))}; "
+            f"fell: {esc(describe_moves(point.get('fell', ())))}</li>"
+        )
+    return f'<ul class="change-points">{"".join(items)}</ul>'
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _user_section(user: UserInterests, index: int, colors: Mapping[str, str]) -> str:
+    chart = stacked_area_svg(
+        user.groups,
+        user.window_starts,
+        user.profiles,
+        window_counts=user.window_counts,
+        change_points=user.change_points,
+        forecast=user.forecast,
+        colors=colors,
+        chart_id=f"user-{index}",
+    )
+    points = len(user.change_points)
+    meta = (
+        f"drift (JS divergence, recent vs long-term) <b>{user.drift:.3f}</b> · "
+        f"{len(user.window_starts)} windows · {sum(user.window_counts)} events · "
+        f"{points} change point{'s' if points != 1 else ''}"
+    )
+    return (
+        f'<article class="user"><h3>User <code>{esc(user.user_id)}</code></h3>'
+        f'<p class="meta">{meta}</p>{chart}{_change_point_list(user)}</article>'
+    )
+
+
+def _users_section(users: Sequence[UserInterests]) -> str:
+    if not users:
+        return ""
+    colors = group_colors([user.groups for user in users])
+    body = "".join(_user_section(user, i, colors) for i, user in enumerate(users))
+    return f'<section id="users"><h2>Users\' interests</h2>{body}</section>'
+
+
+def _drift_section(scores: Sequence[float]) -> str:
+    if not scores:
+        return ""
+    chart = histogram_svg(
+        scores,
+        title="Drift of every user",
+        x_label="JS divergence (base 2) of the recent vs the long-term interest profile",
+    )
+    return f'<section id="drift"><h2>Interest drift over all users</h2>{chart}</section>'
+
+
+def render_report(data: ReportData) -> str:
+    """The whole page as one string; sections without data are left out, not drawn empty."""
+    body = "".join(
+        (
+            _header(data),
+            _training_section(data.training_curves),
+            _metrics_section(data),
+            _users_section(data.users),
+            _drift_section(data.drift_scores),
+        )
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(data.title)} · recsys-dist report</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )

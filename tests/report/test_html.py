@@ -1,0 +1,419 @@
+"""The HTML report: sections, escaping, chart geometry, and a real render in headless Chromium.
+
+The Chromium test fails (not skips) when no browser is installed, because a page that only
+passes string checks may still not render; ``./dev test`` installs Debian's chromium, and
+RECSYS_DIST_NO_CHROMIUM=1 opts out explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import struct
+import subprocess
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from recsys_dist.report.data import ReportData, UserInterests
+from recsys_dist.report.html import (
+    interest_table_html,
+    ranking_table_html,
+    render_report,
+    training_families,
+)
+from recsys_dist.report.svg import PALETTE, histogram_counts, histogram_svg, line_chart_svg
+from recsys_dist.report.trajectory import OTHER, merge_minor_groups, stacked_area_svg
+
+GROUPS = ["comedy", "drama", "action", "documentary", "horror"]  # horror stays under 3%
+DAY = 86400
+START = 1_700_000_000
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_GROUP = '"><img src=x onerror=alert(2)>'
+
+
+def make_user(user_id: str, *, shift_at: int | None, forecast: bool, windows: int = 8):
+    """Comedy-heavy windows that turn drama-heavy at ``shift_at`` (a change point there)."""
+    starts = [START + w * 7 * DAY + (w % 3) * 3600 for w in range(windows)]
+    before, after = [0.55, 0.15, 0.15, 0.13, 0.02], [0.15, 0.55, 0.15, 0.13, 0.02]
+    profiles = [after if shift_at is not None and w >= shift_at else before for w in range(windows)]
+    change_points = []
+    if shift_at is not None:
+        change_points.append(
+            {
+                "timestamp": starts[shift_at],
+                "score": 0.42,
+                "rose": [["drama", 0.15, 0.55]],
+                "fell": [["comedy", 0.55, 0.15]],
+            }
+        )
+    return UserInterests(
+        user_id=user_id,
+        groups=list(GROUPS),
+        window_starts=starts,
+        window_counts=[20 + w for w in range(windows)],
+        profiles=[list(row) for row in profiles],
+        change_points=change_points,
+        forecast=[0.1, 0.6, 0.15, 0.13, 0.02] if forecast else None,
+        drift=0.31 if shift_at is not None else 0.02,
+    )
+
+
+def make_report_data() -> ReportData:
+    """3 users × 8 windows × 5 groups, one change point, forecasts, curves, both metric tables."""
+    rng = random.Random(0)
+    curves = [
+        {
+            "epoch": epoch,
+            "step": epoch * 12,
+            "elapsed_s": 3.5 * epoch,
+            "train_seq_per_s": 900.0,
+            "train_loss": 9.0 / epoch,
+            "valid_ndcg@10": 0.02 * epoch,
+            "valid_ndcg@20": 0.025 * epoch,
+            "valid_hr@10": 0.05 * epoch,
+            "valid_mrr@10": 0.01 * epoch,
+        }
+        for epoch in range(1, 6)
+    ]
+    return ReportData(
+        title="run-7 & <friends>",
+        model_version="v3",
+        generated_at="2024-05-01T12:00:00+00:00",
+        training_curves=curves,
+        ranking_metrics={
+            "split": "test",
+            "protocol": "full-catalogue ranking, seen items excluded",
+            "users": 943,
+            "ndcg@10": 0.09,
+            "hr@10": 0.18,
+            "mrr@10": 0.05,
+            "baseline_popularity": {"ndcg@10": 0.04, "hr@10": 0.09, "mrr@10": 0.06},
+        },
+        interest_metrics={
+            "protocol": "next window of each user, catalogue categories",
+            "users": 600,
+            "methods": {
+                "forecast": {"js": 0.21, "top_accuracy": 0.61},
+                "last_window": {"js": 0.25, "top_accuracy": 0.58},
+                "long_term": {"js": 0.19, "top_accuracy": 0.55},
+                "decayed": {"js": 0.22, "top_accuracy": 0.61},
+            },
+        },
+        users=[
+            make_user("alice", shift_at=4, forecast=True),
+            make_user(HOSTILE, shift_at=None, forecast=True),
+            make_user("bob", shift_at=None, forecast=False),
+        ],
+        drift_scores=[rng.betavariate(2, 6) for _ in range(57)],
+    )
+
+
+def test_report_data_survives_a_json_round_trip():
+    data = make_report_data()
+    assert ReportData.from_dict(json.loads(json.dumps(data.to_dict()))) == data
+
+
+def test_report_data_rejects_unknown_and_missing_keys():
+    raw = make_report_data().to_dict()
+    with pytest.raises(ValueError, match="unknown keys \\['titel'\\]"):
+        ReportData.from_dict({**raw, "titel": "x"})
+    del raw["users"][0]["drift"]
+    with pytest.raises(ValueError, match="missing keys \\['drift'\\]"):
+        ReportData.from_dict(raw)
+
+
+def test_every_section_is_present_given_full_data():
+    page = render_report(make_report_data())
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for section in ("training", "metrics", "users", "drift"):
+        assert f'<section id="{section}">' in page
+    assert "model version <code>v3</code>" in page and "2024-05-01T12:00:00+00:00" in page
+    # one line chart per family: loss, valid hr@K, mrr@K, ndcg@K (bookkeeping columns left out)
+    assert page.count('class="chart line-chart"') == 4
+    assert "elapsed_s" not in page and "train_seq_per_s" not in page
+    assert "full-catalogue ranking, seen items excluded" in page
+    assert "next window of each user, catalogue categories" in page
+    assert "popularity baseline" in page and "JS divergence (lower is better)" in page
+    assert page.count('class="chart stacked-area"') == 3
+    assert page.count('class="chart histogram"') == 1
+    assert "▲drama ▼comedy" in page and "0.310" in page and "No change points detected." in page
+    assert "n = 57 users" in page and "mean 0." in page and "median 0." in page
+
+
+def test_sections_without_data_are_left_out():
+    empty = ReportData("t", "v", "now", [], None, None, [], [])
+    page = render_report(empty)
+    assert "<section" not in page and "<svg" not in page and "<h1>t</h1>" in page
+    only_interest = render_report(
+        ReportData("t", "v", "now", [], None, make_report_data().interest_metrics, [], [])
+    )
+    assert "Interest forecast" in only_interest and "Next-item ranking" not in only_interest
+
+
+def test_untrusted_text_is_escaped():
+    data = make_report_data()
+    user = data.users[0]
+    user.groups[0] = HOSTILE_GROUP
+    user.change_points[0]["fell"][0][0] = HOSTILE_GROUP
+    data.interest_metrics["methods"][HOSTILE] = {"js": 0.3}
+    data.ranking_metrics["protocol"] = HOSTILE
+    page = render_report(data)
+    assert "<script" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "run-7 &amp; &lt;friends&gt;" in page
+
+
+def test_the_page_references_nothing_outside_itself():
+    page = render_report(make_report_data())
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert set(re.findall(r"url\(([^)]*)\)", page)) <= {"#user-0-hatch", "#user-1-hatch"}
+    assert "default-src 'none'" in page  # the browser itself refuses any fetch
+
+
+def _plot_box(svg: str) -> tuple[float, float, float, float]:
+    x, y, w, h = re.search(
+        r'class="plot-box" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)"', svg
+    ).groups()
+    return float(x), float(y), float(x) + float(w), float(y) + float(h)
+
+
+def _area_points(svg: str) -> list[list[tuple[float, float]]]:
+    paths = re.findall(r'<path class="area" d="([^"]+)"', svg)
+    return [
+        [(float(x), float(y)) for x, y in re.findall(r"(-?[\d.]+),(-?[\d.]+)", d)] for d in paths
+    ]
+
+
+@pytest.mark.parametrize(
+    "profiles",
+    [
+        [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.0, 1.0, 0.0]],
+        [[0.7, 0.6, 0.0], [0.2, -0.1, 0.5], [math.nan, 0.5, 0.5]],  # off sums, negative, NaN
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.3333, 0.3333, 0.3334]],
+    ],
+)
+def test_stacked_area_points_stay_inside_the_plot_box(profiles):
+    svg = stacked_area_svg(["a", "b", "c"], [START, START + DAY, START + 9 * DAY], profiles)
+    left, top, right, bottom = _plot_box(svg)
+    paths = _area_points(svg)
+    assert len(paths) == 3
+    for points in paths:
+        for x, y in points:
+            assert left - 0.05 <= x <= right + 0.05 and top - 0.05 <= y <= bottom + 0.05
+
+
+def test_fixture_users_stack_to_the_full_box():
+    for user in make_report_data().users:
+        svg = stacked_area_svg(user.groups, user.window_starts, user.profiles)
+        left, top, right, bottom = _plot_box(svg)
+        points = [p for path in _area_points(svg) for p in path]
+        assert min(x for x, _ in points) == pytest.approx(left, abs=0.1)
+        assert max(x for x, _ in points) == pytest.approx(right, abs=0.1)
+        assert min(y for _, y in points) == pytest.approx(top, abs=0.1)  # shares sum to 100%
+        assert max(y for _, y in points) == pytest.approx(bottom, abs=0.1)
+
+
+def test_a_single_window_without_change_points_still_draws():
+    svg = stacked_area_svg(["a", "b"], [START], [[0.25, 0.75]], forecast=[0.5, 0.5])
+    assert len(_area_points(svg)) == 2 and "change-point" not in svg
+    assert "2023-11-14" in svg and svg.count('class="forecast"') == 2
+
+
+def test_minor_groups_are_merged_into_other():
+    names, rows, forecast = merge_minor_groups(
+        ["a", "b", "c", "d"],
+        [[0.6, 0.38, 0.01, 0.01], [0.5, 0.47, 0.02, 0.01]],
+        [0.5, 0.48, 0.02, 0],
+    )
+    assert names == ["a", "b", OTHER]
+    assert rows[0] == pytest.approx([0.6, 0.38, 0.02]) and forecast == pytest.approx(
+        [0.5, 0.48, 0.02]
+    )
+    svg = stacked_area_svg(GROUPS, [START, START + DAY], [[0.5, 0.2, 0.2, 0.09, 0.01]] * 2)
+    assert "horror" not in svg and ">other</text>" in svg
+
+
+def test_forecast_is_drawn_apart_and_hatched():
+    user = make_report_data().users[0]
+    with_forecast = stacked_area_svg(
+        user.groups, user.window_starts, user.profiles, forecast=user.forecast, chart_id="u"
+    )
+    left, top, right, bottom = _plot_box(with_forecast)
+    xs = [float(x) for x in re.findall(r'<rect class="forecast" x="([\d.]+)"', with_forecast)]
+    assert len(xs) == 5 and min(xs) > right  # 4 groups + "other", right of the trajectory
+    assert 'fill="url(#u-hatch)"' in with_forecast and ">forecast</text>" in with_forecast
+    without = stacked_area_svg(user.groups, user.window_starts, user.profiles)
+    assert 'class="forecast"' not in without and "forecast" not in without
+
+
+def test_change_points_are_dashed_lines_at_their_time():
+    user = make_report_data().users[0]
+    svg = stacked_area_svg(
+        user.groups, user.window_starts, user.profiles, change_points=user.change_points
+    )
+    line = re.search(r'<g class="change-point">.*?<line x1="([\d.]+)"', svg)
+    window = re.findall(r'<circle class="window-mark" cx="([\d.]+)"', svg)[4]
+    assert line.group(1) == window and 'stroke-dasharray="5 4"' in svg and "▲drama" in svg
+
+
+def test_mismatched_shapes_raise():
+    with pytest.raises(ValueError, match="2 groups, 2 window starts, 2 profile rows"):
+        stacked_area_svg(["a", "b"], [START, START + 1], [[1.0, 0.0], [1.0]])
+    with pytest.raises(ValueError, match="forecast has 3 shares for 2 groups"):
+        stacked_area_svg(["a", "b"], [START], [[1.0, 0.0]], forecast=[1, 0, 0])
+
+
+def test_histogram_bin_counts_sum_to_the_number_of_scores():
+    scores = make_report_data().drift_scores + [0.0, 1.0, 0.5, 0.05]
+    assert sum(histogram_counts(scores, 20, 0.0, 1.0)) == len(scores)
+    svg = histogram_svg([*scores, math.nan])
+    drawn = [int(c) for c in re.findall(r'data-count="(\d+)"', svg)]
+    assert len(drawn) == 20 and sum(drawn) == len(scores)
+    assert f"n = {len(scores)} users" in svg and 'class="mean"' in svg and 'class="median"' in svg
+
+
+def test_training_families_group_metrics_and_skip_bookkeeping():
+    rows = make_report_data().training_curves + [{"epoch": 6, "train_loss": 1.2}]
+    families = training_families(rows)
+    assert list(families) == ["loss", "valid_hr@K", "valid_mrr@K", "valid_ndcg@K"]
+    assert list(families["valid_ndcg@K"]) == ["valid_ndcg@10", "valid_ndcg@20"]
+    assert families["loss"]["train_loss"][-1] == (6, 1.2)
+    assert len(families["valid_hr@K"]["valid_hr@10"]) == 5  # epoch 6 has no validation
+
+
+def test_line_chart_handles_one_point_and_gaps():
+    svg = line_chart_svg({"a": [(1, 0.5)], "b": [(1, None), (2, math.nan)]}, x_label="epoch")
+    assert svg.count("<polyline") == 1 and svg.count("<circle") == 1
+
+
+def test_best_value_per_column_is_bold():
+    data = make_report_data()
+    interest = interest_table_html(data.interest_metrics)
+    assert re.findall(r'<td class="best">([\d.]+)</td>', interest) == ["0.61", "0.19", "0.61"]
+    ranking = ranking_table_html(data.ranking_metrics)
+    assert re.findall(r'<td class="best">([\d.]+)</td>', ranking) == ["0.18", "0.06", "0.09"]
+
+
+# --- a real browser -------------------------------------------------------------------------
+
+WIDTH, HEIGHT = 1200, 3000
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("RECSYS_DIST_NO_CHROMIUM") == "1":
+        pytest.skip("RECSYS_DIST_NO_CHROMIUM=1: headless Chromium rendering test skipped")
+    pytest.fail(
+        "the report rendering test needs headless Chromium and none was found "
+        "(chromium, chromium-browser, google-chrome); install it (Debian/Ubuntu: "
+        "apt-get install chromium, which ./dev test does for you) or set "
+        "RECSYS_DIST_NO_CHROMIUM=1 to skip this test"
+    )
+
+
+def _run_chromium(binary: str, profile, *args: str) -> subprocess.CompletedProcess:
+    """Chromium prints dbus/GPU noise on stderr; only its return code counts."""
+    command = [
+        binary,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{command} failed ({done.returncode}):\n{done.stderr[-2000:]}"
+    return done
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """[H, W, C] pixels of an 8-bit RGB/RGBA non-interlaced PNG (all Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and color in (2, 6) and interlace == 0, (depth, color, interlace)
+        elif kind == b"IDAT":
+            idat.append(body)
+    bpp, raw = {2: 3, 6: 4}[color], zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    out, prev = np.zeros((height, stride), dtype=np.int64), np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], np.frombuffer(raw, np.uint8, stride, start + 1).astype(np.int64)
+        if kind == 1:  # Sub: a running sum per channel
+            line = np.cumsum(line.reshape(-1, bpp), axis=0).reshape(-1) & 255
+        elif kind == 2:  # Up
+            line = (line + prev) & 255
+        elif kind in (3, 4):  # Average, Paeth: sequential along the row
+            cur, up = line.tolist(), prev.tolist()
+            for i in range(stride):
+                a = cur[i - bpp] if i >= bpp else 0
+                c = up[i - bpp] if i >= bpp else 0
+                if kind == 3:
+                    cur[i] = (cur[i] + ((a + up[i]) >> 1)) & 255
+                    continue
+                p = a + up[i] - c
+                pa, pb, pc = abs(p - a), abs(p - up[i]), abs(p - c)
+                cur[i] = (cur[i] + (a if pa <= pb and pa <= pc else up[i] if pb <= pc else c)) & 255
+            line = np.array(cur, dtype=np.int64)
+        out[y], prev = line, line
+    return out.reshape(height, width, bpp).astype(np.uint8)
+
+
+def _pixels_near(pixels: np.ndarray, hex_color: str, tolerance: int = 3) -> int:
+    rgb = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels[..., :3].astype(int) - rgb) <= tolerance).all(axis=-1).sum())
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    binary = _chromium()
+    page = render_report(make_report_data())
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    screenshot = tmp_path / "report.png"
+    started = time.monotonic()
+    _run_chromium(
+        binary,
+        tmp_path / "profile-shot",
+        f"--window-size={WIDTH},{HEIGHT}",
+        f"--screenshot={screenshot}",
+        report.as_uri(),
+    )
+    dom = _run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", report.as_uri()).stdout
+    assert time.monotonic() - started < 30
+
+    data = screenshot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (WIDTH, HEIGHT)
+    pixels = decode_png(data)
+    assert pixels.shape[:2] == (HEIGHT, WIDTH)
+    rows_with_content = int((pixels != pixels[:, :1]).any(axis=(1, 2)).sum())
+    assert rows_with_content > HEIGHT // 4, f"page looks blank: {rows_with_content} rows drawn"
+    # the stacked areas are solid fills in the first palette colours: big patches of each
+    for color in PALETTE[:4]:
+        assert _pixels_near(pixels, color) > 2000, f"{color} barely drawn"
+
+    # the DOM Chromium built holds every chart, and the hostile user id stayed text
+    assert dom.count('<svg class="chart stacked-area"') == 3
+    assert dom.count('<path class="area"') == page.count('<path class="area"') == 15
+    assert dom.count('class="chart line-chart"') == 4 and "<script" not in dom
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
