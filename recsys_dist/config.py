@@ -167,7 +167,7 @@ class InterestConfig:
     clusters: int = 20  # embedding clusters for items without catalogue categories
     recent_windows: int = 1  # drift: the recent profile covers the last this many windows
     min_segment: int = 5  # change points: fewest events on either side of one
-    penalty: float = 1.0  # change points: multiple of (groups seen - 1) * ln(events) to beat
+    false_alarm_rate: float = 0.1  # change points: at most this chance to cut a steady user
     max_change_points: int = 3  # per user
     future_events: int = 10  # evaluation: size of the held-out future window
     min_future_events: int = 3  # evaluation: users with fewer future events are left out
@@ -183,8 +183,10 @@ class InterestConfig:
         _check_positive("interests.batch_size", self.batch_size)
         if self.blend != -1.0 and not 0.0 <= self.blend <= 1.0:
             raise ConfigError("interests.blend must be in [0, 1], or -1 to fit it")
-        if self.half_life < 0 or self.penalty < 0:
-            raise ConfigError("interests.half_life and interests.penalty must be >= 0")
+        if self.half_life < 0:
+            raise ConfigError("interests.half_life must be >= 0")
+        if not 0 < self.false_alarm_rate < 1:
+            raise ConfigError("interests.false_alarm_rate must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ STAGE = {
     "evaluation": 4,
     "train": 5,
     "inference": 5,
+    "interests": 6,
+    "report": 8,
     "cli": 9,
 }
 FORBIDDEN = {
@@ -23,6 +25,8 @@ FORBIDDEN = {
     "data": {"deepspeed", "torch"},
     "inference": {"deepspeed"},
     "evaluation": {"deepspeed"},
+    "interests": {"deepspeed"},
+    "report": {"deepspeed", "ray", "torch"},
 }
 
 

@@ -5,10 +5,11 @@
 * **Change points** are found by binary segmentation of the event sequence with the
   multinomial likelihood-ratio statistic: splitting events ``[lo, hi)`` at ``t`` gains
   ``2 * sum_side sum_g n_side,g * ln(p_side,g / p_g)`` in log-likelihood over one profile for
-  the whole segment. A split is kept when that gain beats a BIC-style penalty,
-  ``penalty * (groups seen - 1) * ln(events)``, so long histories need proportionally more
-  evidence and a user who just browses widely is not cut up. Each side keeps at least
-  ``min_segment`` events.
+  the whole segment. Without a change the gain at one position is about chi-square with
+  ``groups seen - 1`` degrees of freedom; a split is kept when the best gain beats a tail bound
+  of that distribution taken over every candidate position, so a stationary user is cut with
+  probability about ``interests.false_alarm_rate`` whatever their length or breadth. Each side
+  keeps at least ``min_segment`` events.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class ChangePoint:
 
     index: int
     timestamp: int
-    score: float  # likelihood-ratio gain over the penalty's scale (gain / penalty)
+    score: float  # likelihood-ratio gain over the threshold it had to beat (> 1)
     divergence: float  # JS divergence between the profiles before and after
     rose: list[tuple[int, float, float]]  # (group, share before, share after), largest rise first
     fell: list[tuple[int, float, float]]
@@ -81,11 +82,19 @@ def _best_split(
     left = cumulative[t] - cumulative[lo]  # [T, G]
     right = total - left
     gain = 2 * (_log_likelihood(left) + _log_likelihood(right) - _log_likelihood(total[None]))
-    penalty = config.penalty * (seen - 1) * np.log(hi - lo)
+    penalty = threshold(seen - 1, len(t), config.false_alarm_rate)
     best = int(np.argmax(gain))
-    if penalty <= 0 or gain[best] <= penalty:
+    if gain[best] <= penalty:
         return None
     return int(t[best]), float(gain[best] / penalty)
+
+
+def threshold(dof: int, positions: int, false_alarm_rate: float) -> float:
+    """The gain a split must beat: chi-square(``dof``) exceeds ``dof + 2 sqrt(dof x) + 2x``
+    with probability at most ``exp(-x)`` (Laurent & Massart, 2000); ``x = ln(positions /
+    rate)`` bounds the chance that *any* of the candidate positions passes by ``rate``."""
+    x = np.log(positions / false_alarm_rate)
+    return float(dof + 2 * np.sqrt(dof * x) + 2 * x)
 
 
 def _log_likelihood(counts: np.ndarray) -> np.ndarray:

@@ -121,6 +121,24 @@ def test_generate_prepare_train_evaluate_recommend(ray_session, tmp_path, capsys
         )
         assert not seen & {r["item_id"] for r in mine}  # seen items excluded by default
 
+    interests = run_cli(
+        capsys, "interests", "--run", str(run), "--output", str(tmp_path / "int"), "--json"
+    )
+    check_interests(interests, raw, tmp_path / "int", users=400)
+    some = run_cli(
+        capsys,
+        "interests",
+        "--run",
+        str(run),
+        "--users",
+        *users.to_pylist(),
+        "--output",
+        str(tmp_path / "two"),
+        "--json",
+    )
+    assert "evaluation" not in some  # the run's fitted forecast (RUN/interests.json) is reused
+    assert some["analysis"]["users"] == 2
+
 
 def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     events = tmp_path / "raw" / schema.EVENTS_DIR
@@ -172,3 +190,30 @@ def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path
     again = ["prepare", "--data", str(tmp_path / "day=2"), "--output", prepared, "--append"]
     assert cli.main(again) == 2
     assert "already prepared" in capsys.readouterr().err
+
+
+def check_interests(result: dict, raw, out, users: int) -> None:
+    """Forecast evaluated against the three baselines; every user analysed; drifting users
+    (the generator's ground truth) drift more than stable ones."""
+    import numpy as np
+
+    from recsys_dist.data import synthetic
+
+    methods = result["evaluation"]["methods"]
+    assert set(methods) == {"forecast", "model_only", "last_window", "long_term", "decayed"}
+    assert all(0 <= m["js"] <= 1 and 0 <= m["top_accuracy"] <= 1 for m in methods.values())
+    assert methods["forecast"]["js"] <= min(methods["model_only"]["js"], methods["decayed"]["js"])
+    assert result["analysis"]["users"] == users
+    groups = json.loads((out / "groups.json").read_text())["groups"]
+    assert groups and all(g.startswith("cat-") for g in groups)
+    table = pq.read_table(out / "interests.parquet").to_pandas().set_index(schema.USER_ID)
+    assert len(table) == users
+    for row in table.itertuples():
+        profiles = np.stack(row.profiles)
+        assert profiles.shape == (len(row.window_starts), len(groups))
+        assert np.allclose(profiles.sum(axis=1), 1, atol=1e-4)
+        assert abs(sum(row.forecast) - 1) < 1e-4 and row.forecast_top_group in groups
+        assert sum(row.window_counts) == row.events
+    truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
+    drift = table["drift"].groupby(truth[synthetic.DRIFT_KIND]).mean()
+    assert drift["abrupt"] > 1.5 * drift["stable"], drift
