@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import ray
 
-    from recsys_dist.inference.app import use_haproxy_ingress
+    from recsys_dist.serving.app import use_haproxy_ingress
 
     if args.ingress == "haproxy":
         use_haproxy_ingress()
@@ -129,7 +129,7 @@ def _train(raw: Path, out: Path) -> tuple[Path, list[str]]:
 
 
 def _start(run_dir: Path, deployment: dict, redis_url: str | None = None) -> str:
-    from recsys_dist.inference.app import run_service
+    from recsys_dist.serving.app import run_service
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

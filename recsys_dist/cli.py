@@ -330,7 +330,7 @@ def _run_score(args):
 
 
 def _run_serve(args):
-    from recsys_dist.inference.app import run_service, use_haproxy_ingress
+    from recsys_dist.serving.app import run_service, use_haproxy_ingress
 
     config = _config(args)
     use_haproxy_ingress()  # effective when init_ray starts a local Ray

@@ -131,7 +131,7 @@ def ray_session(s3_endpoint):
     """
     import ray
 
-    from recsys_dist.inference.app import use_haproxy_ingress
+    from recsys_dist.serving.app import use_haproxy_ingress
 
     use_haproxy_ingress()  # the serving tests run the ingress `recsys-dist serve` ships
     # A stopped replica stays reachable this long so load balancers can deregister it (30 s by

@@ -171,7 +171,7 @@ def test_serve_config_is_a_valid_serve_deploy_config():
 
 def test_every_serving_node_starts_ray_with_the_haproxy_ingress():
     """Serve reads the ingress choice when Ray starts: each node's start must carry it."""
-    from recsys_dist.inference.app import HAPROXY_INGRESS_ENV
+    from recsys_dist.serving.app import HAPROXY_INGRESS_ENV
 
     ((name, value),) = HAPROXY_INGRESS_ENV.items()
     vm = documents(ROOT / "cluster" / "ray-cluster.yaml")[0]

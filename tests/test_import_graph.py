@@ -17,6 +17,7 @@ STAGE = {
     "train": 5,
     "inference": 5,
     "interests": 6,
+    "serving": 7,
     "report": 8,
     "cli": 9,
 }
@@ -26,6 +27,7 @@ FORBIDDEN = {
     "inference": {"deepspeed"},
     "evaluation": {"deepspeed"},
     "interests": {"deepspeed"},
+    "serving": {"deepspeed"},
     "report": {"deepspeed", "ray", "torch"},
 }
 

@@ -21,7 +21,7 @@ from recsys_dist import schema
 from recsys_dist.config import ServeConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
 from recsys_dist.data.synthetic import generate_dataset
-from recsys_dist.inference import app
+from recsys_dist.serving import app
 from recsys_dist.train.trainer import train
 
 pytestmark = pytest.mark.slow

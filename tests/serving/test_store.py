@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from recsys_dist.inference.store import ActorStore, Event, History, UserStore, merge_events
+from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
 ODD_IDS = ["a|b", "with space", "naïve ☕ 商品", "12:34:x", ":", "", "line\nbreak", '{"json": 1}']
 
@@ -39,7 +39,7 @@ class Backend:
         if self.kind == "embedded":
             yield ActorStore(max_history, name=self.name)
             return
-        from recsys_dist.inference.redis_store import RedisStore
+        from recsys_dist.serving.redis_store import RedisStore
 
         store = RedisStore(self.redis_url, max_history, prefix=self.name)
         try:
@@ -332,7 +332,7 @@ def test_a_new_replica_sees_earlier_writes(store):
 
 
 def test_redis_prefixes_are_independent(redis_url):
-    from recsys_dist.inference.redis_store import RedisStore
+    from recsys_dist.serving.redis_store import RedisStore
 
     async def scenario():
         one, two = (f"test_{uuid.uuid4().hex[:12]}" for _ in range(2))
@@ -355,7 +355,7 @@ def test_redis_prefixes_are_independent(redis_url):
 
 
 def test_redis_rejects_timestamps_lua_cannot_compare_exactly(redis_url):
-    from recsys_dist.inference.redis_store import RedisStore
+    from recsys_dist.serving.redis_store import RedisStore
 
     async def scenario():
         s = RedisStore(redis_url, 5, prefix=f"test_{uuid.uuid4().hex[:12]}")

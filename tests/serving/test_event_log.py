@@ -15,9 +15,9 @@ import ray
 
 from recsys_dist import schema, storage
 from recsys_dist.data.events import event_files
-from recsys_dist.inference import event_log
-from recsys_dist.inference.event_log import EventLog, encode_record, event_log_actor, read_segment
-from recsys_dist.inference.store import STORE_NAMESPACE, Event
+from recsys_dist.serving import event_log
+from recsys_dist.serving.event_log import EventLog, encode_record, event_log_actor, read_segment
+from recsys_dist.serving.store import STORE_NAMESPACE, Event
 
 HOUR = 3600.0  # flush_seconds that never fires within a test
 

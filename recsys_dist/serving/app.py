@@ -40,9 +40,9 @@ from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_ca
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.evaluate import prepared_dir_of
-from recsys_dist.inference.event_log import event_log_actor
 from recsys_dist.inference.predictor import Recommender
-from recsys_dist.inference.store import ActorStore, Event, History, UserStore, merge_events
+from recsys_dist.serving.event_log import event_log_actor
+from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _query_times(queries: list[_Query]) -> np.ndarray:
 
 def make_store(settings: ServeConfig) -> UserStore:
     if settings.store == "redis":
-        from recsys_dist.inference.redis_store import RedisStore
+        from recsys_dist.serving.redis_store import RedisStore
 
         return RedisStore(settings.redis_url, settings.max_history, prefix=settings.instance)
     return ActorStore(settings.max_history, name=f"{settings.instance}_user_store")

@@ -5,7 +5,7 @@ crashes or is scaled away loses nothing. Two backends share one contract (tested
 
 * :class:`ActorStore`, the embedded default: a named, detached Ray actor holding histories in
   memory, seeded from a prepared dataset. It outlives every replica (but not its own node).
-* ``RedisStore`` (:mod:`recsys_dist.inference.redis_store`): histories in a Redis server,
+* ``RedisStore`` (:mod:`recsys_dist.serving.redis_store`): histories in a Redis server,
   surviving restarts of the whole Ray cluster.
 
 Histories hold raw item ids, so items the model does not know yet are kept for the next

@@ -47,7 +47,7 @@ import pyarrow as pa
 import ray
 
 from recsys_dist import schema, storage
-from recsys_dist.inference.store import STORE_NAMESPACE, Event
+from recsys_dist.serving.store import STORE_NAMESPACE, Event
 
 logger = logging.getLogger(__name__)
 

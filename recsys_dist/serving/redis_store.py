@@ -1,7 +1,7 @@
 """The Redis backend of the online store: every user's history in one Redis server.
 
 All replicas (and every later deployment) share the same server, so histories survive restarts
-of the whole Ray cluster; the embedded :class:`~recsys_dist.inference.store.ActorStore` does not.
+of the whole Ray cluster; the embedded :class:`~recsys_dist.serving.store.ActorStore` does not.
 Whether Redis itself keeps them across its own restarts (AOF, RDB snapshots, both or neither) is
 the operator's choice, made in the server's configuration, not here.
 
@@ -15,7 +15,7 @@ Layout, all under ``prefix`` (the service's ``instance`` name, so services can s
 
 Appends run as one Lua script per call: Redis runs a script atomically, so concurrent appends
 from any number of replicas never lose or misorder events, and one call is one round trip. The
-script applies :func:`~recsys_dist.inference.store.merge_events`'s rule. A single server (or a
+script applies :func:`~recsys_dist.serving.store.merge_events`'s rule. A single server (or a
 primary with replicas / Sentinel) is assumed: the script touches several users' keys, which Redis
 Cluster would reject unless they shared a hash slot.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from recsys_dist.inference.store import Event, History, UserStore, merge_events
+from recsys_dist.serving.store import Event, History, UserStore, merge_events
 
 logger = logging.getLogger(__name__)
 
