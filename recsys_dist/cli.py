@@ -335,7 +335,9 @@ def _run_serve(args):
     config = _config(args)
     use_haproxy_ingress()  # effective when init_ray starts a local Ray
     init_ray(args.address, min_cpus=2)
-    url = run_service(args.run, config.serve, args.host, args.port, args.model)
+    url = run_service(
+        args.run, config.serve, args.host, args.port, args.model, interests=config.interests
+    )
     print(json.dumps({"url": url, "docs": f"{url}/docs"}) if args.json else f"serving on {url}")
     sys.stdout.flush()
     _wait_for_interrupt()

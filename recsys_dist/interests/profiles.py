@@ -1,7 +1,8 @@
 """Interest profiles: a user's distribution over interest groups, overall and over time.
 
-A window is either a number of consecutive events or a calendar period (UTC day, ISO week or
-month, ``window_size`` of them); the sequence of window profiles is the user's *trajectory*.
+A window is either a number of consecutive events, counted back from the newest event so the
+current window is always full, or a calendar period (UTC day, ISO week or month,
+``window_size`` of them); the sequence of window profiles is the user's *trajectory*.
 Pure numpy on one user's ``[E, G]`` event weights (:meth:`InterestGroups.of_events`), so
 offline analysis, the report and the online endpoint share it.
 """
@@ -30,8 +31,8 @@ class Trajectory:
 def window_ids(timestamps: np.ndarray, config: InterestConfig) -> np.ndarray:
     """The window of each event: non-decreasing ints (gaps where calendar windows are empty)."""
     times = np.asarray(timestamps, np.int64)
-    if config.window == "events":
-        period = np.arange(len(times))
+    if config.window == "events":  # counted back from the newest: the last window is full
+        period = np.arange(len(times)) + (-len(times)) % config.window_size
     elif config.window == "day":
         period = times // DAY_S
     elif config.window == "week":

@@ -35,12 +35,14 @@ from ray import serve
 
 from recsys_dist import schema, storage
 from recsys_dist.checkpoint import MODEL_DIR
-from recsys_dist.config import ServeConfig, config_from_dict
+from recsys_dist.config import InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.evaluate import prepared_dir_of
 from recsys_dist.inference.predictor import Recommender
+from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
+from recsys_dist.interests.offline import as_row
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
@@ -116,6 +118,38 @@ class HistoryResponse(BaseModel):
     items: list[HistoryEvent]
 
 
+class MovedGroup(BaseModel):
+    group: str
+    before: float = Field(description="share of the group before the change")
+    after: float
+
+
+class ChangePointOut(BaseModel):
+    index: int = Field(description="the first event (in the history) of the new regime")
+    timestamp: int
+    score: float = Field(description="likelihood-ratio gain over the threshold it beat")
+    divergence: float = Field(description="JS divergence between the profiles either side")
+    rose: list[MovedGroup]
+    fell: list[MovedGroup]
+
+
+class InterestsResponse(BaseModel):
+    user_id: str
+    model_version: str
+    groups: list[str] = Field(description="interest groups, the column order of every profile")
+    events: int
+    unknown_items: int = Field(description="events whose item the model does not know")
+    window_starts: list[int] = Field(description="the trajectory: first event time per window")
+    window_counts: list[int]
+    profiles: list[list[float]] = Field(description="group shares per window")
+    current: list[float] = Field(description="profile of the recent windows")
+    top_group: str | None
+    drift: float = Field(description="JS divergence (bits), recent vs long-term profile")
+    change_points: list[ChangePointOut]
+    forecast: list[float] | None = Field(description="predicted profile of the next window")
+    forecast_top_group: str | None
+
+
 class BodyLimit:
     """413 before reading a body whose ``Content-Length`` is over ``app.state.max_body_bytes``
     (the server holds the body to that length). Plain ASGI: Starlette's ``BaseHTTPMiddleware``
@@ -169,11 +203,19 @@ def make_store(settings: ServeConfig) -> UserStore:
 
 
 def load_categories(settings: ServeConfig, run_dir: str) -> dict[str, list[str]] | None:
-    """Item ids per catalogue category, from ``serve.items_dir`` or the run's own data (the
+    """Each item's catalogue categories, from ``serve.items_dir`` or the run's own data (the
     ``items/`` beside the events the run was prepared from); ``None`` when there is none."""
-    prepared = prepared_dir_of(run_dir)
-    categories = read_categories(settings.items_dir or catalogue_dir(prepared))
-    return items_by_category(categories) if categories is not None else None
+    return read_categories(settings.items_dir or catalogue_dir(prepared_dir_of(run_dir)))
+
+
+def analyse_history(analyzer: InterestAnalyzer, user_id: str, history: History) -> dict:
+    """One user's interests from their online history (raw ids; unknown items counted)."""
+    indices = analyzer.recommender.vocab.lookup(history.item_ids)
+    known = indices >= schema.NUM_SPECIAL_TOKENS
+    times = np.asarray(history.timestamps, np.int64)[known]
+    (found,) = analyzer.analyse([user_id], [indices[known]], [times])
+    row = as_row(found, analyzer.groups.names, int((~known).sum()))
+    return {**row, "groups": list(analyzer.groups.names)}
 
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
@@ -206,8 +248,11 @@ def default_wal_dir() -> str:
 class RecommenderService:
     """The ingress and the model in one replica: one hop per request, one model copy each."""
 
-    def __init__(self, settings: dict[str, Any], run_dir: str) -> None:
+    def __init__(
+        self, settings: dict[str, Any], run_dir: str, interests: dict[str, Any] | None = None
+    ) -> None:
         self.settings = ServeConfig(**settings)
+        self.interest_config = InterestConfig(**(interests or {}))
         self.run_dir = run_dir
         api.state.max_body_bytes = self.settings.max_body_bytes
         self.store = make_store(self.settings)
@@ -219,7 +264,9 @@ class RecommenderService:
             name=f"{self.settings.instance}_event_log",
         )
         self.recommender: Recommender | None = None
-        self.items_in = load_categories(self.settings, run_dir)  # category -> item ids
+        self.analyzer: InterestAnalyzer | None = None
+        self.categories = load_categories(self.settings, run_dir)  # item -> its categories
+        self.items_in = items_by_category(self.categories) if self.categories else None
         # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
@@ -230,6 +277,8 @@ class RecommenderService:
         """Load the model named in ``user_config``: a new model without a redeploy."""
         model_dir = user_config.get("model_dir") or storage.join(self.run_dir, MODEL_DIR)
         loaded = Recommender(model_dir)
+        calibration = Calibration.of_run(self.run_dir, self.interest_config)
+        self.analyzer = InterestAnalyzer(loaded, self.categories, self.interest_config, calibration)
         self.recommender = loaded  # requests in flight finish on the model they started with
         logger.info("serving model %s from %s", loaded.model_version, model_dir)
 
@@ -266,6 +315,19 @@ class RecommenderService:
                 for i, t in zip(found.item_ids, found.timestamps, strict=True)
             ],
         )
+
+    @api.get("/v1/users/{user_id}/interests", response_model=InterestsResponse)
+    async def interests(self, user_id: str) -> dict[str, Any]:
+        """Trajectory, current profile, drift, change points and forecast, from the user's
+        online history: events posted a moment ago count."""
+        found = await self.store.get(user_id)
+        if found is None:
+            raise HTTPException(404, f"user {user_id!r} has no history")
+        analyzer = self.analyzer
+        if analyzer is None:
+            raise HTTPException(503, "no model loaded yet")
+        row = await asyncio.to_thread(analyse_history, analyzer, user_id, found)
+        return {**row, "model_version": analyzer.recommender.model_version}
 
     @api.post("/v1/events", response_model=EventsResponse)
     async def events(self, body: EventsRequest) -> EventsResponse:
@@ -412,6 +474,7 @@ def run_service(
     port: int = 8000,
     model_dir: str | None = None,
     deployment: dict[str, Any] | None = None,
+    interests: InterestConfig | None = None,
 ) -> str:
     """Start the service on this Ray cluster (``recsys-dist serve``); returns its base URL.
 
@@ -423,15 +486,19 @@ def run_service(
     seed_store(settings, run_dir)
     model = {"model_dir": model_dir or storage.join(run_dir, MODEL_DIR)}
     options = {"user_config": model, **(deployment or {})}
-    app = RecommenderService.options(**options).bind(asdict(settings), run_dir)
+    interest_settings = asdict(interests or InterestConfig())
+    app = RecommenderService.options(**options).bind(asdict(settings), run_dir, interest_settings)
     serve.run(app, name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application builder ``serve deploy``/``serve run`` call with the config's ``args``:
-    ``run`` (the run directory) and optional ``serve`` settings (``ServeConfig`` fields, checked
-    like every config). An empty store is seeded from the run's prepared users first."""
-    config = config_from_dict({"serve": args.get("serve") or {}})
+    ``run`` (the run directory) and optional ``serve`` and ``interests`` settings (fields of
+    ``ServeConfig`` and ``InterestConfig``, checked like every config). An empty store is
+    seeded from the run's prepared users first."""
+    config = config_from_dict(
+        {"serve": args.get("serve") or {}, "interests": args.get("interests") or {}}
+    )
     seed_store(config.serve, args["run"])
-    return RecommenderService.bind(asdict(config.serve), args["run"])
+    return RecommenderService.bind(asdict(config.serve), args["run"], asdict(config.interests))

@@ -136,6 +136,7 @@ def test_events_move_recommendations_to_the_new_interest(trained, service):
     target = min(share, key=share.get)  # the category the user is least recommended now
     seen = set(events[events.user_id == user].item_id)
     new_items = sorted(i for i, c in categories.items() if c == target and i not in seen)[:10]
+    interests_before = httpx.get(f"{url}/v1/users/{user}/interests").json()
     posted = [
         {"user_id": user, "item_id": item, "timestamp": last + 60 * (n + 1), "event_type": "view"}
         for n, item in enumerate(new_items)
@@ -147,6 +148,16 @@ def test_events_move_recommendations_to_the_new_interest(trained, service):
     after = recommend(url, user_id=user, k=20)
     after_share = sum(categories[i["item_id"]] == target for i in after["items"])
     assert after_share >= share[target] + 4, (share, after_share)
+    # The interest view follows at once: the last window is the posted events.
+    interests = httpx.get(f"{url}/v1/users/{user}/interests").json()
+    column = interests["groups"].index(target)
+    assert interests["events"] == interests_before["events"] + len(posted)
+    assert interests["window_starts"][-1] == posted[0]["timestamp"]  # the last 10 events
+    assert interests["current"][column] >= 0.5 > interests_before["current"][column]
+    assert interests["drift"] > interests_before["drift"]
+    assert interests["forecast"][column] > interests_before["forecast"][column]
+    assert abs(sum(interests["forecast"]) - 1) < 1e-5 and interests["model_version"]
+    assert httpx.get(f"{url}/v1/users/nobody-at-all/interests").status_code == 404
 
 
 def test_bad_requests_get_the_right_status(service):

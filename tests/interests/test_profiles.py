@@ -18,9 +18,9 @@ DAY = 86_400
 MONDAY = 1_704_067_200  # 2024-01-01 00:00 UTC, a Monday
 
 
-def test_event_windows_cut_every_n_events():
+def test_event_windows_cut_every_n_events_back_from_the_newest():
     ids = window_ids(np.arange(23), InterestConfig(window="events", window_size=10))
-    assert ids.tolist() == [0] * 10 + [1] * 10 + [2] * 3
+    assert ids.tolist() == [0] * 3 + [1] * 10 + [2] * 10
 
 
 @pytest.mark.parametrize(
