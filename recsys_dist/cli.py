@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_score,
         _add_serve,
         _add_interests,
+        _add_report,
     ):
         sub = add(commands)
         sub.add_argument("--json", action="store_true", help="print one JSON object")
@@ -395,6 +396,32 @@ def _run_interests(args):
     if args.output:
         result["analysis"] = asdict(analyse_users(args.run, data, args.output, config, args.users))
     return result
+
+
+def _add_report(commands):
+    sub = commands.add_parser(
+        "report", help="one self-contained HTML page: training, metrics, interest trajectories"
+    )
+    sub.add_argument("--run", required=True)
+    sub.add_argument("--data", help="prepared dataset (default: the run's)")
+    sub.add_argument("--output", required=True, help="the HTML file to write")
+    sub.add_argument("--users", type=int, default=6, help="users drawn in detail")
+    _add_config_args(sub)
+    sub.set_defaults(handler=_run_report)
+    return sub
+
+
+def _run_report(args):
+    from recsys_dist import storage
+    from recsys_dist.report.collect import collect_report
+    from recsys_dist.report.html import render_report
+
+    config = _config(args)
+    init_ray(args.address)
+    data = collect_report(args.run, config, args.data, args.users)
+    page = render_report(data)
+    storage.write_text(args.output, page)
+    return {"output": args.output, "bytes": len(page.encode()), "users": len(data.users)}
 
 
 def _print_result(result: Any, args) -> None:

@@ -139,6 +139,14 @@ def test_generate_prepare_train_evaluate_recommend(ray_session, tmp_path, capsys
     assert "evaluation" not in some  # the run's fitted forecast (RUN/interests.json) is reused
     assert some["analysis"]["users"] == 2
 
+    page = tmp_path / "report.html"
+    report = run_cli(capsys, "report", "--run", str(run), "--output", str(page), "--json")
+    assert report["users"] == 6 and page.stat().st_size == report["bytes"]
+    html = page.read_text()
+    for section in ("training", "metrics", "users", "drift"):
+        assert f'<section id="{section}"' in html, section
+    assert html.count('<article class="user">') == 6 and "forecast" in html
+
 
 def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     events = tmp_path / "raw" / schema.EVENTS_DIR

@@ -153,9 +153,14 @@ def test_events_move_recommendations_to_the_new_interest(trained, service):
     column = interests["groups"].index(target)
     assert interests["events"] == interests_before["events"] + len(posted)
     assert interests["window_starts"][-1] == posted[0]["timestamp"]  # the last 10 events
-    assert interests["current"][column] >= 0.5 > interests_before["current"][column]
-    assert interests["drift"] > interests_before["drift"]
-    assert interests["forecast"][column] > interests_before["forecast"][column]
+    moved = {
+        key: (interests_before[key][column], interests[key][column])
+        for key in ("current", "forecast")
+    }
+    drift = (interests_before["drift"], interests["drift"])
+    assert moved["current"][1] >= 0.5 > moved["current"][0], (moved, drift)
+    assert drift[1] > drift[0], (moved, drift)
+    assert moved["forecast"][1] > moved["forecast"][0], (moved, drift)
     assert abs(sum(interests["forecast"]) - 1) < 1e-5 and interests["model_version"]
     assert httpx.get(f"{url}/v1/users/nobody-at-all/interests").status_code == 404
 
