@@ -43,7 +43,8 @@ from recsys_dist.train.trainer import train  # noqa: E402
 
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 TIME_SPLIT = ["data.split=time", "train.workers=2"]
-GENERATED = dict(users=3000, items=1000, categories=20, seed=0)
+# Users start within 60 days, so most timelines cross the time split's cuts.
+GENERATED = dict(users=3000, items=1000, categories=20, seed=0, start_days=60)
 
 
 def main(argv: list[str] | None = None) -> int:

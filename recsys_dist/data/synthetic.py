@@ -151,6 +151,7 @@ def generate_dataset(
     seed: int = 0,
     events_per_user: tuple[int, int] = (20, 80),
     users_per_shard: int = 50_000,
+    start_days: int = 365,
     *,
     overwrite: bool = False,
 ) -> GenerateSummary:
@@ -165,6 +166,8 @@ def generate_dataset(
         users, items, categories: sizes; ``items >= categories >= 2``.
         seed: output is a pure function of all arguments.
         events_per_user: inclusive range of events per user, drawn uniformly.
+        start_days: users start uniformly within this many days of 2023-01-01 (a short span
+            puts most users' timelines across a global time split's cuts).
         users_per_shard: users per Ray task and per ``events/part-NNNNN.parquet``.
         overwrite: replace the parts of an earlier run instead of refusing.
     """
@@ -176,7 +179,8 @@ def generate_dataset(
     _write_items(storage.join(root, schema.ITEMS_DIR), catalogue)
     starts = range(0, users, users_per_shard)
     shards = [(i, lo, min(lo + users_per_shard, users)) for i, lo in enumerate(starts)]
-    events = _run_shards(storage.absolute(root), shards, catalogue, seed, events_per_user)
+    lengths = (events_per_user, start_days * 86_400)
+    events = _run_shards(storage.absolute(root), shards, catalogue, seed, lengths)
     summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
     logger.info("generated %s", summary)
     return summary
@@ -220,9 +224,10 @@ def _run_shards(
     shards: list[tuple[int, int, int]],
     catalogue: Catalogue,
     seed: int,
-    events_per_user: tuple[int, int],
+    lengths: tuple[tuple[int, int], int],
 ) -> int:
-    """Run shard tasks with bounded concurrency; returns the number of events written."""
+    """Run shard tasks with bounded concurrency; returns the number of events written.
+    ``lengths``: events per user (low, high) and the span of start times in seconds."""
     import ray
 
     from recsys_dist.data.parallel import map_tasks
@@ -230,7 +235,7 @@ def _run_shards(
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
     catalogue_ref = ray.put(catalogue)
-    calls = [(root, *shard, catalogue_ref, seed, events_per_user) for shard in shards]
+    calls = [(root, *shard, catalogue_ref, seed, lengths) for shard in shards]
     return sum(map_tasks(_generate_shard, calls, desc="generate", unit="shard"))
 
 
@@ -252,7 +257,9 @@ class _Users:
         return _Users(*(getattr(self, f)[lo:hi] for f in self.__dataclass_fields__))
 
 
-def _draw_users(rng: np.random.Generator, lo: int, hi: int, categories: int, lengths) -> _Users:
+def _draw_users(
+    rng: np.random.Generator, lo: int, hi: int, categories: int, lengths, start_spread_s: int
+) -> _Users:
     n = hi - lo
     length = rng.integers(lengths[0], lengths[1] + 1, n)
     kind = rng.integers(0, len(DRIFT_KINDS), n)
@@ -261,7 +268,7 @@ def _draw_users(rng: np.random.Generator, lo: int, hi: int, categories: int, len
     b = picks[:, [1, 3 % picks.shape[1]]]
     share = np.where(rng.random((n, 2)) < TWO_CATEGORY_PROB, FIRST_CATEGORY_SHARE, 1.0)
     switch = rng.uniform(0.3, 0.7, n)
-    start = FIRST_DAY + rng.integers(0, YEAR_S, n)
+    start = FIRST_DAY + rng.integers(0, start_spread_s, n)
     ids = np.arange(lo, hi)
     return _Users(ids, length, kind, a, b, share[:, 0], share[:, 1], switch, start)
 
@@ -284,11 +291,12 @@ def _generate_shard(
     hi: int,
     catalogue: Catalogue,
     seed: int,
-    events_per_user: tuple[int, int],
+    lengths: tuple[tuple[int, int], int],
 ) -> int:
     """Generate users ``[lo, hi)`` into ``events/part-{shard}``; returns events written."""
     rng = np.random.default_rng([seed, 1, shard])
-    users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user)
+    events_per_user, start_spread_s = lengths
+    users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user, start_spread_s)
     truth = []  # ground truth per block of users
     item_names = pa.array([f"i{k}" for k in range(len(catalogue.primary))])
     events_path = storage.join(root, schema.EVENTS_DIR, f"part-{shard:05d}.parquet")

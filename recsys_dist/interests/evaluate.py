@@ -111,7 +111,6 @@ def evaluate_interests(
     """Fit the forecast's blend and the decay on the validation future, report on the test
     future; the fitted calibration is saved as ``RUN/interests.json`` (``save``)."""
     valid = _mean_scores(run_dir, prepared_dir, config, schema.VALID_SPLIT)
-    test = _mean_scores(run_dir, prepared_dir, config, schema.TEST_SPLIT)
     names = candidates()
     pick = {name: i for i, name in enumerate(names)}
     decays = [pick[f"decayed:{h}"] for h in HALF_LIVES]
@@ -128,6 +127,10 @@ def evaluate_interests(
         "long_term": pick["long_term"],
         "decayed": pick[best_decay],
     }
+    baselines = {name: methods[name] for name in ("last_window", "long_term", "decayed")}
+    test = _mean_scores(
+        run_dir, prepared_dir, config, schema.TEST_SPLIT, methods["forecast"], baselines
+    )
     result = {
         "protocol": _protocol(prepared_dir, config),
         "users": {"valid": valid["users"], "test": test["users"]},
@@ -137,6 +140,7 @@ def evaluate_interests(
             name: {JS: float(test[JS][i]), "top_accuracy": float(test[TOP][i])}
             for name, i in methods.items()
         },
+        "forecast_minus_baseline": test["differences"],
         "validation": {
             name: {JS: float(valid[JS][i]), "top_accuracy": float(valid[TOP][i])}
             for name, i in methods.items()
@@ -147,7 +151,18 @@ def evaluate_interests(
     return result
 
 
-def _mean_scores(run_dir, prepared_dir, config: InterestConfig, which: str) -> dict[str, Any]:
+def _mean_scores(
+    run_dir: str,
+    prepared_dir: str,
+    config: InterestConfig,
+    which: str,
+    forecast: int | None = None,
+    baselines: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Mean JS and top-group hit of every candidate over the users of ``which``; with
+    ``forecast`` and ``baselines`` (candidate indices) also the per-user paired differences
+    forecast - baseline, as mean and 95% interval (normal approximation), so "beats" can be
+    told from noise."""
     scored = read_users(prepared_dir).map_batches(
         CandidateScorer,
         fn_constructor_args=(run_dir, prepared_dir, config, which),
@@ -156,14 +171,26 @@ def _mean_scores(run_dir, prepared_dir, config: InterestConfig, which: str) -> d
         concurrency=1,
     )
     sums = {JS: np.zeros(len(candidates())), TOP: np.zeros(len(candidates()))}
+    paired = {(metric, name): np.zeros(2) for metric in (JS, TOP) for name in baselines or {}}
     count = 0
     for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
-        sums[JS] += batch[JS].sum(axis=0)
-        sums[TOP] += batch[TOP].sum(axis=0)
+        for metric in (JS, TOP):
+            sums[metric] += batch[metric].sum(axis=0)
+            for name, index in (baselines or {}).items():
+                difference = batch[metric][:, forecast] - batch[metric][:, index]
+                paired[metric, name] += [difference.sum(), (difference**2).sum()]
         count += len(batch[JS])
     if not count:
         raise ValueError(f"{prepared_dir}: no user has a {which} future window to evaluate")
-    return {JS: sums[JS] / count, TOP: sums[TOP] / count, "users": count}
+    differences: dict[str, dict] = {}
+    for (metric, name), (total, squares) in paired.items():
+        mean = total / count
+        sd = np.sqrt(max(squares / count - mean**2, 0.0) * count / max(count - 1, 1))
+        half = 1.96 * sd / np.sqrt(count)
+        key = "js" if metric == JS else "top_accuracy"
+        differences.setdefault(name, {})[key] = [mean - half, mean, mean + half]
+    means = {JS: sums[JS] / count, TOP: sums[TOP] / count}
+    return {**means, "users": count, "differences": differences}
 
 
 def _protocol(prepared_dir: str, config: InterestConfig) -> str:
