@@ -160,7 +160,8 @@ def test_serve_config_is_a_valid_serve_deploy_config():
     (application,) = deploy.applications
     module, _, builder = application.import_path.partition(":")
     assert callable(getattr(importlib.import_module(module), builder))
-    config_from_dict({"serve": application.args["serve"]})  # unknown keys or bad types raise
+    sections = {name: application.args[name] for name in ("serve", "interests")}
+    config_from_dict(sections)  # unknown keys or bad types raise
     (deployment,) = application.deployments
     assert deployment.name == "recommender" and "model_dir" in deployment.user_config
     assert {"min_replicas", "max_replicas", "target_ongoing_requests"} <= set(
