@@ -106,12 +106,13 @@ class Recommender:
         )
 
     @torch.no_grad()
-    def next_item_probs(
+    def next_item_scores(
         self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray], query_times: np.ndarray
     ) -> torch.Tensor:
-        """``[B, vocab]`` distribution of each history's next item (item *indices* in), with
-        no mass on PAD and MASK: what interest forecasts aggregate by group."""
-        return torch.softmax(self._scores(histories, times, query_times), dim=1)
+        """``[B, vocab]`` next-item logits of each history (item *indices* in), ``-inf`` at PAD
+        and MASK: a softmax of them, at some temperature, is what interest forecasts sum by
+        group."""
+        return self._scores(histories, times, query_times)
 
     def _scores(self, histories, times, query_times: np.ndarray) -> torch.Tensor:
         """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""

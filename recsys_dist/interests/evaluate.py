@@ -36,15 +36,17 @@ from recsys_dist.interests.profiles import decayed_profile, normalise, profile, 
 logger = logging.getLogger(__name__)
 
 HALF_LIVES = (2.0, 5.0, 10.0, 20.0, 50.0)  # events
-BLENDS = tuple(np.round(np.linspace(0, 1, 11), 2))
+BLENDS = tuple(float(b) for b in np.round(np.linspace(0, 1, 11), 2))
+TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
 JS, TOP = "js", "top"
 
 
 def candidates() -> list[str]:
-    """Every profile scored per user: baselines, decays and model blends."""
+    """Every profile scored per user: baselines, decays and model blends
+    (``blend:B:HALF_LIFE:TEMPERATURE``)."""
     names = ["last_window", "long_term"]
     names += [f"decayed:{h}" for h in HALF_LIVES]
-    names += [f"blend:{b}:{h}" for b in BLENDS for h in HALF_LIVES]
+    names += [f"blend:{b}:{h}:{t}" for b in BLENDS for h in HALF_LIVES for t in TEMPERATURES]
     return names
 
 
@@ -86,9 +88,12 @@ class CandidateScorer:
         if not rows:
             return {JS: np.zeros((0, len(candidates()))), TOP: np.zeros((0, len(candidates())))}
         model = self.analyzer.model_profiles(
-            [r[0][: r[2]] for r in rows], [r[1][: r[2]] for r in rows], [r[4] for r in rows]
+            [r[0][: r[2]] for r in rows],
+            [r[1][: r[2]] for r in rows],
+            [r[4] for r in rows],
+            TEMPERATURES,
         )
-        scored = [self._score(row, model[i]) for i, row in enumerate(rows)]
+        scored = [self._score(row, model[:, i]) for i, row in enumerate(rows)]
         return {JS: np.stack([s[0] for s in scored]), TOP: np.stack([s[1] for s in scored])}
 
     def _score(self, row, model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +104,12 @@ class CandidateScorer:
         decayed = {h: decayed_profile(history, h) for h in HALF_LIVES}
         profiles = [trajectory(history, times[:end], self.config).profiles[-1], profile(history)]
         profiles += [decayed[h] for h in HALF_LIVES]
-        profiles += [b * model + (1 - b) * decayed[h] for b in BLENDS for h in HALF_LIVES]
+        profiles += [
+            b * model[k] + (1 - b) * decayed[h]
+            for b in BLENDS
+            for h in HALF_LIVES
+            for k in range(len(TEMPERATURES))
+        ]
         stacked = np.stack(profiles)  # [candidates, G]
         top = np.isclose(actual[stacked.argmax(axis=1)], actual.max())
         return js_divergence(stacked, actual[None]), top.astype(np.float64)
@@ -117,9 +127,10 @@ def evaluate_interests(
     best_decay = names[min(decays, key=lambda i: valid[JS][i])]
     blends = [i for i, name in enumerate(names) if name.startswith("blend:")]
     best_blend = names[min(blends, key=lambda i: valid[JS][i])]
-    _, blend, half_life = best_blend.split(":")
-    calibration = Calibration(float(blend), float(half_life))
-    model_only = pick[f"blend:1.0:{HALF_LIVES[0]}"]
+    _, blend, half_life, temperature = best_blend.split(":")
+    calibration = Calibration(float(blend), float(half_life), float(temperature))
+    alone = [i for i in blends if names[i].startswith("blend:1.0:")]  # temperature still fitted
+    model_only = min(alone, key=lambda i: valid[JS][i])
     methods = {
         "forecast": pick[best_blend],
         "model_only": model_only,

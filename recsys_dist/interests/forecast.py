@@ -1,10 +1,10 @@
 """Forecasts of a user's next interest profile, and the analysis of one user's interests.
 
-The forecast is the model's next-item distribution (a softmax over the whole catalogue)
-summed by interest group, optionally blended with the exponentially decayed profile:
-``blend * model + (1 - blend) * decayed``. ``blend`` and the decay's half-life are fitted on
-validation data (:mod:`recsys_dist.interests.evaluate`) and stored with the run, so the same
-forecast is served offline, in the report and online.
+The forecast is the model's next-item distribution (a softmax over the whole catalogue, at a
+fitted temperature) summed by interest group, optionally blended with the exponentially
+decayed profile: ``blend * model + (1 - blend) * decayed``. ``blend``, the temperature and
+the decay's half-life are fitted on validation data (:mod:`recsys_dist.interests.evaluate`)
+and stored with the run, so the same forecast is served offline, in the report and online.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from recsys_dist import schema, storage
 from recsys_dist.checkpoint import MODEL_DIR
@@ -34,6 +35,7 @@ class Calibration:
 
     blend: float = 1.0
     half_life: float = DEFAULT_HALF_LIFE
+    temperature: float = 1.0  # softmax temperature of the model's next-item scores
 
     @classmethod
     def of_run(cls, run_dir: str, config: InterestConfig) -> Calibration:
@@ -44,7 +46,7 @@ class Calibration:
         calibration = cls(**fitted)
         blend = config.blend if config.blend >= 0 else calibration.blend
         half_life = config.half_life or calibration.half_life
-        return cls(blend, half_life)
+        return cls(blend, half_life, calibration.temperature)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,11 +100,23 @@ class InterestAnalyzer:
         return np.concatenate([np.full(schema.NUM_SPECIAL_TOKENS, -1), known])
 
     def model_profiles(
-        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray], query_times
+        self,
+        histories: Sequence[np.ndarray],
+        times: Sequence[np.ndarray],
+        query_times,
+        temperatures: Sequence[float] = (1.0,),
     ) -> np.ndarray:
-        """``[B, G]`` the model's next-item distribution summed by group."""
-        probs = self.recommender.next_item_probs(histories, times, np.asarray(query_times))
-        return self.groups.aggregate(probs).double().cpu().numpy()
+        """``[T, B, G]`` the model's next-item distribution, at each softmax temperature,
+        summed by group. The temperature (fitted on validation data) sharpens or widens the
+        distribution: a weak model spreads mass over unlikely items, a sharp one bets on the
+        very next event where the window holds several."""
+        scores = self.recommender.next_item_scores(histories, times, np.asarray(query_times))
+        return np.stack(
+            [
+                self.groups.aggregate(torch.softmax(scores / t, dim=1)).double().cpu().numpy()
+                for t in temperatures
+            ]
+        )
 
     def forecast(
         self,
@@ -113,7 +127,7 @@ class InterestAnalyzer:
     ) -> np.ndarray:
         """``[B, G]`` forecasts of the next window (histories: item indices, oldest first)."""
         calibration = calibration or self.calibration
-        model = self.model_profiles(histories, times, query_times)
+        model = self.model_profiles(histories, times, query_times, [calibration.temperature])[0]
         decayed = np.stack(
             [decayed_profile(self.groups.of_events(h), calibration.half_life) for h in histories]
         )

@@ -40,4 +40,4 @@ def test_every_baseline_and_blend_is_a_candidate():
     names = candidates()
     assert {"last_window", "long_term"} <= set(names)
     assert any(n.startswith("decayed:") for n in names)
-    assert "blend:1.0:2.0" in names and "blend:0.0:50.0" in names  # model alone, decay alone
+    assert "blend:1.0:2.0:1.0" in names and "blend:0.0:50.0:2.0" in names  # model, decay alone
