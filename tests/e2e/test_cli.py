@@ -210,7 +210,16 @@ def check_interests(result: dict, raw, out, users: int) -> None:
     methods = result["evaluation"]["methods"]
     assert set(methods) == {"forecast", "model_only", "last_window", "long_term", "decayed"}
     assert all(0 <= m["js"] <= 1 and 0 <= m["top_accuracy"] <= 1 for m in methods.values())
-    assert methods["forecast"]["js"] <= min(methods["model_only"]["js"], methods["decayed"]["js"])
+    from recsys_dist.interests.evaluate import BLENDS, HALF_LIVES, TEMPERATURES
+
+    fitted = result["evaluation"]["calibration"]
+    assert fitted["blend"] in BLENDS and fitted["half_life"] in HALF_LIVES
+    assert fitted["temperature"] in TEMPERATURES
+    for baseline, differences in result["evaluation"]["forecast_minus_baseline"].items():
+        for metric in ("js", "top_accuracy"):  # paired differences agree with the means
+            low, mean, high = differences[metric]
+            gap = methods["forecast"][metric] - methods[baseline][metric]
+            assert low <= mean <= high and abs(mean - gap) < 1e-9, (baseline, metric)
     assert result["analysis"]["users"] == users
     groups = json.loads((out / "groups.json").read_text())["groups"]
     assert groups and all(g.startswith("cat-") for g in groups)
