@@ -1,4 +1,5 @@
-"""The main job: generated drifting log → prepare → 2 DeepSpeed workers → evaluate → recommend.
+"""The main job: generated drifting log → prepare → 2 DeepSpeed workers → evaluate → interests
+→ report → recommend.
 
 Runs on the embedded default (local Ray, local files) in a few minutes on 2 cores::
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             *args.overrides,
         ],
         ["evaluate", "--run", run, "--split", "test"],
+        ["interests", "--run", run, "--output", storage.join(work, "interests"), "--json"],
+        ["report", "--run", run, "--output", storage.join(work, "report.html"), "--json"],
     ]
     if storage.exists(raw):
         steps[0].append("--overwrite")

@@ -151,8 +151,8 @@ def test_two_workers_reach_what_one_worker_reaches(prepared, tmp_path):
     0.543 vs 0.488 with seed 0 (the 2-worker run's data order depends on which rank's block
     arrives first, so the same seed does not repeat it). Over those seven runs the pooled sd
     is ~0.02, a difference of two runs ~0.028; the tolerance, 0.08, is 3 sd of that. The floor
-    of 0.45 is what makes the test fail for 2 workers that learned from half the data or half
-    the batches (epoch 10 of a full run: 0.32-0.40).
+    of 0.45 checks that both runs learned (epoch 10 of a full run: 0.32-0.40); the exact-cover
+    test above checks that the two workers together see every training sequence once.
     """
     prepared_dir, _ = prepared
     common = ["train.epochs=30", "train.eval_every=30", "train.seed=0"]
