@@ -74,16 +74,14 @@ class CandidateScorer:
 
     def __init__(self, run_dir: str, prepared_dir: str, config: InterestConfig, which: str):
         self.analyzer = InterestAnalyzer.for_run(run_dir, prepared_dir, config)
-        self.to_model = self.analyzer.index_map(prepared_dir)
+        self.to_model = self.analyzer.events_of(prepared_dir)
         self.spec = split_spec(load_manifest(prepared_dir))
         self.config, self.which = config, which
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = []
         for items, times in zip(batch[schema.ITEMS], batch[schema.TIMESTAMPS], strict=True):
-            items = self.to_model[np.asarray(items, np.int64)]
-            times = np.asarray(times, np.int64)[items >= 0]
-            items = items[items >= 0]
+            items, times, _ = self.to_model(items, times)
             cut = future_split(items, times, self.spec, self.which, self.config)
             if cut is not None:
                 rows.append((items, times, *cut))

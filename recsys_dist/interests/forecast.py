@@ -64,6 +64,20 @@ class UserInterests:
     forecast: np.ndarray | None  # [G]; None when the model knows none of the user's items
 
 
+@dataclass(frozen=True)
+class ModelEvents:
+    """A user's events in a prepared dataset's item indices → the model's, dropping (and
+    counting) items the model does not know: a dataset prepared after the model (appended
+    data grows its vocabulary) still analyses with it."""
+
+    index: np.ndarray  # data vocabulary index -> model vocabulary index, -1 if unknown
+
+    def __call__(self, items, times) -> tuple[np.ndarray, np.ndarray, int]:
+        mapped = self.index[np.asarray(items, np.int64)]
+        known = mapped >= 0
+        return mapped[known], np.asarray(times, np.int64)[known], int((~known).sum())
+
+
 class InterestAnalyzer:
     """A model, its interest groups and a calibration: analyses batches of users.
 
@@ -92,12 +106,11 @@ class InterestAnalyzer:
         categories = read_categories(catalogue_dir(prepared_dir))
         return cls(recommender, categories, config, Calibration.of_run(run_dir, config))
 
-    def index_map(self, prepared_dir: str) -> np.ndarray:
-        """Data vocabulary index → model vocabulary index (-1: the model does not know it), for
-        a dataset prepared after the model (appended data grows its vocabulary)."""
+    def events_of(self, prepared_dir: str) -> ModelEvents:
+        """Maps ``prepared_dir``'s item indices to this model's (see :class:`ModelEvents`)."""
         data_vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
         known = self.recommender.vocab.to_indices(data_vocab.item_ids)
-        return np.concatenate([np.full(schema.NUM_SPECIAL_TOKENS, -1), known])
+        return ModelEvents(np.concatenate([np.full(schema.NUM_SPECIAL_TOKENS, -1), known]))
 
     def model_profiles(
         self,

@@ -73,15 +73,15 @@ class InterestRows:
 
     def __init__(self, run_dir: str, prepared_dir: str, config: InterestConfig) -> None:
         self.analyzer = InterestAnalyzer.for_run(run_dir, prepared_dir, config)
-        self.to_model = self.analyzer.index_map(prepared_dir)
+        self.to_model = self.analyzer.events_of(prepared_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         histories, times, unknown = [], [], []
         for items, stamps in zip(batch[schema.ITEMS], batch[schema.TIMESTAMPS], strict=True):
-            mapped = self.to_model[np.asarray(items, np.int64)]
-            histories.append(mapped[mapped >= 0])
-            times.append(np.asarray(stamps, np.int64)[mapped >= 0])
-            unknown.append(int((mapped < 0).sum()))
+            known, at, dropped = self.to_model(items, stamps)
+            histories.append(known)
+            times.append(at)
+            unknown.append(dropped)
         users = [str(u) for u in batch[schema.USER_ID]]
         found = self.analyzer.analyse(users, histories, times)
         names = self.analyzer.groups.names
