@@ -8,6 +8,7 @@ does not grow with the number of users.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 INTERESTS_PARQUET = "interests.parquet"
 GROUPS_FILE = "groups.json"
+GROUPS_METADATA = b"recsys_dist.groups"  # the group names, on every table the actors return
 
 _MOVE = pa.struct([("group", pa.string()), ("before", pa.float32()), ("after", pa.float32())])
 CHANGE_POINT = pa.struct(
@@ -87,7 +89,7 @@ class InterestRows:
         names = self.analyzer.groups.names
         return pa.Table.from_pylist(
             [as_row(r, names, n) for r, n in zip(found, unknown, strict=True)],
-            schema=INTEREST_SCHEMA,
+            schema=INTEREST_SCHEMA.with_metadata({GROUPS_METADATA: json.dumps(names)}),
         )
 
 
@@ -150,17 +152,20 @@ def analyse_users(
     storage.make_dirs(output)
     summary = InterestsSummary(output, 0, 0, 0, 0.0, 0.0)
     drift_sum = 0.0
+    groups = None
     with (
         storage.open_output(storage.join(output, INTERESTS_PARQUET)) as sink,
         pq.ParquetWriter(sink, INTEREST_SCHEMA) as writer,
     ):
         for table in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
+            groups = json.loads(table.schema.metadata[GROUPS_METADATA])
             writer.write_table(table.cast(INTEREST_SCHEMA))
             summary.users += table.num_rows
             points = pc.list_value_length(table.column("change_points")).to_numpy(False)
             summary.users_with_change_points += int((points > 0).sum())
             drift_sum += float(np.sum(table.column("drift").to_numpy(False)))
-    groups = InterestAnalyzer.for_run(run_dir, prepared_dir, config).groups.names
+    if groups is None:  # no user selected: the actors never ran, so name the groups here
+        groups = InterestAnalyzer.for_run(run_dir, prepared_dir, config).groups.names
     storage.write_json(storage.join(output, GROUPS_FILE), {"groups": list(groups)})
     summary.groups = len(groups)
     summary.mean_drift = round(drift_sum / max(summary.users, 1), 4)
