@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.users),
             "--items",
             str(args.items),
+            "--drift-paths",  # interests shift along common paths the forecast can learn
+            "0.8",
             "--json",
         ],
         ["prepare", "--data", raw, "--output", prepared, "--json"],

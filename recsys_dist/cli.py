@@ -113,6 +113,12 @@ def _add_generate(commands):
     sub.add_argument("--items", type=int, default=500)
     sub.add_argument("--categories", type=int, default=10)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument(
+        "--drift-paths",
+        type=float,
+        default=0.0,
+        help="chance a drifting user's new category is a common path out of the old one",
+    )
     sub.add_argument("--overwrite", action="store_true")
     sub.set_defaults(handler=_run_generate)
     return sub
@@ -124,6 +130,9 @@ def _add_prepare(commands):
     sub.add_argument("--output", required=True)
     sub.add_argument("--max-len", type=int)
     sub.add_argument("--split", choices=["loo", "time"])
+    sub.add_argument(
+        "--holdout-events", type=int, help="loo: events held out per user for test and for valid"
+    )
     sub.add_argument("--on-bad-rows", choices=["error", "skip"])
     sub.add_argument("--min-user-events", type=int)
     sub.add_argument(
@@ -256,6 +265,7 @@ def _run_generate(args):
         items=args.items,
         categories=args.categories,
         seed=args.seed,
+        drift_paths=args.drift_paths,
         overwrite=args.overwrite,
     )
 
@@ -274,6 +284,7 @@ def _run_prepare(args):
         **{
             "data.max_len": args.max_len,
             "data.split": args.split,
+            "data.holdout_events": args.holdout_events,
             "data.on_bad_rows": args.on_bad_rows,
             "data.min_user_events": args.min_user_events,
         },

@@ -29,7 +29,8 @@ class DataConfig:
 
     max_len: int = 50  # model input length: the most recent events a sequence keeps
     max_history: int = 2000  # events kept per user (most recent); caps bots and crawlers
-    split: str = "loo"  # "loo": last event test, second-last valid; "time": global time cut
+    split: str = "loo"  # "loo": last events test, the ones before valid; "time": global time cut
+    holdout_events: int = 1  # loo: each user's last N events are the test future, N before valid
     valid_fraction: float = 0.1  # time split: share of events (by time) after the valid cut
     test_fraction: float = 0.1  # time split: share of events (by time) after the test cut
     min_user_events: int = 3  # users with fewer events after de-duplication are dropped
@@ -42,6 +43,7 @@ class DataConfig:
         _check_choice("data.split", self.split, ("loo", "time"))
         _check_choice("data.on_bad_rows", self.on_bad_rows, ("error", "skip"))
         _check_positive("data.max_len", self.max_len)
+        _check_positive("data.holdout_events", self.holdout_events)
         _check_positive("data.window_stride", self.window_stride)
         _check_positive("data.bucket_rows", self.bucket_rows)
         if self.max_history < self.max_len:

@@ -61,6 +61,7 @@ _FIXED_ON_APPEND = (
     "max_len",
     "max_history",
     "split",
+    "holdout_events",
     "valid_fraction",
     "test_fraction",
     "min_user_events",
@@ -128,6 +129,7 @@ def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict
             f"{len(seen)} file(s) were already prepared into {output_dir}, e.g. {sorted(seen)[0]}"
         )
     stored = previous["config"]
+    stored = {**dataclasses.asdict(DataConfig()), **stored}  # settings newer than the dataset
     changed = [k for k in _FIXED_ON_APPEND if stored[k] != getattr(config, k)]
     if changed:
         details = ", ".join(f"data.{k}: {stored[k]!r} → {getattr(config, k)!r}" for k in changed)
@@ -224,7 +226,13 @@ def _vocabulary(counts: pa.Table, existing_dir: str | None) -> Vocabulary:
 
 
 def _split_spec(config: DataConfig, times: TimeHistogram) -> SplitSpec:
-    spec = SplitSpec(config.split, config.max_len, config.window_stride, config.min_user_events)
+    spec = SplitSpec(
+        config.split,
+        config.max_len,
+        config.window_stride,
+        config.min_user_events,
+        holdout_events=config.holdout_events,
+    )
     if config.split == "loo":
         return spec
     valid_cut, test_cut = times.cuts(config.valid_fraction, config.test_fraction)

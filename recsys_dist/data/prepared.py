@@ -40,6 +40,7 @@ def split_spec(manifest: dict[str, Any]) -> SplitSpec:
         min_user_events=config["min_user_events"],
         valid_cut=manifest["valid_cut"] or 0,
         test_cut=manifest["test_cut"] or 0,
+        holdout_events=config.get("holdout_events", 1),  # manifests before the setting: 1
     )
 
 

@@ -6,7 +6,11 @@ cut from it when they are read (:mod:`recsys_dist.data.prepared`), so nothing is
 times over and a split costs no preparation time. Two split protocols:
 
 * ``loo`` (leave-one-out): a user's last event is the test target, the second-last the
-  validation target; training sees everything before the validation target.
+  validation target; training sees everything before the validation target. With
+  ``holdout_events=N`` it is leave-N-out: the last N events are the test future (the row's
+  target is its first event), the N before them the validation future, and training sees
+  everything before those — so every user has a held-out future *window*, which interest
+  forecasts are scored on.
 * ``time``: two global cut times; training sees events before the validation cut, a validation
   row predicts a user's first event in [valid_cut, test_cut) from the events before
   valid_cut, a test row the first event after test_cut from the events before it.
@@ -34,6 +38,7 @@ class SplitSpec:
     min_user_events: int
     valid_cut: int = 0  # time split only: first second of the validation period
     test_cut: int = 0  # time split only: first second of the test period
+    holdout_events: int = 1  # loo only: events held out per user for test, as many for valid
 
 
 def split_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
@@ -153,7 +158,7 @@ class _Lists:
 
 def _train_ends(lists: _Lists, spec: SplitSpec) -> np.ndarray:
     if spec.split == "loo":
-        return np.maximum(0, lists.lengths - 2)
+        return np.maximum(0, lists.lengths - 2 * spec.holdout_events)
     return _count_before(lists, spec.valid_cut)
 
 
@@ -166,7 +171,8 @@ def _count_before(lists: _Lists, cut: int) -> np.ndarray:
 def _target_positions(lists: _Lists, spec: SplitSpec, which: str) -> np.ndarray:
     """Per user: the position of the ``which`` target, or -1 where the user has none."""
     if spec.split == "loo":
-        return lists.lengths - (2 if which == schema.VALID_SPLIT else 1)
+        held = spec.holdout_events * (2 if which == schema.VALID_SPLIT else 1)
+        return lists.lengths - held
     start, stop = (
         (spec.valid_cut, spec.test_cut) if which == schema.VALID_SPLIT else (spec.test_cut, None)
     )

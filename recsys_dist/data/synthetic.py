@@ -5,7 +5,11 @@ its ground truth (who drifts, which item follows which) lets tests check that a 
 model learns what is there. Three signals are planted:
 
 * **Drift**: a third of users keep one category preference, a third move gradually from one
-  set of categories to another, a third switch abruptly at a random point.
+  set of categories to another, a third switch abruptly at a random point. Where interests go
+  is random unless ``drift_paths`` > 0: then each new category follows, with that
+  probability, one of the *common paths* out of the old one (every category has
+  :data:`PATH_TARGETS` typical successors, the same for all users: kids' films lead to teen
+  films more often than to opera), which is what makes a shift forecastable.
 * **Order**: within a category every item has a fixed successor that follows it with
   probability :data:`SUCCESSOR_PROB`, so order carries information beyond the category.
 * **Time**: sessions, with seconds-to-minutes gaps inside and hours-to-days gaps between.
@@ -57,6 +61,7 @@ SUCCESSOR_PROB = 0.5  # chance the next event is the previous item's successor
 NOISE_PROB = 0.15  # chance an event's category ignores the preference (uniform instead)
 TWO_CATEGORY_PROB = 0.5  # chance a preference set holds two categories, not one
 FIRST_CATEGORY_SHARE = 0.65  # share of the first category in a two-category set
+PATH_TARGETS = 2  # common next interests of each category (drift_paths > 0)
 SECONDARY_PROB = 0.3  # chance an item also carries a second category label
 ZIPF_EXPONENT = 1.1  # popularity of the r-th item of a category ~ 1 / r^ZIPF_EXPONENT
 EVENT_TYPES = ("view", "click", "purchase")
@@ -94,6 +99,7 @@ class Catalogue:
     sample_items: np.ndarray  # [items] the item at each key
     cycle_items: np.ndarray  # [items] items grouped by category, in successor order
     cycle_pos: np.ndarray  # [items] each item's slot within its category's cycle
+    paths: np.ndarray  # [categories, PATH_TARGETS]: where an interest in each category tends to go
 
     @property
     def successor(self) -> np.ndarray:
@@ -131,6 +137,13 @@ def build_catalogue(items: int, categories: int, seed: int) -> Catalogue:
     cycle = np.lexsort((rng.random(items), primary))
     cycle_pos = np.empty(items, dtype=np.int64)
     cycle_pos[cycle] = rank
+    paths_rng = np.random.default_rng([seed, 2])  # its own stream: items do not depend on it
+    paths = np.stack(
+        [
+            (c + 1 + paths_rng.permutation(categories - 1)[:PATH_TARGETS]) % categories
+            for c in range(categories)
+        ]
+    )
     return Catalogue(
         primary=primary,
         secondary=secondary,
@@ -140,6 +153,7 @@ def build_catalogue(items: int, categories: int, seed: int) -> Catalogue:
         sample_items=by_popularity,
         cycle_items=cycle,
         cycle_pos=cycle_pos,
+        paths=paths,
     )
 
 
@@ -152,6 +166,7 @@ def generate_dataset(
     events_per_user: tuple[int, int] = (20, 80),
     users_per_shard: int = 50_000,
     start_days: int = 365,
+    drift_paths: float = 0.0,
     *,
     overwrite: bool = False,
 ) -> GenerateSummary:
@@ -168,10 +183,15 @@ def generate_dataset(
         events_per_user: inclusive range of events per user, drawn uniformly.
         start_days: users start uniformly within this many days of 2023-01-01 (a short span
             puts most users' timelines across a global time split's cuts).
+        drift_paths: chance that each category a drifting user moves to is one of the common
+            paths out of the one it replaces (0: anywhere, as in earlier versions; the same
+            seed then gives the same log as before).
         users_per_shard: users per Ray task and per ``events/part-NNNNN.parquet``.
         overwrite: replace the parts of an earlier run instead of refusing.
     """
     _validate(users, items, categories, events_per_user, users_per_shard)
+    if not 0.0 <= drift_paths <= 1.0:
+        raise ValueError(f"drift_paths={drift_paths} must be in [0, 1]")
     root = prepare_output_dir(
         output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR), overwrite
     )
@@ -179,8 +199,8 @@ def generate_dataset(
     _write_items(storage.join(root, schema.ITEMS_DIR), catalogue)
     starts = range(0, users, users_per_shard)
     shards = [(i, lo, min(lo + users_per_shard, users)) for i, lo in enumerate(starts)]
-    lengths = (events_per_user, start_days * 86_400)
-    events = _run_shards(storage.absolute(root), shards, catalogue, seed, lengths)
+    spec = _UserSpec(events_per_user, start_days * 86_400, drift_paths)
+    events = _run_shards(storage.absolute(root), shards, catalogue, seed, spec)
     summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
     logger.info("generated %s", summary)
     return summary
@@ -224,10 +244,9 @@ def _run_shards(
     shards: list[tuple[int, int, int]],
     catalogue: Catalogue,
     seed: int,
-    lengths: tuple[tuple[int, int], int],
+    spec: _UserSpec,
 ) -> int:
-    """Run shard tasks with bounded concurrency; returns the number of events written.
-    ``lengths``: events per user (low, high) and the span of start times in seconds."""
+    """Run shard tasks with bounded concurrency; returns the number of events written."""
     import ray
 
     from recsys_dist.data.parallel import map_tasks
@@ -235,8 +254,17 @@ def _run_shards(
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True)
     catalogue_ref = ray.put(catalogue)
-    calls = [(root, *shard, catalogue_ref, seed, lengths) for shard in shards]
+    calls = [(root, *shard, catalogue_ref, seed, spec) for shard in shards]
     return sum(map_tasks(_generate_shard, calls, desc="generate", unit="shard"))
+
+
+@dataclass(frozen=True)
+class _UserSpec:
+    """How users are drawn (the same for every shard)."""
+
+    events_per_user: tuple[int, int]  # inclusive range
+    start_spread_s: int  # users start uniformly within this many seconds of FIRST_DAY
+    drift_paths: float  # chance a new category follows a common path out of the old one
 
 
 @dataclass
@@ -258,19 +286,35 @@ class _Users:
 
 
 def _draw_users(
-    rng: np.random.Generator, lo: int, hi: int, categories: int, lengths, start_spread_s: int
+    rng: np.random.Generator, lo: int, hi: int, paths: np.ndarray, spec: _UserSpec
 ) -> _Users:
-    n = hi - lo
-    length = rng.integers(lengths[0], lengths[1] + 1, n)
+    n, categories = hi - lo, len(paths)
+    length = rng.integers(spec.events_per_user[0], spec.events_per_user[1] + 1, n)
     kind = rng.integers(0, len(DRIFT_KINDS), n)
     picks = _distinct_categories(rng, n, categories, min(4, categories))
     a = picks[:, [0, 2 % picks.shape[1]]]  # with < 4 categories each set holds one category
     b = picks[:, [1, 3 % picks.shape[1]]]
+    if spec.drift_paths > 0:  # no extra draws otherwise: a seed's log stays what it was
+        b = _follow_paths(rng, a, b, paths, spec.drift_paths)
     share = np.where(rng.random((n, 2)) < TWO_CATEGORY_PROB, FIRST_CATEGORY_SHARE, 1.0)
     switch = rng.uniform(0.3, 0.7, n)
-    start = FIRST_DAY + rng.integers(0, start_spread_s, n)
+    start = FIRST_DAY + rng.integers(0, spec.start_spread_s, n)
     ids = np.arange(lo, hi)
     return _Users(ids, length, kind, a, b, share[:, 0], share[:, 1], switch, start)
+
+
+def _follow_paths(
+    rng: np.random.Generator, a: np.ndarray, b: np.ndarray, paths: np.ndarray, prob: float
+) -> np.ndarray:
+    """``b`` with each category replaced, with probability ``prob``, by a common path out of
+    the matching category of ``a``, where that keeps a user's categories distinct."""
+    out = b.copy()
+    rows = np.arange(len(a))
+    for j in range(b.shape[1]):
+        target = paths[a[:, j], rng.integers(0, paths.shape[1], len(a))]
+        clash = (target[:, None] == a).any(axis=1) | (target == out[rows, 1 - j])
+        out[:, j] = np.where((rng.random(len(a)) < prob) & ~clash, target, out[:, j])
+    return out
 
 
 def _distinct_categories(rng: np.random.Generator, n: int, categories: int, k: int) -> np.ndarray:
@@ -291,12 +335,11 @@ def _generate_shard(
     hi: int,
     catalogue: Catalogue,
     seed: int,
-    lengths: tuple[tuple[int, int], int],
+    spec: _UserSpec,
 ) -> int:
     """Generate users ``[lo, hi)`` into ``events/part-{shard}``; returns events written."""
     rng = np.random.default_rng([seed, 1, shard])
-    events_per_user, start_spread_s = lengths
-    users = _draw_users(rng, lo, hi, len(catalogue.cat_size), events_per_user, start_spread_s)
+    users = _draw_users(rng, lo, hi, catalogue.paths, spec)
     truth = []  # ground truth per block of users
     item_names = pa.array([f"i{k}" for k in range(len(catalogue.primary))])
     events_path = storage.join(root, schema.EVENTS_DIR, f"part-{shard:05d}.parquet")

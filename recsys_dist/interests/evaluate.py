@@ -4,7 +4,8 @@ Protocol (written next to every figure): each user's **future window** is the fi
 ``interests.future_events`` events after the split point the dataset was prepared with, so the
 model never trained on it. With the ``time`` split the validation future starts at the
 validation cut (history: everything before it) and the test future at the test cut; with
-``loo`` the future is the one held-out event. Users with fewer than
+``loo`` it is the user's held-out events (``data.holdout_events``: one event by default, a
+whole window per user with leave-N-out). Users with fewer than
 ``interests.min_future_events`` future events (``time``) or no history are left out.
 
 For every user the forecast and three baselines — the last window's profile, the long-term
@@ -57,8 +58,9 @@ def future_split(
 ) -> tuple[int, int, int] | None:
     """``(history_end, future_end, query_time)`` of one user, or ``None`` if left out."""
     if spec.split == "loo":
-        end = len(items) - (2 if which == schema.VALID_SPLIT else 1)
-        return (end, end + 1, int(times[end])) if end >= 1 else None
+        held = spec.holdout_events
+        end = len(items) - held * (2 if which == schema.VALID_SPLIT else 1)
+        return (end, end + held, int(times[end])) if end >= 1 else None
     cut = spec.valid_cut if which == schema.VALID_SPLIT else spec.test_cut
     stop = spec.test_cut if which == schema.VALID_SPLIT else np.iinfo(np.int64).max
     end = int(np.searchsorted(times, cut, side="left"))
@@ -215,12 +217,15 @@ def _mean_scores(
 
 def _protocol(prepared_dir: str, config: InterestConfig) -> str:
     spec = split_spec(load_manifest(prepared_dir))
-    future = (
-        "the held-out next event"
-        if spec.split == "loo"
-        else f"the first {config.future_events} events after the split's cut "
-        f"(users with at least {config.min_future_events})"
-    )
+    if spec.split == "time":
+        future = (
+            f"the first {config.future_events} events after the split's cut "
+            f"(users with at least {config.min_future_events})"
+        )
+    elif spec.holdout_events > 1:
+        future = f"each user's last {spec.holdout_events} events (held out of training)"
+    else:
+        future = "the held-out next event"
     return (
         f"{spec.split} split; future window = {future}; history = everything before it; "
         f"windows of {config.window_size} {config.window}; JS divergence in bits between "

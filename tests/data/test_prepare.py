@@ -63,6 +63,28 @@ def test_leave_one_out_never_shows_the_future(ray_session, small_log, tmp_path):
     assert manifest["counts"]["test_rows"] == 2
 
 
+def test_leave_n_out_holds_out_a_window_per_user(ray_session, tmp_path):
+    """``holdout_events=2``: the last 2 events are the test future, the 2 before the
+    validation future; rows target each future's first event; training sees neither."""
+    items = [f"i{k}" for k in range(7)]
+    raw = write_events(tmp_path / "raw", user_log("a", items) + user_log("b", items[:4]))
+    prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(holdout_events=2))
+    vocab = Vocabulary.load(str(tmp_path / "p" / schema.VOCAB_FILE))
+    ids = lambda idx: list(vocab.to_item_ids(np.asarray(idx)).to_pylist())  # noqa: E731
+    test = read_split(tmp_path / "p", "test").set_index("user_id")
+    valid = read_split(tmp_path / "p", "valid").set_index("user_id")
+    train = read_split(tmp_path / "p", "train")
+    assert ids(test.loc["a", "items"]) == items[:5]
+    assert ids([test.loc["a", "target_item"]]) == ["i5"]
+    assert ids(valid.loc["a", "items"]) == items[:3]
+    assert ids([valid.loc["a", "target_item"]]) == ["i3"]
+    assert ids(train[train.user_id == "a"].iloc[0]["items"]) == items[:3]
+    # b (4 events): a test row, but no validation row or training window is left
+    assert ids(test.loc["b", "items"]) == items[:2] and "b" not in valid.index
+    assert "b" not in set(train.user_id)
+    assert load_manifest(str(tmp_path / "p"))["config"]["holdout_events"] == 2
+
+
 def test_splits_are_cut_as_read_and_counted_in_the_manifest(ray_session, tmp_path):
     """Only users are stored; the rows read back are the rows the manifest counts."""
     rows = []

@@ -151,3 +151,27 @@ def test_ground_truth_records_when_and_where_interest_shifted(generated):
     gradual = truth[truth[synthetic.DRIFT_KIND] == "gradual"]
     assert (gradual[synthetic.SHIFT_END] > gradual[synthetic.SHIFT_START]).all()
     assert gradual[synthetic.SHIFT_EVENT].isna().all()
+
+
+def test_drift_paths_make_where_interests_go_predictable(generated, tmp_path):
+    """With ``drift_paths=1`` a drifting user's new main category is one of the common paths
+    out of the old one (unless that clashes with the user's other categories); by default it
+    is anywhere, so only by chance one of them."""
+
+    def on_path_rate(out) -> float:
+        paths = build_catalogue(100, 10, seed=3).paths
+        truth = pq.read_table(out / synthetic.USERS_DIR).to_pandas()
+        moved = truth[truth[synthetic.DRIFT_KIND] != "stable"]
+        first = [
+            (int(a[0][4:]), int(b[0][4:]))
+            for a, b in zip(
+                moved[synthetic.FROM_CATEGORIES], moved[synthetic.TO_CATEGORIES], strict=True
+            )
+        ]
+        return float(np.mean([b in paths[a] for a, b in first]))
+
+    generate_dataset(str(tmp_path / "paths"), seed=3, drift_paths=1.0, **SIZES)
+    assert on_path_rate(tmp_path / "paths") > 0.8
+    assert on_path_rate(generated[0]) < 0.4
+    with pytest.raises(ValueError, match="drift_paths"):
+        generate_dataset(str(tmp_path / "bad"), drift_paths=1.5)

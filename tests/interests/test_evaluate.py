@@ -34,6 +34,9 @@ def test_leave_one_out_futures_are_the_held_out_events():
     assert future_split(ITEMS, TIMES, spec, schema.VALID_SPLIT, config) == (28, 29, 280)
     assert future_split(ITEMS, TIMES, spec, schema.TEST_SPLIT, config) == (29, 30, 290)
     assert future_split(ITEMS[:1], TIMES[:1], spec, schema.TEST_SPLIT, config) is None
+    window = SplitSpec("loo", 50, 10, 3, holdout_events=5)  # leave-5-out: a window per user
+    assert future_split(ITEMS, TIMES, window, schema.VALID_SPLIT, config) == (20, 25, 200)
+    assert future_split(ITEMS, TIMES, window, schema.TEST_SPLIT, config) == (25, 30, 250)
 
 
 def test_every_baseline_and_blend_is_a_candidate():
