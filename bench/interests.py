@@ -13,7 +13,8 @@
    target: next-item NDCG@10 (full ranking, seen items excluded) and the share of the top-10
    whose primary category is in the user's new interest.
 
-    python bench/interests.py [--workdir DIR] [--split window|time] [--skip-ml100k] [--epochs N]
+    python bench/interests.py [--workdir DIR] [--split window|time] [--drift-paths P]
+        [--users N] [--skip-ml100k] [--skip-ablation] [--epochs N]
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--split", choices=sorted(SPLITS), default="window")
     parser.add_argument("--drift-paths", type=float, default=DRIFT_PATHS)
+    parser.add_argument("--users", type=int, default=GENERATED["users"], help="generated users")
     parser.add_argument("--skip-ml100k", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: config)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-interests-"))
@@ -71,17 +74,21 @@ def main(argv: list[str] | None = None) -> int:
     split = [*split, *([f"train.epochs={args.epochs}"] if args.epochs else [])]
     cli.init_ray(None, min_cpus=4)
     results = []
-    name = f"generated-paths{args.drift_paths:g}"
+    sizes = {**GENERATED, "users": args.users}
+    name = f"generated-paths{args.drift_paths:g}" + (
+        f"-u{args.users}" if args.users != GENERATED["users"] else ""
+    )
     generated = work / f"{name}-raw"
     synthetic.generate_dataset(
-        str(generated), **GENERATED, drift_paths=args.drift_paths, overwrite=True
+        str(generated), **sizes, drift_paths=args.drift_paths, overwrite=True
     )
     timed = _trained(generated, work / f"{name}{suffix}", split)
     results.append(_forecast(f"generated (drift_paths={args.drift_paths:g})", timed))
-    untimed = _trained(
-        generated, work / f"{name}{suffix}-no-time", [*split, "model.use_time_gaps=false"]
-    )
-    results.append(_ablation(generated, {"time-aware": timed, "no time gaps": untimed}))
+    if not args.skip_ablation:
+        untimed = _trained(
+            generated, work / f"{name}{suffix}-no-time", [*split, "model.use_time_gaps=false"]
+        )
+        results.append(_ablation(generated, {"time-aware": timed, "no time gaps": untimed}))
     if not args.skip_ml100k and (ML100K / "ml-100k.inter").exists():
         from recsys_dist.data.importers import import_dataset
 
