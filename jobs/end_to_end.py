@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             "0.8",
             "--json",
         ],
-        ["prepare", "--data", raw, "--output", prepared, "--json"],
+        # Each user's last 10 events are held out (the 10 before them for validation): the
+        # ranking targets their first event, the interest forecast is scored on all ten.
+        ["prepare", "--data", raw, "--output", prepared, "--holdout-events", "10", "--json"],
         [
             "train",
             "--data",
@@ -75,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         ["interests", "--run", run, "--output", storage.join(work, "interests"), "--json"],
         ["report", "--run", run, "--output", storage.join(work, "report.html"), "--json"],
     ]
-    if storage.exists(raw):
+    if storage.exists(raw):  # a fresh demo: new data, and a new run rather than resuming the old
         steps[0].append("--overwrite")
+        steps[2].append("--overwrite")
     # One Ray for every step, with a CPU to spare for Ray Data while each worker holds one.
     cli.init_ray(None, min_cpus=args.workers + 2)
     for step in steps:

@@ -151,6 +151,11 @@ def _add_train(commands):
     sub.add_argument("--output", required=True, help="the run directory")
     sub.add_argument("--workers", type=int)
     sub.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16")
+    sub.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete what --output holds and start afresh (a rerun otherwise resumes it)",
+    )
     _add_config_args(sub)
     sub.set_defaults(handler=_run_train)
     return sub
@@ -300,7 +305,7 @@ def _run_train(args):
         args, **{"train.workers": args.workers, "train.use_gpu": True if args.gpu else None}
     )
     init_ray(args.address, min_cpus=int(config.train.workers * config.train.cpus_per_worker) + 2)
-    return train(args.data, args.output, config)
+    return train(args.data, args.output, config, overwrite=args.overwrite)
 
 
 def _run_evaluate(args):

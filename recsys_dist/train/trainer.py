@@ -20,7 +20,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from recsys_dist import checkpoint, schema, storage
-from recsys_dist.config import Config, config_json
+from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.prepared import load_manifest, read_split
 from recsys_dist.evaluation.evaluate import RUN_FILE
 from recsys_dist.train.data_config import CoveringDataConfig
@@ -106,12 +106,20 @@ def _steps_per_epoch(rows: int, train_config) -> int:
     return math.ceil(largest / train_config.batch_size)
 
 
-def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
-    """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``."""
+def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = False) -> TrainSummary:
+    """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``.
+
+    A rerun into the same ``run_dir`` resumes from its latest checkpoint, which is only right
+    for the same data and model: other ones are refused (``overwrite`` starts afresh).
+    """
+    if overwrite and storage.exists(run_dir):
+        storage.delete_dir(run_dir)
+    identity = _run_identity(prepared_dir, config)
+    _check_resumable(run_dir, identity)
     storage.make_dirs(run_dir)
     config.save(storage.join(run_dir, CONFIG_FILE))
     storage.write_json(
-        storage.join(run_dir, RUN_FILE), {"prepared": storage.absolute(prepared_dir)}
+        storage.join(run_dir, RUN_FILE), {"prepared": storage.absolute(prepared_dir), **identity}
     )
     logger.info("config: %s", config_json(config))
     _warn_if_no_cpu_for_data(config)
@@ -134,6 +142,31 @@ def train(prepared_dir: str, run_dir: str, config: Config) -> TrainSummary:
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
+
+
+def _run_identity(prepared_dir: str, config: Config) -> dict[str, Any]:
+    """What a checkpoint is only valid for: the input, how it was split, the model's shape."""
+    manifest = load_manifest(prepared_dir)
+    return {
+        "data_hash": manifest["data_hash"],
+        "data_config": manifest["config"],
+        "model_config": config.to_dict()["model"],
+    }
+
+
+def _check_resumable(run_dir: str, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run that was trained on other data, another split or model shape
+    (Ray Train would silently restore its checkpoint into this one)."""
+    path = storage.join(run_dir, RUN_FILE)
+    if not storage.exists(path):
+        return
+    before = storage.read_json(path)
+    changed = [key for key in identity if key in before and before[key] != identity[key]]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a run of other {' and '.join(changed)}; a rerun would resume "
+            "it. Train into a new --output, or pass --overwrite to start afresh."
+        )
 
 
 def _warn_if_no_cpu_for_data(config: Config) -> None:

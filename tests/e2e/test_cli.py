@@ -172,6 +172,18 @@ def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path, capsys)
     assert [line["epoch"] for line in lines] == [1, 2, 3]  # epochs 1-2 were not trained again
     assert lines[2]["step"] == 3 * lines[0]["step"]
     assert resumed["epochs"] == 3
+    # The same run directory over another split would resume a model of other data: refused.
+    window = tmp_path / "window"
+    run_cli(
+        capsys,
+        *("prepare", "--data", str(raw), "--output", str(window), "--holdout-events", "2"),
+        "--json",
+    )
+    other = ["train", "--data", str(window), "--output", str(run), "--workers", "1"]
+    assert cli.main([*other, *short, "train.epochs=3"]) == 2
+    assert "data_config" in capsys.readouterr().err
+    wider = [*first, *short, "train.epochs=3", "model.hidden_size=64"]
+    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err
 
 
 def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys):
