@@ -402,7 +402,8 @@ def data_hash(files: list[str]) -> str:
         with storage.open_input(path) as handle:
             meta = pq.ParquetFile(handle).metadata
             digest.update(f"{path.rsplit('/', 1)[-1]}:{handle.size()}:{meta.num_rows}".encode())
-            digest.update(str(meta.schema).encode())
+            # The Arrow rendering: ``str(meta.schema)`` starts with the object's address.
+            digest.update(meta.schema.to_arrow_schema().to_string().encode())
             for group in range(meta.num_row_groups):
                 digest.update(str(meta.row_group(group).to_dict()).encode())
     return digest.hexdigest()

@@ -212,6 +212,7 @@ def test_preparing_again_replaces_the_earlier_output(ray_session, small_log, tmp
     first = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
     again = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
     assert again["counts"] == first["counts"]
+    assert again["data_hash"] == first["data_hash"]  # the same input, the same fingerprint
     assert len(read_split(tmp_path / "p", "test")) == first["counts"]["test_rows"]
     assert len(read_split(tmp_path / "p", "users")) == 2
 
