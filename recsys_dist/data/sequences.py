@@ -168,11 +168,16 @@ def _count_before(lists: _Lists, cut: int) -> np.ndarray:
     return np.bincount(early, minlength=len(lists.lengths))
 
 
+def held_out_start(lengths, spec: SplitSpec, which: str):
+    """``loo``: where the ``which`` future starts in sequences of ``lengths`` events (an int or
+    an array; below 1 where a user is too short to have one)."""
+    return lengths - spec.holdout_events * (2 if which == schema.VALID_SPLIT else 1)
+
+
 def _target_positions(lists: _Lists, spec: SplitSpec, which: str) -> np.ndarray:
     """Per user: the position of the ``which`` target, or -1 where the user has none."""
     if spec.split == "loo":
-        held = spec.holdout_events * (2 if which == schema.VALID_SPLIT else 1)
-        return lists.lengths - held
+        return held_out_start(lists.lengths, spec, which)
     start, stop = (
         (spec.valid_cut, spec.test_cut) if which == schema.VALID_SPLIT else (spec.test_cut, None)
     )

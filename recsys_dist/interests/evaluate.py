@@ -27,7 +27,7 @@ import numpy as np
 from recsys_dist import schema, storage
 from recsys_dist.config import InterestConfig
 from recsys_dist.data.prepared import load_manifest, read_users, split_spec
-from recsys_dist.data.sequences import SplitSpec
+from recsys_dist.data.sequences import SplitSpec, held_out_start
 from recsys_dist.interests.drift import js_divergence
 from recsys_dist.interests.forecast import (
     INTERESTS_FILE,
@@ -58,9 +58,8 @@ def future_split(
 ) -> tuple[int, int, int] | None:
     """``(history_end, future_end, query_time)`` of one user, or ``None`` if left out."""
     if spec.split == "loo":
-        held = spec.holdout_events
-        end = len(items) - held * (2 if which == schema.VALID_SPLIT else 1)
-        return (end, end + held, int(times[end])) if end >= 1 else None
+        end = held_out_start(len(items), spec, which)
+        return (end, end + spec.holdout_events, int(times[end])) if end >= 1 else None
     cut = spec.valid_cut if which == schema.VALID_SPLIT else spec.test_cut
     stop = spec.test_cut if which == schema.VALID_SPLIT else np.iinfo(np.int64).max
     end = int(np.searchsorted(times, cut, side="left"))
