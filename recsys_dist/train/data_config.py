@@ -7,6 +7,11 @@ fewest rows so far, so shards together hold every row and differ by at most a bl
 are cut to ``rows_per_block`` rows (one batch) first: a small split is often a single Parquet
 block, which would otherwise all go to one worker. The training loop keeps DeepSpeed's
 collectives in step across the unequal shards (see ``recsys_dist.train.loop._train_epoch``).
+
+Ray Data's ingest default lets blocks arrive in whatever order their read tasks finish, so a
+seeded run can differ from the last one by no more than a busier machine. With
+``preserve_order`` the blocks keep file order and one worker repeats a run bit for bit; with
+several workers, which rank gets a block still depends on which asks first.
 """
 
 from __future__ import annotations
@@ -24,14 +29,18 @@ class CoveringDataConfig(ray.train.DataConfig):
         datasets_to_split: Datasets to shard; the others reach every worker whole.
         rows_per_block: Blocks of the sharded datasets hold at most this many rows, so shard
             sizes differ by at most this much.
+        preserve_order: Stream the sharded datasets' blocks in file order.
     """
 
-    def __init__(self, datasets_to_split: list[str], rows_per_block: int) -> None:
+    def __init__(
+        self, datasets_to_split: list[str], rows_per_block: int, preserve_order: bool = True
+    ) -> None:
         if rows_per_block < 1:
             raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
         super().__init__(datasets_to_split=list(datasets_to_split))
         self.split_names = frozenset(datasets_to_split)
         self.rows_per_block = rows_per_block
+        self.preserve_order = preserve_order
 
     def configure(
         self,
@@ -49,7 +58,9 @@ class CoveringDataConfig(ray.train.DataConfig):
             dataset = dataset.repartition(target_num_rows_per_block=self.rows_per_block)
             if dataset.name is None:
                 dataset.set_name(name)
-            dataset.context.execution_options = self.default_ingest_options()  # as the parent
+            options = self.default_ingest_options()  # as the parent, but for the order
+            options.preserve_order = self.preserve_order
+            dataset.context.execution_options = options
             shards = dataset.streaming_split(
                 world_size, equal=False, locality_hints=worker_node_ids
             )

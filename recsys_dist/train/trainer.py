@@ -90,7 +90,9 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         datasets=datasets,
         # Training data is sharded without dropping rows (shards may differ by a batch);
         # every worker sees all validation rows and scores the users hashed to it.
-        dataset_config=CoveringDataConfig([schema.TRAIN_SPLIT], config.train.batch_size),
+        dataset_config=CoveringDataConfig(
+            [schema.TRAIN_SPLIT], config.train.batch_size, config.train.preserve_order
+        ),
     )
 
 

@@ -133,9 +133,13 @@ def test_events_move_recommendations_to_the_new_interest(trained, service):
     share = {c: 0 for c in set(categories.values())}
     for item in before["items"]:
         share[categories[item["item_id"]]] += 1
-    target = min(share, key=share.get)  # the category the user is least recommended now
+    target = min(sorted(share), key=share.get)  # the category least recommended to them now
     seen = set(events[events.user_id == user].item_id)
-    new_items = sorted(i for i, c in categories.items() if c == target and i not in seen)[:10]
+    # 15 of the 20 events the model reads (data.max_len): the new interest dominates, however
+    # strongly this tiny model weighs the old one (a CI run, whose model put 20 of 20 in the
+    # old category, moved 3 of them after 10 events).
+    new_items = sorted(i for i, c in categories.items() if c == target and i not in seen)[:15]
+    assert len(new_items) == 15
     interests_before = httpx.get(f"{url}/v1/users/{user}/interests").json()
     posted = [
         {"user_id": user, "item_id": item, "timestamp": last + 60 * (n + 1), "event_type": "view"}
@@ -152,7 +156,7 @@ def test_events_move_recommendations_to_the_new_interest(trained, service):
     interests = httpx.get(f"{url}/v1/users/{user}/interests").json()
     column = interests["groups"].index(target)
     assert interests["events"] == interests_before["events"] + len(posted)
-    assert interests["window_starts"][-1] == posted[0]["timestamp"]  # the last 10 events
+    assert interests["window_starts"][-1] == posted[-10]["timestamp"]  # the last 10 events
     moved = {
         key: (interests_before[key][column], interests[key][column])
         for key in ("current", "forecast")
