@@ -12,9 +12,15 @@
    test rows of users whose interest shifted (the generator's ground truth) before the
    target: next-item NDCG@10 (full ranking, seen items excluded) and the share of the top-10
    whose primary category is in the user's new interest.
+3. **Returns after a break** (``--skip-returns`` to leave out): a log where every user takes
+   one long break and abrupt users come back with a new interest (``break_days``). Every
+   fifth user is held out of training; both models then recommend for each held-out user at
+   the moment they return, from their history before the break: NDCG@10 of the event that
+   came, and the top-10's share in the user's new and old interests, by drift kind. Only the
+   time-gap input can tell the model that this user has been away.
 
     python bench/interests.py [--workdir DIR] [--split window|time] [--drift-paths P]
-        [--users N] [--skip-ml100k] [--skip-ablation] [--epochs N]
+        [--users N] [--skip-ml100k] [--skip-ablation] [--skip-returns] [--epochs N]
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +36,10 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,7 +49,8 @@ from recsys_dist.config import EvalConfig, InterestConfig, load_config  # noqa: 
 from recsys_dist.data import synthetic  # noqa: E402
 from recsys_dist.data.prepare import prepare_dataset  # noqa: E402
 from recsys_dist.data.prepared import read_split  # noqa: E402
-from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer, protocol  # noqa: E402
+from recsys_dist.evaluation.metrics import seen_mask, target_ranks  # noqa: E402
+from recsys_dist.evaluation.ranking import protocol  # noqa: E402
 from recsys_dist.inference.predictor import Recommender  # noqa: E402
 from recsys_dist.interests.evaluate import evaluate_interests  # noqa: E402
 from recsys_dist.train.trainer import train  # noqa: E402
@@ -57,6 +68,9 @@ GENERATED = dict(users=3000, items=1000, categories=20, seed=0, start_days=60)
 # Drifting users' new interests mostly follow the catalogue's common paths (``--drift-paths``):
 # with 0 where an interest goes is unforecastable by construction.
 DRIFT_PATHS = 0.8
+# Breaks of 30-60 days, against 30 minutes to 5 days between ordinary sessions.
+BREAK_DAYS = 30.0
+HELD_OUT_EVERY = 5  # users u0, u5, u10, ... never reach training in the returns bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=GENERATED["users"], help="generated users")
     parser.add_argument("--skip-ml100k", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--skip-returns", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: config)")
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-interests-"))
@@ -89,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             generated, work / f"{name}{suffix}-no-time", [*split, "model.use_time_gaps=false"]
         )
         results.append(_ablation(generated, {"time-aware": timed, "no time gaps": untimed}))
+    if not args.skip_returns:
+        results.append(_returns(work, sizes, args.drift_paths, suffix, split))
     if not args.skip_ml100k and (ML100K / "ml-100k.inter").exists():
         from recsys_dist.data.importers import import_dataset
 
@@ -136,38 +153,144 @@ def _shifted_users_metrics(trained: dict, truth, catalogue) -> dict:
     rows = rows[rows[schema.USER_ID].isin(shifted.index)]
     started = shifted.loc[rows[schema.USER_ID], synthetic.SHIFT_START].to_numpy()
     rows = rows[rows[schema.TARGET_TIMESTAMP].to_numpy() > started]
-    model, eval_config = recommender.model, EvalConfig(ks=(10,))
-    batches = [
-        {k: rows[k].to_numpy() for k in rows.columns}
-        for rows in (rows.iloc[i : i + 256] for i in range(0, len(rows), 256))
-    ]
-    sums = evaluation_sums(
-        model_scorer(model, recommender.device),
-        batches,
-        eval_config,
-        model.config.max_len,
-        model.config.num_time_buckets,
-        recommender.device,
-    )
-    share = []
-    for batch in batches:
-        top = recommender.recommend(
-            [recommender.vocab.to_item_ids(h).to_pylist() for h in batch[schema.ITEMS]],
-            list(batch[schema.TIMESTAMPS]),
-            np.asarray(batch[schema.TARGET_TIMESTAMP], np.int64),
-            ks=[10] * len(batch[schema.ITEMS]),
-        )
-        for user, items in zip(batch[schema.USER_ID], top.item_ids, strict=True):
-            new = {int(c[4:]) for c in shifted.loc[user, synthetic.TO_CATEGORIES]}
-            share.append(np.isin(catalogue.primary[[int(i[1:]) for i in items]], list(new)).mean())
+    found = _means(_per_row(recommender, rows, shifted, catalogue))
     return {
         "users": int(rows[schema.USER_ID].nunique()),
         "rows": len(rows),
-        "ndcg@10": round(sums["ndcg@10"] / sums["count"], 4),
-        "top10_share_in_new_interest": round(float(np.mean(share)), 4),
+        "ndcg@10": found["ndcg@10"],
+        "top10_share_in_new_interest": found["top10_share_in_new_interest"],
         "protocol": "test rows of gradual/abrupt users whose shift started before "
-        "the target; " + protocol(eval_config),
+        "the target; " + protocol(EvalConfig(ks=(10,))),
     }
+
+
+def _per_row(recommender: Recommender, rows: pd.DataFrame, truth, catalogue) -> pd.DataFrame:
+    """Per row of ``rows`` (split-row columns, item indices): NDCG@10 of the target (full
+    ranking, seen items excluded) and the top-10's share in the user's new
+    (``to_categories``) and old (``from_categories``) interest (NaN where there is none)."""
+    found = []
+    for start in range(0, len(rows), 256):
+        part = rows.iloc[start : start + 256]
+        histories = [np.asarray(h, np.int64) for h in part[schema.ITEMS]]
+        seen = [torch.as_tensor(h, device=recommender.device) for h in histories]
+        with torch.no_grad():
+            scores = recommender.next_item_scores(
+                histories,
+                list(part[schema.TIMESTAMPS]),
+                part[schema.TARGET_TIMESTAMP].to_numpy(np.int64),
+            )
+        targets = torch.as_tensor(part[schema.TARGET_ITEM].to_numpy(np.int64))
+        ranks = target_ranks(scores, targets.to(scores.device), seen).cpu().numpy()
+        scores = scores.masked_fill(
+            seen_mask(seen, len(part), scores.shape[1], scores.device), -np.inf
+        )
+        top = torch.topk(scores, 10, dim=1).indices.cpu().numpy()
+        for user, rank, items in zip(part[schema.USER_ID], ranks, top, strict=True):
+            ids = recommender.vocab.to_item_ids(items).to_pylist()
+            primary = catalogue.primary[[int(i[1:]) for i in ids]]
+            row = {"ndcg@10": 1 / np.log2(rank + 1) if rank <= 10 else 0.0}
+            for name, column in (
+                ("new", synthetic.TO_CATEGORIES),
+                ("old", synthetic.FROM_CATEGORIES),
+            ):
+                interest = truth.loc[user, column]
+                row[f"top10_share_in_{name}_interest"] = (
+                    np.nan
+                    if interest is None
+                    else np.isin(primary, [int(c[4:]) for c in interest]).mean()
+                )
+            found.append(row)
+    return pd.DataFrame(found, index=rows.index)
+
+
+def _means(found: pd.DataFrame) -> dict:
+    return {
+        name: round(float(column.mean()), 4)
+        for name, column in found.items()
+        if column.notna().any()
+    }
+
+
+def _paired(first: pd.DataFrame, second: pd.DataFrame) -> dict:
+    """first - second per metric: mean and 95% interval (normal approximation), as in
+    ``forecast_minus_baseline``, so a difference can be told from noise."""
+    out = {}
+    for name in first.columns:
+        difference = (first[name] - second[name]).dropna()
+        if len(difference) > 1:
+            mean, half = difference.mean(), 1.96 * difference.std() / np.sqrt(len(difference))
+            out[name] = [round(float(v), 4) for v in (mean - half, mean, mean + half)]
+    return out
+
+
+def _returns(work: Path, sizes: dict, drift_paths: float, suffix: str, split: list) -> dict:
+    """Both models on held-out users at the moment they come back from their long break."""
+    raw, train_raw = work / "returns-raw", work / "returns-train-raw"
+    if not raw.exists():
+        synthetic.generate_dataset(
+            str(raw), **sizes, drift_paths=drift_paths, break_days=BREAK_DAYS
+        )
+    events = pq.read_table(raw / schema.EVENTS_DIR).to_pandas()
+    number = events[schema.USER_ID].str[1:].astype(int)
+    held_out = number % HELD_OUT_EVERY == 0
+    if not train_raw.exists():
+        (train_raw / schema.EVENTS_DIR).mkdir(parents=True)
+        kept = pa.Table.from_pandas(events[~held_out], schema.EVENT_SCHEMA, preserve_index=False)
+        pq.write_table(kept, train_raw / schema.EVENTS_DIR / "part-00000.parquet")
+        shutil.copytree(raw / schema.ITEMS_DIR, train_raw / schema.ITEMS_DIR)
+    runs = {
+        "time-aware": _trained(train_raw, work / f"returns{suffix}", split),
+        "no time gaps": _trained(
+            train_raw, work / f"returns{suffix}-no-time", [*split, "model.use_time_gaps=false"]
+        ),
+    }
+    truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
+    catalogue = synthetic.build_catalogue(sizes["items"], sizes["categories"], sizes["seed"])
+    out = {"bench": "returns", "dataset": f"generated (break_days={BREAK_DAYS:g})"}
+    found = {}
+    for name, trained in runs.items():
+        recommender = Recommender(str(Path(trained["run"]) / "model"))
+        rows = _return_rows(events[held_out], truth, recommender)
+        kinds = truth.loc[rows[schema.USER_ID], synthetic.DRIFT_KIND].to_numpy()
+        found[name] = _per_row(recommender, rows, truth, catalogue)
+        out[name] = {**_facts(trained), "held_out_users": len(rows)}
+        for kind in synthetic.DRIFT_KINDS:
+            out[name][kind] = {
+                "users": int((kinds == kind).sum()),
+                **_means(found[name][kinds == kind]),
+            }
+    out["time_aware_minus_no_time"] = {
+        kind: _paired(found["time-aware"][kinds == kind], found["no time gaps"][kinds == kind])
+        for kind in synthetic.DRIFT_KINDS
+    }
+    out["protocol"] = (
+        f"every {HELD_OUT_EVERY}th user held out of training; each is scored once, at the "
+        "first event after their break, from the events before it; "
+        + protocol(EvalConfig(ks=(10,)))
+    )
+    return out
+
+
+def _return_rows(events: pd.DataFrame, truth, recommender: Recommender) -> pd.DataFrame:
+    """One split-style row per user: history before the break, target the first event after."""
+    rows = []
+    ordered = events.sort_values([schema.USER_ID, schema.TIMESTAMP], kind="stable")
+    for user, mine in ordered.groupby(schema.USER_ID, sort=False):
+        at = int(truth.loc[user, synthetic.BREAK_EVENT])
+        items = recommender.vocab.lookup(mine[schema.ITEM_ID].to_numpy())
+        times = mine[schema.TIMESTAMP].to_numpy(np.int64)
+        if (items[: at + 1] < 0).any():  # an item no training user ever touched
+            continue
+        rows.append(
+            {
+                schema.USER_ID: user,
+                schema.ITEMS: items[:at].astype(np.int32),
+                schema.TIMESTAMPS: times[:at],
+                schema.TARGET_ITEM: int(items[at]),
+                schema.TARGET_TIMESTAMP: int(times[at]),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _facts(trained: dict) -> dict:

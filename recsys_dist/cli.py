@@ -119,6 +119,12 @@ def _add_generate(commands):
         default=0.0,
         help="chance a drifting user's new category is a common path out of the old one",
     )
+    sub.add_argument(
+        "--break-days",
+        type=float,
+        default=0.0,
+        help="every user takes one break this long (to twice it); abrupt shifts start after it",
+    )
     sub.add_argument("--overwrite", action="store_true")
     sub.set_defaults(handler=_run_generate)
     return sub
@@ -271,6 +277,7 @@ def _run_generate(args):
         categories=args.categories,
         seed=args.seed,
         drift_paths=args.drift_paths,
+        break_days=args.break_days,
         overwrite=args.overwrite,
     )
 

@@ -13,6 +13,10 @@ model learns what is there. Three signals are planted:
 * **Order**: within a category every item has a fixed successor that follows it with
   probability :data:`SUCCESSOR_PROB`, so order carries information beyond the category.
 * **Time**: sessions, with seconds-to-minutes gaps inside and hours-to-days gaps between.
+  With ``break_days`` > 0 every user also takes one long break (weeks), and an abrupt
+  user's new interest starts when they come back: a shift a model can only anticipate from
+  the time gap, as with a returning customer whose life has moved on. Stable and gradual
+  users take the break too, so a break says a shift is likely, not certain.
 
 Users are generated in shards by Ray tasks, each seeded by ``(seed, shard)`` and writing its
 own Parquet part, so output is identical for a seed whatever the cluster, and the driver only
@@ -41,6 +45,7 @@ DRIFT_KIND = "drift_kind"  # "stable", "gradual" or "abrupt"
 SHIFT_START = "shift_start"  # first event of the new interest (abrupt) or of the timeline
 SHIFT_END = "shift_end"  # = shift_start (abrupt) or the last event's time (gradual)
 SHIFT_EVENT = "shift_event"  # abrupt: index of the first event drawn from the new interest
+BREAK_EVENT = "break_event"  # break_days > 0: index of the first event after the long break
 FROM_CATEGORIES = "from_categories"  # categories preferred before the shift (all users)
 TO_CATEGORIES = "to_categories"  # categories preferred after it (null for stable users)
 USER_SCHEMA = pa.schema(
@@ -50,6 +55,7 @@ USER_SCHEMA = pa.schema(
         pa.field(SHIFT_START, pa.int64()),
         pa.field(SHIFT_END, pa.int64()),
         pa.field(SHIFT_EVENT, pa.int32()),
+        pa.field(BREAK_EVENT, pa.int32()),
         pa.field(FROM_CATEGORIES, pa.list_(pa.string())),
         pa.field(TO_CATEGORIES, pa.list_(pa.string())),
     ]
@@ -167,6 +173,7 @@ def generate_dataset(
     users_per_shard: int = 50_000,
     start_days: int = 365,
     drift_paths: float = 0.0,
+    break_days: float = 0.0,
     *,
     overwrite: bool = False,
 ) -> GenerateSummary:
@@ -186,12 +193,17 @@ def generate_dataset(
         drift_paths: chance that each category a drifting user moves to is one of the common
             paths out of the one it replaces (0: anywhere, as in earlier versions; the same
             seed then gives the same log as before).
+        break_days: every user takes one break of ``break_days`` to twice that, at the point
+            where an abrupt user's new interest starts (0: none; the same seed then gives the
+            same events as before).
         users_per_shard: users per Ray task and per ``events/part-NNNNN.parquet``.
         overwrite: replace the parts of an earlier run instead of refusing.
     """
     _validate(users, items, categories, events_per_user, users_per_shard)
     if not 0.0 <= drift_paths <= 1.0:
         raise ValueError(f"drift_paths={drift_paths} must be in [0, 1]")
+    if break_days < 0:
+        raise ValueError(f"break_days={break_days} must be >= 0")
     root = prepare_output_dir(
         output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR), overwrite
     )
@@ -199,7 +211,7 @@ def generate_dataset(
     _write_items(storage.join(root, schema.ITEMS_DIR), catalogue)
     starts = range(0, users, users_per_shard)
     shards = [(i, lo, min(lo + users_per_shard, users)) for i, lo in enumerate(starts)]
-    spec = _UserSpec(events_per_user, start_days * 86_400, drift_paths)
+    spec = _UserSpec(events_per_user, start_days * 86_400, drift_paths, break_days * 86_400)
     events = _run_shards(storage.absolute(root), shards, catalogue, seed, spec)
     summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
     logger.info("generated %s", summary)
@@ -265,6 +277,7 @@ class _UserSpec:
     events_per_user: tuple[int, int]  # inclusive range
     start_spread_s: int  # users start uniformly within this many seconds of FIRST_DAY
     drift_paths: float  # chance a new category follows a common path out of the old one
+    break_s: float = 0.0  # shortest long break (seconds); 0: no breaks
 
 
 @dataclass
@@ -280,6 +293,7 @@ class _Users:
     b_share: np.ndarray
     switch: np.ndarray  # abrupt users: fraction of the timeline where a gives way to b
     start: np.ndarray  # first event time
+    pause: np.ndarray  # seconds of the long break before the switch point (0: none)
 
     def take(self, lo: int, hi: int) -> _Users:
         return _Users(*(getattr(self, f)[lo:hi] for f in self.__dataclass_fields__))
@@ -299,8 +313,11 @@ def _draw_users(
     share = np.where(rng.random((n, 2)) < TWO_CATEGORY_PROB, FIRST_CATEGORY_SHARE, 1.0)
     switch = rng.uniform(0.3, 0.7, n)
     start = FIRST_DAY + rng.integers(0, spec.start_spread_s, n)
+    pause = np.zeros(n)
+    if spec.break_s > 0:  # no extra draws otherwise, as for drift paths
+        pause = spec.break_s * rng.uniform(1.0, 2.0, n)
     ids = np.arange(lo, hi)
-    return _Users(ids, length, kind, a, b, share[:, 0], share[:, 1], switch, start)
+    return _Users(ids, length, kind, a, b, share[:, 0], share[:, 1], switch, start, pause)
 
 
 def _follow_paths(
@@ -367,7 +384,8 @@ def _ground_truth(users: _Users, times: np.ndarray) -> pa.Table:
     order, as :func:`_events_table` wrote them)."""
     first = np.cumsum(users.length) - users.length  # [U] each user's first event
     last = first + users.length - 1
-    switch_pos = np.ceil(users.switch * (users.length - 1)).astype(np.int64)  # first frac >= switch
+    switch_pos = _switch_position(users)
+    took_break = (users.pause > 0) & (switch_pos > 0)
     abrupt, gradual = users.kind == ABRUPT, users.kind == GRADUAL
     start = np.where(abrupt, times[first + switch_pos], times[first])
     end = np.where(abrupt, start, times[last])
@@ -378,12 +396,19 @@ def _ground_truth(users: _Users, times: np.ndarray) -> pa.Table:
         SHIFT_START: pa.array(start, mask=stable),
         SHIFT_END: pa.array(end, mask=stable),
         SHIFT_EVENT: pa.array(switch_pos.astype(np.int32), mask=~abrupt),
+        BREAK_EVENT: pa.array(switch_pos.astype(np.int32), mask=~took_break),
         FROM_CATEGORIES: _category_sets(users.a, users.a_share),
         TO_CATEGORIES: pa.array(
             _category_sets(users.b, users.b_share).to_pylist(), pa.list_(pa.string()), mask=stable
         ),
     }
     return pa.table(columns, schema=USER_SCHEMA)
+
+
+def _switch_position(users: _Users) -> np.ndarray:
+    """[U] index of each user's switch point: the first event whose timeline fraction reaches
+    ``switch`` (where an abrupt user's new interest starts and the long break ends)."""
+    return np.ceil(users.switch * (users.length - 1)).astype(np.int64)
 
 
 def _category_sets(sets: np.ndarray, first_share: np.ndarray) -> pa.Array:
@@ -449,6 +474,8 @@ def _event_times(
     within = 1.0 + rng.exponential(WITHIN_SESSION_MEAN_S, total)
     between = np.exp(rng.uniform(*np.log(BETWEEN_SESSIONS_S), total))
     gaps = np.ceil(np.where(new_session, between, within)).astype(np.int64)
+    returning = (pos == _switch_position(users)[owner]) & (users.pause[owner] > 0)
+    gaps[returning] = np.ceil(users.pause[owner][returning]).astype(np.int64)
     gaps[pos == 0] = 0
     elapsed = np.cumsum(gaps)
     return users.start[owner] + elapsed - elapsed[first][owner]

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_dist import schema
+from recsys_dist import cli, schema
 from recsys_dist.data import synthetic
 from recsys_dist.data.synthetic import build_catalogue, generate_dataset
 
@@ -175,3 +175,29 @@ def test_drift_paths_make_where_interests_go_predictable(generated, tmp_path):
     assert on_path_rate(generated[0]) < 0.4
     with pytest.raises(ValueError, match="drift_paths"):
         generate_dataset(str(tmp_path / "bad"), drift_paths=1.5)
+
+
+def test_a_long_break_comes_before_each_return_and_every_abrupt_shift(generated, tmp_path):
+    """With ``break_days`` every user's gap before ``break_event`` is that long or longer and
+    every other gap shorter; an abrupt user's new interest starts right after the break."""
+    out = tmp_path / "breaks"
+    argv = ["generate", "--output", str(out), "--users", "200", "--items", "100", "--seed", "3"]
+    assert cli.main([*argv, "--break-days", "20"]) == 0
+    truth = pq.read_table(out / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
+    assert truth[synthetic.BREAK_EVENT].notna().all()
+    abrupt = truth[truth[synthetic.DRIFT_KIND] == "abrupt"]
+    assert (abrupt[synthetic.SHIFT_EVENT] == abrupt[synthetic.BREAK_EVENT]).all()
+    day = 86_400
+    for user, events in _events(out).to_pandas().groupby(schema.USER_ID, sort=False):
+        gaps = np.diff(events[schema.TIMESTAMP].to_numpy())
+        at = int(truth.loc[user, synthetic.BREAK_EVENT])
+        assert 20 * day <= gaps[at - 1] <= 40 * day + 1, user
+        assert (np.delete(gaps, at - 1) < 20 * day).all(), user
+        if user in abrupt.index:
+            assert events[schema.TIMESTAMP].iloc[at] == abrupt.loc[user, synthetic.SHIFT_START]
+    assert (
+        pq.read_table(generated[0] / synthetic.USERS_DIR).column(synthetic.BREAK_EVENT).null_count
+        == SIZES["users"]
+    )
+    with pytest.raises(ValueError, match="break_days"):
+        generate_dataset(str(tmp_path / "bad"), break_days=-1.0)
