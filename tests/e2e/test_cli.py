@@ -76,6 +76,7 @@ def test_generate_prepare_train_evaluate_recommend(ray_session, tmp_path, capsys
     assert summary["workers"] == 2 and (run / "model" / "model.safetensors").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [10, 20, 30]
+    check_rerun_resumes_and_refuses_other_data(capsys, raw, prepared, run, tmp_path)
 
     result = run_cli(capsys, "evaluate", "--run", str(run), "--split", "test", "--json")
     assert result["protocol"].startswith("full-catalogue")
@@ -160,32 +161,6 @@ def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     assert "log.parquet row 2: field 'timestamp'" in capsys.readouterr().err
 
 
-def test_rerun_resumes_from_the_latest_checkpoint(ray_session, tmp_path, capsys):
-    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
-    run_cli(capsys, "generate", "--output", str(raw), "--users", "120", "--items", "40", "--json")
-    run_cli(capsys, "prepare", "--data", str(raw), "--output", str(prepared), "--json")
-    short = [o for o in TINY_MODEL if not o.startswith(("train.epochs", "train.eval_every"))]
-    first = ["train", "--data", str(prepared), "--output", str(run), "--workers", "1", "--json"]
-    run_cli(capsys, *first, *short, "train.epochs=2", "train.eval_every=1")
-    resumed = run_cli(capsys, *first, *short, "train.epochs=3", "train.eval_every=1")
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [1, 2, 3]  # epochs 1-2 were not trained again
-    assert lines[2]["step"] == 3 * lines[0]["step"]
-    assert resumed["epochs"] == 3
-    # The same run directory over another split would resume a model of other data: refused.
-    window = tmp_path / "window"
-    run_cli(
-        capsys,
-        *("prepare", "--data", str(raw), "--output", str(window), "--holdout-events", "2"),
-        "--json",
-    )
-    other = ["train", "--data", str(window), "--output", str(run), "--workers", "1"]
-    assert cli.main([*other, *short, "train.epochs=3"]) == 2
-    assert "data_config" in capsys.readouterr().err
-    wider = [*first, *short, "train.epochs=3", "model.hidden_size=64"]
-    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err
-
-
 def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys):
     """`prepare --append` adds a day without restating --max-len; re-adding a day exits 2."""
     for day, seed in (("day=1", 1), ("day=2", 2)):
@@ -246,3 +221,27 @@ def check_interests(result: dict, raw, out, users: int) -> None:
     truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
     drift = table["drift"].groupby(truth[synthetic.DRIFT_KIND]).mean()
     assert drift["abrupt"] > 1.5 * drift["stable"], drift
+
+
+def check_rerun_resumes_and_refuses_other_data(capsys, raw, prepared, run, tmp_path) -> None:
+    """Training again into a finished run with one more epoch continues from its latest
+    checkpoint (epochs 1-30 are not trained again); a run of other data, split or model shape
+    is refused (exit 2) rather than silently resumed."""
+    again = ["train", "--data", str(prepared), "--output", str(run), "--workers", "2"]
+    more = [o for o in TINY_MODEL if not o.startswith("train.epochs")]
+    resumed = run_cli(capsys, *again, "--json", *more, "train.epochs=31")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [10, 20, 30, 31] and resumed["epochs"] == 31
+    per_epoch = lines[2]["step"] / 30  # shards are re-split on a new run: +-1 step an epoch
+    assert abs(lines[3]["step"] - lines[2]["step"] - per_epoch) <= 1, (lines, per_epoch)
+    window = tmp_path / "window"
+    run_cli(
+        capsys,
+        *("prepare", "--data", str(raw), "--output", str(window), "--max-len", "30"),
+        *("--holdout-events", "2", "--json"),
+    )
+    other = ["train", "--data", str(window), "--output", str(run), "--workers", "2"]
+    assert cli.main([*other, *more, "train.epochs=31"]) == 2
+    assert "data_config" in capsys.readouterr().err
+    wider = [*again, *more, "train.epochs=31", "model.hidden_size=64"]
+    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err
