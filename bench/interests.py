@@ -173,12 +173,11 @@ def _per_row(recommender: Recommender, rows: pd.DataFrame, truth, catalogue) -> 
         part = rows.iloc[start : start + 256]
         histories = [np.asarray(h, np.int64) for h in part[schema.ITEMS]]
         seen = [torch.as_tensor(h, device=recommender.device) for h in histories]
-        with torch.no_grad():
-            scores = recommender.next_item_scores(
-                histories,
-                list(part[schema.TIMESTAMPS]),
-                part[schema.TARGET_TIMESTAMP].to_numpy(np.int64),
-            )
+        scores = recommender.next_item_scores(
+            histories,
+            list(part[schema.TIMESTAMPS]),
+            part[schema.TARGET_TIMESTAMP].to_numpy(np.int64),
+        )
         targets = torch.as_tensor(part[schema.TARGET_ITEM].to_numpy(np.int64))
         ranks = target_ranks(scores, targets.to(scores.device), seen).cpu().numpy()
         scores = scores.masked_fill(
@@ -247,12 +246,13 @@ def _returns(work: Path, sizes: dict, drift_paths: float, suffix: str, split: li
     truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
     catalogue = synthetic.build_catalogue(sizes["items"], sizes["categories"], sizes["seed"])
     out = {"bench": "returns", "dataset": f"generated (break_days={BREAK_DAYS:g})"}
+    recommenders = {name: Recommender(str(Path(t["run"]) / "model")) for name, t in runs.items()}
+    # Both runs prepared the same log, so they share a vocabulary and score the same rows.
+    rows = _return_rows(events[held_out], truth, recommenders["time-aware"])
+    kinds = truth.loc[rows[schema.USER_ID], synthetic.DRIFT_KIND].to_numpy()
     found = {}
     for name, trained in runs.items():
-        recommender = Recommender(str(Path(trained["run"]) / "model"))
-        rows = _return_rows(events[held_out], truth, recommender)
-        kinds = truth.loc[rows[schema.USER_ID], synthetic.DRIFT_KIND].to_numpy()
-        found[name] = _per_row(recommender, rows, truth, catalogue)
+        found[name] = _per_row(recommenders[name], rows, truth, catalogue)
         out[name] = {**_facts(trained), "held_out_users": len(rows)}
         for kind in synthetic.DRIFT_KINDS:
             out[name][kind] = {
