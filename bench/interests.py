@@ -44,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recsys_dist import cli, schema  # noqa: E402
+from recsys_dist import cli, run_layout, schema  # noqa: E402
 from recsys_dist.config import EvalConfig, InterestConfig, load_config  # noqa: E402
 from recsys_dist.data import synthetic  # noqa: E402
 from recsys_dist.data.prepare import prepare_dataset  # noqa: E402
@@ -123,7 +123,7 @@ def _trained(raw: Path, out: Path, overrides: list[str]) -> dict:
     """Prepare and train (reusing a model already in ``out``); the run's facts."""
     config = load_config(None, overrides)
     run = out / "run"
-    if not (run / "model").exists():
+    if not Path(run_layout.model_dir(run)).exists():
         prepare_dataset(str(raw), str(out / "prepared"), config.data)
         started = time.perf_counter()
         train(str(out / "prepared"), str(run), config)
@@ -147,7 +147,7 @@ def _ablation(raw: Path, runs: dict[str, dict]) -> dict:
 
 def _shifted_users_metrics(trained: dict, truth, catalogue) -> dict:
     """NDCG@10 and the share of top-10 in the new interest, on shifted users' test rows."""
-    recommender = Recommender(str(Path(trained["run"]) / "model"))
+    recommender = Recommender(run_layout.model_dir(trained["run"]))
     rows = read_split(trained["prepared"], schema.TEST_SPLIT).to_pandas()
     shifted = truth[truth[synthetic.DRIFT_KIND] != "stable"]
     rows = rows[rows[schema.USER_ID].isin(shifted.index)]
@@ -246,7 +246,7 @@ def _returns(work: Path, sizes: dict, drift_paths: float, suffix: str, split: li
     truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
     catalogue = synthetic.build_catalogue(sizes["items"], sizes["categories"], sizes["seed"])
     out = {"bench": "returns", "dataset": f"generated (break_days={BREAK_DAYS:g})"}
-    recommenders = {name: Recommender(str(Path(t["run"]) / "model")) for name, t in runs.items()}
+    recommenders = {name: Recommender(run_layout.model_dir(t["run"])) for name, t in runs.items()}
     # Both runs prepared the same log, so they share a vocabulary and score the same rows.
     rows = _return_rows(events[held_out], truth, recommenders["time-aware"])
     kinds = truth.loc[rows[schema.USER_ID], synthetic.DRIFT_KIND].to_numpy()

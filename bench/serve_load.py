@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from recsys_dist import run_layout  # noqa: E402
 from recsys_dist.config import ServeConfig, load_config  # noqa: E402
 
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
@@ -120,7 +121,7 @@ def _train(raw: Path, out: Path) -> tuple[Path, list[str]]:
     from recsys_dist.data.prepare import prepare_dataset
     from recsys_dist.train.trainer import train
 
-    if not (out / "run" / "model").exists():
+    if not Path(run_layout.model_dir(out / "run")).exists():
         config = load_config(None, QUICK_TRAIN)
         prepare_dataset(str(raw), str(out / "prepared"), config.data)
         train(str(out / "prepared"), str(out / "run"), config)

@@ -5,9 +5,10 @@
     DIR/vocab.parquet      the item vocabulary the weights were trained with
     DIR/state.json         what produced it: epoch, step, metrics, config, data hash
 
-A checkpoint reported during training and the exported ``RUN_DIR/model`` share this layout,
-so the best checkpoint is exported by copying it. Checkpoints are written locally (Ray Train
-uploads them to the run's storage); loading and exporting accept local or ``s3://`` dirs.
+A checkpoint reported during training and the exported ``RUN/model`` (see
+:mod:`recsys_dist.run_layout`) share this layout, so the best checkpoint is exported by
+copying it. Checkpoints are written locally (Ray Train uploads them to the run's storage);
+loading and exporting accept local or ``s3://`` dirs.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from recsys_dist import schema, storage
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.model import Bert4Rec
 
+# The checkpoint's own name; config.json and model.safetensors are the model's (model/),
+# vocab.parquet the schema's, and where a run keeps its export is run_layout's.
 STATE_FILE = "state.json"
-MODEL_DIR = "model"  # where a run directory keeps its exported (best) model
 
 
 @dataclass
@@ -64,6 +66,6 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> LoadedM
 
 
 def export(checkpoint_dir: str | Path, model_dir: str | Path) -> None:
-    """Copy a checkpoint to the run's ``model/`` directory (local or ``s3://``), replacing it."""
+    """Copy a checkpoint to ``model_dir`` (local or ``s3://``), replacing what it holds."""
     storage.delete_dir(model_dir)
     storage.copy_dir(checkpoint_dir, model_dir)

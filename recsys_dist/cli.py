@@ -1,55 +1,64 @@
 """The ``recsys-dist`` command: thin wrappers over the library, one sub-command per stage.
 
-Every sub-command logs progress, prints a human summary, or one JSON object with ``--json``,
-and exits 2 with a one-line message naming the file/row/field on bad input. Every path may be
-local or ``s3://bucket/prefix``; S3 endpoint, region and credentials come from the standard
-AWS environment variables and config files (``AWS_ENDPOINT_URL`` for MinIO and the like).
+Every sub-command prints a short human summary, or one compact JSON line with ``--json``
+(:mod:`recsys_dist.console`); the frameworks stay quiet unless ``-v``. Bad input (any
+:class:`~recsys_dist.errors.UserInputError`) exits 2 with one line naming the file, row, field
+or argument, checked before Ray starts where it can be. Every path may be local or
+``s3://bucket/prefix``; S3 endpoint, region and credentials come from the standard AWS
+environment variables and config files (``AWS_ENDPOINT_URL`` for MinIO and the like).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
-from recsys_dist.config import ConfigError, load_config
-
-logger = logging.getLogger("recsys_dist")
+from recsys_dist import console, storage
+from recsys_dist.config import load_config
+from recsys_dist.errors import MissingInputError, UserInputError
 
 EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run one sub-command: 0 when done, 2 with one ``error:`` line on bad input."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UserInputError as error:  # argparse's complaint, as one line
+        return _bad_input(str(error))
+    except SystemExit as done:  # --help, --version
+        return done.code if isinstance(done.code, int) else 0
+    console.setup(args.verbose)
+    started = time.perf_counter()
     try:
         result = args.handler(args)
-    except Exception as error:  # noqa: BLE001 — turned into a clear message below
+    except Exception as error:  # noqa: BLE001 — a user error becomes one line, a bug is raised
         message = user_error(error)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    _print_result(result, args)
+        return _bad_input(message)
+    console.print_result(args.command, result, args, time.perf_counter() - started, args.json)
     return 0
 
 
-def user_error(error: BaseException) -> str | None:
-    """The message of a bad-input error, also when Ray wrapped it in a task error."""
-    from recsys_dist.data.events import BadEventError
-    from recsys_dist.data.importers import DataFormatError
-    from recsys_dist.data.prepare import AppendError
+def _bad_input(message: str) -> int:
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"error: {one_line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
-    expected = (BadEventError, DataFormatError, AppendError, ConfigError, FileNotFoundError)
+
+def user_error(error: BaseException) -> str | None:
+    """The message of a user error, also when Ray wrapped it in a task error; None for a bug.
+
+    User errors are :class:`UserInputError` and its subclasses, and a ``FileNotFoundError``
+    for an input path that is not there (named in the message).
+    """
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -57,16 +66,50 @@ def user_error(error: BaseException) -> str | None:
         if isinstance(inner, BaseException) and inner is not error:
             error = inner
             continue
-        if isinstance(error, expected):
+        if isinstance(error, UserInputError):
+            return str(error)
+        if isinstance(error, FileNotFoundError):
+            if error.filename is not None:
+                return f"{error.filename}: {error.strerror or 'no such file or directory'}"
             return str(error)
         error = error.__cause__ or error.__context__
     return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Raises a usage error (one line, exit 2 in :func:`main`) instead of printing usage."""
+
+    def error(self, message: str):
+        raise UserInputError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _global_flags(in_subcommand: bool) -> argparse.ArgumentParser:
+    """-v, --json and --address, accepted before or after the sub-command. The sub-command's
+    copies default to SUPPRESS, so they set a value only when given there."""
+    flags = argparse.ArgumentParser(add_help=False)
+    off, none = (argparse.SUPPRESS,) * 2 if in_subcommand else (False, None)
+    flags.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=off,
+        help="show the frameworks' logs and progress (Ray, DeepSpeed, transformers)",
+    )
+    flags.add_argument(
+        "--json",
+        action="store_true",
+        default=off,
+        help="print one compact JSON line instead of a summary",
+    )
+    flags.add_argument("--address", default=none, help="Ray address (default: local Ray)")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recsys-dist", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = _Parser(prog="recsys-dist", description=__doc__, parents=[_global_flags(False)])
+    parser.add_argument("--version", action="version", version=f"recsys-dist {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    flags = _global_flags(True)
     for add in (
         _add_import,
         _add_generate,
@@ -78,15 +121,59 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_interests,
         _add_report,
+        _add_config,
     ):
-        sub = add(commands)
-        sub.add_argument("--json", action="store_true", help="print one JSON object")
-        sub.add_argument("--address", default=None, help="Ray address (default: local Ray)")
+        add(commands, flags)
     return parser
 
 
-def _add_import(commands):
-    sub = commands.add_parser("import", help="convert a log to a canonical dataset directory")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recsys-dist")
+    except PackageNotFoundError:  # a source checkout that is not installed
+        from recsys_dist import __version__
+
+        return __version__
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserInputError(message)
+
+
+def _check_run(run: str) -> None:
+    """``--run`` holds a trained run: its record and its exported model."""
+    from recsys_dist import run_layout
+
+    run_layout.run_record(run)  # raises for a directory that is not a run
+    _check_model(run_layout.model_dir(run), f"--run {run}")
+
+
+def _check_model(model: str, flag: str) -> None:
+    from recsys_dist.checkpoint import STATE_FILE
+
+    if not storage.exists(storage.join(model, STATE_FILE)):
+        raise MissingInputError(f"{flag}: no exported model in {model} (no {STATE_FILE})")
+
+
+def _check_prepared(data: str | None) -> None:
+    """``--data``, when given, is a prepared dataset (``recsys-dist prepare``'s output)."""
+    from recsys_dist.data.prepared import load_manifest
+
+    if data is not None:
+        load_manifest(data)
+
+
+def _check_k(k: int) -> None:
+    _require(k >= 1, f"--k must be >= 1, got {k}")
+
+
+def _add_import(commands, flags):
+    sub = commands.add_parser(
+        "import", help="convert a log to a canonical dataset directory", parents=[flags]
+    )
     sub.add_argument(
         "--format", required=True, choices=["recbole", "movielens", "csv", "parquet", "sasrec"]
     )
@@ -106,8 +193,10 @@ def _add_import(commands):
     return sub
 
 
-def _add_generate(commands):
-    sub = commands.add_parser("generate", help="a synthetic log whose interests drift")
+def _add_generate(commands, flags):
+    sub = commands.add_parser(
+        "generate", help="a synthetic log whose interests drift", parents=[flags]
+    )
     sub.add_argument("--output", required=True)
     sub.add_argument("--users", type=int, default=1000)
     sub.add_argument("--items", type=int, default=500)
@@ -130,8 +219,10 @@ def _add_generate(commands):
     return sub
 
 
-def _add_prepare(commands):
-    sub = commands.add_parser("prepare", help="events → split sequence dataset (Ray Data)")
+def _add_prepare(commands, flags):
+    sub = commands.add_parser(
+        "prepare", help="events → split sequence dataset (Ray Data)", parents=[flags]
+    )
     sub.add_argument("--data", required=True)
     sub.add_argument("--output", required=True)
     sub.add_argument("--max-len", type=int)
@@ -151,8 +242,10 @@ def _add_prepare(commands):
     return sub
 
 
-def _add_train(commands):
-    sub = commands.add_parser("train", help="train BERT4Rec with Ray Train + DeepSpeed")
+def _add_train(commands, flags):
+    sub = commands.add_parser(
+        "train", help="train BERT4Rec with Ray Train + DeepSpeed", parents=[flags]
+    )
     sub.add_argument("--data", required=True, help="a prepared dataset")
     sub.add_argument("--output", required=True, help="the run directory")
     sub.add_argument("--workers", type=int)
@@ -167,8 +260,10 @@ def _add_train(commands):
     return sub
 
 
-def _add_evaluate(commands):
-    sub = commands.add_parser("evaluate", help="HR/NDCG/MRR@5/10/20 of a trained run")
+def _add_evaluate(commands, flags):
+    sub = commands.add_parser(
+        "evaluate", help="HR/NDCG/MRR@5/10/20 of a trained run", parents=[flags]
+    )
     sub.add_argument("--run", required=True)
     sub.add_argument("--split", default="test", choices=["valid", "test"])
     sub.add_argument("--data", help="prepared dataset (default: the one the run trained on)")
@@ -176,40 +271,54 @@ def _add_evaluate(commands):
     sub.add_argument(
         "--sampled",
         type=int,
-        default=0,
         metavar="N",
-        help="rank against N sampled negatives instead of the full catalogue",
+        help="rank against N sampled negatives instead of the full catalogue (0); "
+        "default: the run's eval.sampled_negatives",
     )
-    sub.add_argument("--sampling", default="uniform", choices=["uniform", "popularity"])
+    sub.add_argument(
+        "--sampling",
+        choices=["uniform", "popularity"],
+        help="how negatives are sampled; default: the run's eval.sampling",
+    )
+    sub.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_config_args(sub)  # on top of the run's own eval settings (RUN/config.yaml)
     sub.set_defaults(handler=_run_evaluate)
     return sub
 
 
-def _add_recommend(commands):
-    sub = commands.add_parser("recommend", help="top-K for histories given as events")
+def _add_recommend(commands, flags):
+    sub = commands.add_parser(
+        "recommend", help="top-K for histories given as events", parents=[flags]
+    )
     sub.add_argument("--run", required=True)
     sub.add_argument("--histories", required=True, help="Parquet events: user_id,item_id,timestamp")
     sub.add_argument("--k", type=int, default=10)
     sub.add_argument("--output", required=True)
     sub.add_argument("--keep-seen", action="store_true")
+    _add_config_args(sub)  # on top of the run's own data and eval settings
     sub.set_defaults(handler=_run_recommend)
     return sub
 
 
-def _add_score(commands):
-    sub = commands.add_parser("score", help="top-K for every user of a prepared dataset")
+def _add_score(commands, flags):
+    sub = commands.add_parser(
+        "score", help="top-K for every user of a prepared dataset", parents=[flags]
+    )
     sub.add_argument("--run", required=True)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
     sub.add_argument("--k", type=int, default=10)
     sub.add_argument("--output", required=True, help="Parquet file: user_id, rank, item_id, score")
     sub.add_argument("--keep-seen", action="store_true")
+    _add_config_args(sub)  # on top of the run's own eval settings
     sub.set_defaults(handler=_run_score)
     return sub
 
 
-def _add_serve(commands):
+def _add_serve(commands, flags):
     sub = commands.add_parser(
-        "serve", help="online recommendations over HTTP (Ray Serve), real-time interest updates"
+        "serve",
+        help="online recommendations over HTTP (Ray Serve), real-time interest updates",
+        parents=[flags],
     )
     sub.add_argument("--run", required=True, help="run directory (its model/ is served)")
     sub.add_argument("--model", help="another export to serve (default: RUN/model)")
@@ -238,22 +347,29 @@ def init_ray(address: str | None, min_cpus: int = 1) -> None:
     while every training worker holds one. A local Ray inherits this process's environment,
     so its workers see the same AWS settings for ``s3://`` paths; on a cluster every node
     needs them (environment or an IAM role), see docs/architecture.md "Object storage".
+    Unless ``-v``, Ray logs only errors and its workers run :func:`console.quiet_worker`.
     """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    options = console.ray_init_options()
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    # The dashboard serves the State API that Ray Train uses to clean up after a failed run.
-    ray.init(num_cpus=max(os.cpu_count() or 1, min_cpus))
+        ray.init(address=address, log_to_driver=True, **options)
+    else:
+        num_cpus = max(os.cpu_count() or 1, min_cpus)
+        console.local_ray_environment(num_cpus)
+        # The dashboard serves the State API that Ray Train uses to clean up after a failed run.
+        ray.init(num_cpus=num_cpus, **options)
+    console.quiet_ray_data()
 
 
 def _run_import(args):
     from recsys_dist.data.importers import import_dataset
 
+    for pair in args.map:
+        _require("=" in pair, f"--map {pair!r}: expected CANONICAL=SOURCE, e.g. user_id=uid")
     mapping = dict(pair.split("=", 1) for pair in args.map)
     return import_dataset(
         args.format,
@@ -267,10 +383,19 @@ def _run_import(args):
 
 
 def _run_generate(args):
-    from recsys_dist.data.synthetic import generate_dataset
+    from recsys_dist.data import synthetic
+    from recsys_dist.data.importers import check_output_dir
 
+    synthetic.check_arguments(
+        args.users,
+        args.items,
+        args.categories,
+        drift_paths=args.drift_paths,
+        break_days=args.break_days,
+    )
+    check_output_dir(args.output, synthetic.OUTPUT_DIRS, args.overwrite)
     init_ray(args.address)
-    return generate_dataset(
+    return synthetic.generate_dataset(
         args.output,
         users=args.users,
         items=args.items,
@@ -283,9 +408,11 @@ def _run_generate(args):
 
 
 def _run_prepare(args):
+    from recsys_dist.data.events import event_files
     from recsys_dist.data.prepare import prepare_dataset
     from recsys_dist.data.prepared import load_manifest
 
+    event_files(args.data)  # the input is there before Ray starts
     stored: list[str] = []
     if args.append:  # an appended partition keeps the dataset's settings unless told otherwise
         kept = load_manifest(args.output)["config"]
@@ -306,54 +433,88 @@ def _run_prepare(args):
 
 
 def _run_train(args):
-    from recsys_dist.train.trainer import train
-
     config = _config(
         args, **{"train.workers": args.workers, "train.use_gpu": True if args.gpu else None}
     )
+    _check_prepared(args.data)
+    from recsys_dist.train.trainer import train  # DeepSpeed takes seconds to import
+
     init_ray(args.address, min_cpus=int(config.train.workers * config.train.cpus_per_worker) + 2)
     return train(args.data, args.output, config, overwrite=args.overwrite)
 
 
 def _run_evaluate(args):
-    from recsys_dist.config import EvalConfig
+    _check_run(args.run)
+    _check_prepared(args.data)
+    sampled = args.sampled
+    _require(sampled is None or sampled >= 0, f"--sampled must be >= 0, got {sampled}")
     from recsys_dist.evaluation.evaluate import evaluate_run
+    from recsys_dist.run_layout import saved_settings
 
-    eval_config = EvalConfig(
-        exclude_seen=not args.keep_seen, sampled_negatives=args.sampled, sampling=args.sampling
+    config = _config(
+        args,
+        saved_settings(args.run, ["eval"], args.config),
+        **{
+            "eval.exclude_seen": False if args.keep_seen else None,
+            "eval.sampled_negatives": args.sampled,
+            "eval.sampling": args.sampling,
+        },
     )
     init_ray(args.address)
-    return evaluate_run(args.run, args.split, eval_config, args.data)
+    result = evaluate_run(args.run, args.split, config.eval, args.data)
+    if args.output:  # the numbers, for a pipeline step or a dashboard to pick up
+        storage.write_json(args.output, result)
+    return result
 
 
 def _run_recommend(args):
-    from recsys_dist import storage
-    from recsys_dist.checkpoint import MODEL_DIR
+    from recsys_dist.data.events import event_files
+
+    _check_run(args.run)
+    _check_k(args.k)
+    event_files(args.histories)  # there, with Parquet files, before Ray starts
+    from recsys_dist import run_layout
     from recsys_dist.inference.batch import recommend_histories
 
+    config = _config(
+        args,
+        run_layout.saved_settings(args.run, ["data", "eval"], args.config),
+        **{"eval.exclude_seen": False if args.keep_seen else None},
+    )
     init_ray(args.address)
     return recommend_histories(
-        storage.join(args.run, MODEL_DIR),
+        run_layout.model_dir(args.run),
         args.histories,
         args.output,
         args.k,
-        exclude_seen=not args.keep_seen,
+        exclude_seen=config.eval.exclude_seen,
+        data=config.data,
     )
 
 
 def _run_score(args):
-    from recsys_dist import storage
-    from recsys_dist.checkpoint import MODEL_DIR
-    from recsys_dist.evaluation.evaluate import prepared_dir_of
+    _check_run(args.run)
+    _check_prepared(args.data)
+    _check_k(args.k)
+    from recsys_dist import run_layout
     from recsys_dist.inference.batch import score_prepared
 
+    config = _config(
+        args,
+        run_layout.saved_settings(args.run, ["eval"], args.config),
+        **{"eval.exclude_seen": False if args.keep_seen else None},
+    )
     init_ray(args.address)
-    data = args.data or prepared_dir_of(args.run)
-    model = storage.join(args.run, MODEL_DIR)
-    return score_prepared(model, data, args.output, args.k, exclude_seen=not args.keep_seen)
+    data = args.data or run_layout.prepared_dir_of(args.run)
+    model = run_layout.model_dir(args.run)
+    return score_prepared(model, data, args.output, args.k, config.eval.exclude_seen)
 
 
 def _run_serve(args):
+    _check_run(args.run)
+    if args.model is not None:
+        _check_model(args.model, f"--model {args.model}")
+    _require(1 <= args.port <= 65535, f"--port must be in [1, 65535], got {args.port}")
     from recsys_dist.serving.app import run_service, use_haproxy_ingress
 
     config = _config(args)
@@ -362,7 +523,8 @@ def _run_serve(args):
     url = run_service(
         args.run, config.serve, args.host, args.port, args.model, interests=config.interests
     )
-    print(json.dumps({"url": url, "docs": f"{url}/docs"}) if args.json else f"serving on {url}")
+    started = {"url": url, "docs": f"{url}/docs"}
+    print(json.dumps(started, separators=(",", ":")) if args.json else f"serving on {url}")
     sys.stdout.flush()
     _wait_for_interrupt()
     return {"url": url, "stopped": True}
@@ -381,10 +543,11 @@ def _wait_for_interrupt() -> None:
         pass
 
 
-def _add_interests(commands):
+def _add_interests(commands, flags):
     sub = commands.add_parser(
         "interests",
         help="interest trajectories, drift, change points and forecasts per user (Ray Data)",
+        parents=[flags],
     )
     sub.add_argument("--run", required=True)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
@@ -402,28 +565,29 @@ def _add_interests(commands):
 
 
 def _run_interests(args):
-    from recsys_dist import storage
-    from recsys_dist.evaluation.evaluate import prepared_dir_of
+    from recsys_dist import run_layout, storage
     from recsys_dist.interests.evaluate import evaluate_interests
-    from recsys_dist.interests.forecast import INTERESTS_FILE
     from recsys_dist.interests.offline import analyse_users
 
-    if not args.output and not args.evaluate:
-        raise SystemExit("interests: give --output DIR, --evaluate, or both")
+    _require(bool(args.output or args.evaluate), "give --output DIR, --evaluate, or both")
+    _check_run(args.run)
+    _check_prepared(args.data)
     config = _config(args).interests
     init_ray(args.address)
-    data = args.data or prepared_dir_of(args.run)
+    data = args.data or run_layout.prepared_dir_of(args.run)
     result: dict[str, Any] = {}
-    if args.evaluate or not storage.exists(storage.join(args.run, INTERESTS_FILE)):
+    if args.evaluate or not storage.exists(run_layout.interests_file(args.run)):
         result["evaluation"] = evaluate_interests(args.run, data, config)
     if args.output:
         result["analysis"] = asdict(analyse_users(args.run, data, args.output, config, args.users))
     return result
 
 
-def _add_report(commands):
+def _add_report(commands, flags):
     sub = commands.add_parser(
-        "report", help="one self-contained HTML page: training, metrics, interest trajectories"
+        "report",
+        help="one self-contained HTML page: training, metrics, interest trajectories",
+        parents=[flags],
     )
     sub.add_argument("--run", required=True)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
@@ -435,7 +599,9 @@ def _add_report(commands):
 
 
 def _run_report(args):
-    from recsys_dist import storage
+    _require(args.users >= 0, f"--users must be >= 0, got {args.users}")
+    _check_run(args.run)
+    _check_prepared(args.data)
     from recsys_dist.report.collect import collect_report
     from recsys_dist.report.html import render_report
 
@@ -447,25 +613,20 @@ def _run_report(args):
     return {"output": args.output, "bytes": len(page.encode()), "users": len(data.users)}
 
 
-def _print_result(result: Any, args) -> None:
-    payload = asdict(result) if is_dataclass(result) else result
-    if args.json:
-        print(json.dumps(payload, sort_keys=True, default=str))
-    elif args.command == "evaluate":
-        print(format_metrics_table(payload))
-    else:
-        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+def _add_config(commands, flags):
+    sub = commands.add_parser("config", help="the resolved config", parents=[flags])
+    actions = sub.add_subparsers(dest="config_command", required=True)
+    show = actions.add_parser(
+        "show", help="print the config with every default, as YAML", parents=[flags]
+    )
+    _add_config_args(show)
+    show.set_defaults(handler=_run_config_show)
+    return sub
 
 
-def format_metrics_table(result: dict[str, Any]) -> str:
-    """HR/NDCG/MRR rows by K for the model and the popularity baseline, with the protocol."""
-    ks = sorted({int(k.split("@")[1]) for k in result if "@" in k})
-    header = f"{'':12}" + "".join(f"{f'{m}@{k}':>10}" for m in ("hr", "ndcg", "mrr") for k in ks)
-    lines = [f"{result['split']} split, {result['users']} users, {result['protocol']}", header]
-    for name, metrics in (("model", result), ("popularity", result["baseline_popularity"])):
-        values = "".join(f"{metrics[f'{m}@{k}']:>10.4f}" for m in ("hr", "ndcg", "mrr") for k in ks)
-        lines.append(f"{name:12}{values}")
-    return "\n".join(lines)
+def _run_config_show(args):
+    """The config a command given ``--config`` and these overrides would run with."""
+    return _config(args).to_dict()
 
 
 if __name__ == "__main__":

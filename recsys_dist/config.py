@@ -17,9 +17,10 @@ from typing import Any
 import yaml
 
 from recsys_dist import storage
+from recsys_dist.errors import UserInputError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A configuration key or value that cannot be accepted."""
 
 
@@ -56,14 +57,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the BERT4Rec encoder; copied into the HF model config saved with the weights."""
+    """Shape of the BERT4Rec encoder; copied, field by field, into the HF model config saved
+    with the weights (``Bert4RecConfig.from_model_config``). The one place these defaults live:
+    ``Bert4RecConfig`` takes its own from here."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 256
-    dropout: float = 0.2
-    attention_dropout: float = 0.1
+    hidden_size: int = 64  # width of item embeddings and of the transformer
+    num_layers: int = 2  # bidirectional transformer blocks
+    num_heads: int = 2  # attention heads per block; must divide hidden_size
+    intermediate_size: int = 256  # width of each block's feed-forward layer
+    dropout: float = 0.2  # on embeddings and every residual branch
+    attention_dropout: float = 0.1  # on attention probabilities
     use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
     num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
 

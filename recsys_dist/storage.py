@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from recsys_dist.errors import UserInputError
+
 
 def is_remote(path: str | Path) -> bool:
     return "://" in str(path)
@@ -30,7 +32,7 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
     """Return ``(filesystem, path within it)`` for a local path or a URI.
 
     Raises:
-        ValueError: For a URI with user info or a query string (``s3://KEY:SECRET@bucket``,
+        UserInputError: For a URI with user info or a query string (``s3://KEY:SECRET@bucket``,
             ``?access_key=...``): credentials and options belong in the AWS environment, and
             the message does not repeat the URI.
     """
@@ -39,7 +41,7 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), str(Path(text).resolve())
     parts = urlsplit(text)
     if "@" in parts.netloc or parts.query:
-        raise ValueError(
+        raise UserInputError(
             f"a {parts.scheme}:// path must not carry credentials or options (user info or "
             "'?...'); set them in the AWS environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)"
         )

@@ -4,6 +4,7 @@ redis-server on loopback for the Redis store."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,207 @@ def ml100k_dir() -> Path:
     if not (path / "ml-100k.inter").exists():
         pytest.skip(f"MovieLens-100K not found at {path}")
     return path
+
+
+# The one tiny model the full suite trains for its end-to-end tests (the CLI, the service,
+# batch scoring, interests and the report share it): a generated log whose users prefer
+# categories and drift between them, 2 Ray Train workers with DeepSpeed, 30 epochs.
+SHARED_RUN_MODEL = (
+    "model.hidden_size=32",
+    "model.intermediate_size=64",
+    "model.num_layers=1",
+    "model.dropout=0.1",
+    "model.attention_dropout=0.1",
+    "train.epochs=30",
+    "train.eval_every=10",
+    "train.batch_size=32",
+    "train.lr=0.003",
+    "train.warmup_steps=20",
+)
+SHARED_RUN_MAX_LEN = 20  # the service test posts 15 events: most of what the model reads
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What the shared run's fixture made, and what each CLI step printed with ``--json``.
+
+    Tests read it and may add files beside it (their own outputs), but never change ``raw``,
+    ``prepared`` or ``run``: every end-to-end test of the session sees the same model.
+    """
+
+    root: Path
+    raw: Path
+    prepared: Path
+    run: Path
+    generated: dict
+    manifest: dict
+    summary: dict
+    interests: dict  # `interests --output ROOT/interests --json`: evaluation and analysis
+    model: tuple[str, ...] = SHARED_RUN_MODEL  # the train overrides it was trained with
+    max_len: int = SHARED_RUN_MAX_LEN
+
+
+@pytest.fixture
+def cli_json(capsys):
+    """Run the real CLI in this process with ``--json``; returns its last stdout line, parsed."""
+    from recsys_dist import cli
+
+    def run(*argv: str) -> dict:
+        code = cli.main([*argv, "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err[-3000:]
+        return json.loads(captured.out.strip().splitlines()[-1])
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_session, tmp_path_factory) -> TrainedRun:
+    """generate → prepare → train (2 workers) → interests through the real CLI, once a session.
+
+    Session fixtures cannot use ``capsys``, so output is captured by redirecting the streams
+    the CLI prints to.
+    """
+    root = tmp_path_factory.mktemp("shared-run")
+    raw, prepared, run = root / "raw", root / "prepared", root / "run"
+    steps = {
+        "generated": ["generate", "--output", str(raw), "--users", "400", "--items", "200"],
+        "manifest": ["prepare", "--data", str(raw), "--output", str(prepared)],
+        "summary": ["train", "--data", str(prepared), "--output", str(run), "--workers", "2"],
+        "interests": ["interests", "--run", str(run), "--output", str(root / "interests")],
+    }
+    steps["generated"] += ["--categories", "4", "--seed", "3"]
+    steps["manifest"] += ["--max-len", str(SHARED_RUN_MAX_LEN)]
+    steps["summary"] += SHARED_RUN_MODEL
+    printed = {name: _cli_json_uncaptured(argv) for name, argv in steps.items()}
+    return TrainedRun(root=root, raw=raw, prepared=prepared, run=run, **printed)
+
+
+def _cli_json_uncaptured(argv: list[str]) -> dict:
+    import contextlib
+    import io
+
+    from recsys_dist import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([*argv, "--json"])
+    assert code == 0, f"{argv[0]} exited {code}: {err.getvalue()[-3000:]}"
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def train_checksum():
+    """``prepared (local or s3://) -> int``: the ``sequence_checksum`` of every training window,
+    cut straight from the stored users, to compare with what the workers reported training on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_dist import schema, storage
+    from recsys_dist.data.prepared import load_manifest, split_spec
+    from recsys_dist.data.sequences import training_rows
+    from recsys_dist.train.batches import sequence_checksum
+
+    def checksum(prepared: str) -> int:
+        parts = []
+        for path in storage.list_files(storage.join(prepared, schema.USERS_DIR), ".parquet"):
+            with storage.open_input(path) as source:
+                parts.append(pq.read_table(source))
+        windows = training_rows(pa.concat_tables(parts), split_spec(load_manifest(prepared)))
+        columns = (schema.USER_ID, schema.TIMESTAMPS)
+        return sequence_checksum(
+            {name: windows.column(name).to_numpy(zero_copy_only=False) for name in columns}
+        )
+
+    return checksum
+
+
+# The tiny untrained export the fast tier's unit tests share (predictor, interests,
+# evaluation, report): a model of this shape, never trained, in a run directory laid out as
+# training lays it out. Leave-3-out gives every user a held-out future window of 3 events.
+TINY_RUN_MODEL = {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2}
+TINY_RUN_DATA = {"max_len": 10, "holdout_events": 3}
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """What ``tiny_run`` made. Read-only for every test: one that writes into a run (the
+    interest evaluation, the report) works on a ``shutil.copytree`` of ``run``."""
+
+    root: Path
+    raw: Path
+    prepared: Path
+    run: Path
+    config: object  # the recsys_dist.config.Config that config.yaml holds
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_session, tmp_path_factory) -> TinyRun:
+    """generate → prepare → an untrained model exported into RUN/, in seconds, once a session.
+
+    The run directory is written by the functions training uses (the run record, the
+    config, ``save_checkpoint`` then ``export``); only metrics.jsonl is made up: two epochs
+    of plausible numbers, with the keys the training loop writes.
+    """
+    from recsys_dist.config import Config, DataConfig, ModelConfig, TrainConfig
+    from recsys_dist.data.prepare import prepare_dataset
+    from recsys_dist.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    raw, prepared, run = root / "raw", root / "prepared", root / "run"
+    generate_dataset(str(raw), users=60, items=40, categories=4, seed=0)
+    data = DataConfig(**TINY_RUN_DATA)
+    prepare_dataset(str(raw), str(prepared), data)
+    config = Config(
+        data=data, model=ModelConfig(**TINY_RUN_MODEL), train=TrainConfig(epochs=2, workers=1)
+    )
+    _export_untrained(str(prepared), str(run), config)
+    return TinyRun(root=root, raw=raw, prepared=prepared, run=run, config=config)
+
+
+def _export_untrained(prepared: str, run: str, config) -> None:
+    """What ``train`` leaves in ``run``, for a model seeded as the loop seeds it, untrained."""
+    import tempfile
+    from dataclasses import asdict
+
+    import torch
+
+    from recsys_dist import checkpoint, run_layout, schema, storage
+    from recsys_dist.data.prepared import load_manifest
+    from recsys_dist.model import Bert4Rec, Bert4RecConfig
+    from recsys_dist.train.loop import Progress
+    from recsys_dist.train.trainer import _run_identity
+
+    storage.make_dirs(run)
+    config.save(run_layout.config_file(run))
+    run_layout.write_run_record(run, prepared, _run_identity(prepared, config))
+    manifest = load_manifest(prepared)
+    with torch.random.fork_rng():  # deterministic weights; the session's RNG is left alone
+        torch.manual_seed(config.train.seed)
+        model_config = Bert4RecConfig.from_model_config(
+            config.model, manifest["vocab_size"], config.data.max_len
+        )
+        model = Bert4Rec(model_config)
+    progress = Progress()
+    for epoch, quality in ((1, 0.05), (2, 0.08)):
+        metrics = {
+            f"valid_{m}@{k}": quality * k / 20 for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20)
+        }
+        metrics.update(valid_count=float(manifest["counts"]["valid_rows"]), epoch=epoch)
+        metrics.update(step=epoch * 3, train_loss=4.0 - epoch * 0.2, train_sequences=90)
+        metrics.update(train_checksum=epoch, train_seq_per_s=900.0, elapsed_s=epoch * 0.1)
+        metrics.update(train_nodes=1)
+        progress.epoch, progress.step = epoch, epoch * 3
+        progress.record(metrics)
+    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in progress.history)
+    storage.write_text(run_layout.metrics_file(run), lines)
+    state = {
+        "progress": asdict(progress),
+        "metrics": progress.history[-1],
+        "config": config.to_dict(),
+        "data_hash": manifest["data_hash"],
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        vocab = storage.join(prepared, schema.VOCAB_FILE)
+        checkpoint.save_checkpoint(directory, model.eval(), vocab, state)
+        checkpoint.export(directory, run_layout.model_dir(run))

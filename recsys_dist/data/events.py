@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from recsys_dist import schema, storage
+from recsys_dist.errors import MissingInputError, UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ READ_BATCH_ROWS = 262_144
 _NULLABLE_EVENT_SCHEMA = pa.schema([f.with_nullable(True) for f in schema.EVENT_SCHEMA])
 
 
-class BadEventError(ValueError):
+class BadEventError(UserInputError):
     """A row of an event log that cannot be accepted; the message names file, row and field."""
 
 
@@ -65,7 +66,7 @@ def event_files(data_dir: str) -> list[str]:
     root = events_dir if storage.exists(events_dir) else data_dir
     files = storage.list_files(root, ".parquet")
     if not files:
-        raise FileNotFoundError(f"{root}: no .parquet event files found")
+        raise MissingInputError(f"{root}: no .parquet event files found")
     return files
 
 

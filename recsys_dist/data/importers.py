@@ -25,6 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
+from recsys_dist.errors import MissingInputError, OutputExistsError, UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ ML100K_GENRES = (
 )  # fmt: skip
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserInputError):
     """A value or column in an input file that cannot be converted.
 
     The message reads ``FILE line N: field 'F': what is wrong``. For text files N is the
@@ -175,14 +176,25 @@ class PartWriter:
         self._file_rows = 0
 
 
-def prepare_output_dir(output_dir: str, subdirs: tuple[str, ...], overwrite: bool) -> str:
-    """Refuse to mix new parts with an earlier run's, unless asked to replace them."""
+def check_output_dir(output_dir: str, subdirs: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse an output whose ``subdirs`` hold an earlier run's parts, unless ``overwrite``
+    (cheap, so a command can check before it starts any work)."""
+    if overwrite:
+        return
     for name in subdirs:
         sub = storage.join(output_dir, name)
         if not storage.is_empty_dir(sub):
-            if not overwrite:
-                raise FileExistsError(f"{sub} is not empty; pass overwrite=True to replace it")
-            storage.delete_dir(sub)
+            raise OutputExistsError(
+                f"{sub} is not empty; pass --overwrite (overwrite=True) to replace it"
+            )
+
+
+def prepare_output_dir(output_dir: str, subdirs: tuple[str, ...], overwrite: bool) -> str:
+    """Refuse to mix new parts with an earlier run's, unless asked to replace them."""
+    check_output_dir(output_dir, subdirs, overwrite)
+    if overwrite:
+        for name in subdirs:
+            storage.delete_dir(storage.join(output_dir, name))
     storage.make_dirs(output_dir)
     return str(output_dir)
 
@@ -210,19 +222,21 @@ def import_dataset(
         overwrite: replace existing ``events/``/``items/`` parts instead of refusing.
     """
     if fmt not in _PLANNERS:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
+        raise UserInputError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     if timestamp_unit not in _UNIT_DIVISORS:
-        raise ValueError(
-            f"timestamp_unit={timestamp_unit!r}; expected one of {list(_UNIT_DIVISORS)}"
+        raise UserInputError(
+            f"timestamp unit {timestamp_unit!r}; expected one of {list(_UNIT_DIVISORS)}"
         )
     column_map = dict(column_map or {})
     unknown = set(column_map) - set(_CANONICAL)
     if unknown:
-        raise ValueError(f"column_map keys {sorted(unknown)} are not among {list(_CANONICAL)}")
+        raise UserInputError(
+            f"column map (--map) keys {sorted(unknown)} are not among {list(_CANONICAL)}"
+        )
     if fmt != "csv" and delimiter != ",":
-        raise ValueError(f"delimiter applies to the csv format only, not {fmt!r}")
+        raise UserInputError(f"--delimiter applies to the csv format only, not {fmt!r}")
     if column_map and fmt in ("movielens", "sasrec"):
-        raise ValueError(f"format {fmt!r} has a fixed layout; column_map is not accepted")
+        raise UserInputError(f"format {fmt!r} has a fixed layout; --map is not accepted")
     plan = _PLANNERS[fmt](str(input_path), column_map, delimiter)
     root = prepare_output_dir(output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR), overwrite)
     divisor = _UNIT_DIVISORS[timestamp_unit]
@@ -236,7 +250,7 @@ def import_dataset(
                 items.write(table)
         files, n_items = files + len(items.files), items.rows
     summary = ImportSummary(str(output_dir), fmt, events.rows, n_items, files)
-    logger.info("imported %s", summary)
+    logger.debug("imported %s", summary)
     return summary
 
 
@@ -430,7 +444,7 @@ def _plan_movielens(path: str, column_map: dict[str, str], delimiter: str) -> _P
     if storage.exists(ratings):
         events = _iter_double_colon(ratings, names, "latin-1")
         return _Plan(events, _ml1m_items(movies) if storage.exists(movies) else None)
-    raise FileNotFoundError(f"{folder}: expected u.data or ratings.dat (MovieLens layout)")
+    raise MissingInputError(f"{folder}: expected u.data or ratings.dat (MovieLens layout)")
 
 
 def _ml100k_items(path: str) -> Iterator[pa.Table]:
@@ -523,10 +537,10 @@ _PLANNERS: dict[str, Callable[[str, dict[str, str], str], _Plan]] = {
 def _list_files(path: str, suffix: str, recursive: bool = False) -> list[str]:
     """``path`` itself if it is a file, else its ``*suffix`` files (hidden ones skipped)."""
     if not storage.exists(path):
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingInputError(f"{path}: no such file or directory")
     files = storage.list_files(path, suffix, recursive=recursive)
     if not files:
-        raise FileNotFoundError(f"{path}: no *{suffix} files")
+        raise MissingInputError(f"{path}: no *{suffix} files")
     return files
 
 
@@ -534,7 +548,7 @@ def _single(path: str, suffix: str) -> str:
     files = _list_files(path, suffix)
     if len(files) > 1:
         names = [posixpath.basename(f) for f in files]
-        raise ValueError(f"{path}: expected one *{suffix} file, found {names}")
+        raise UserInputError(f"{path}: expected one *{suffix} file, found {names}")
     return files[0]
 
 

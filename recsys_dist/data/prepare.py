@@ -48,6 +48,7 @@ from recsys_dist.data import grouping
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.sequences import SplitSpec, TimeHistogram, split_counts
 from recsys_dist.data.vocab import Vocabulary
+from recsys_dist.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ _FIXED_ON_APPEND = (
 )
 
 
-class AppendError(ValueError):
+class AppendError(UserInputError):
     """An incremental ``prepare`` that would break the existing dataset."""
 
 
@@ -217,7 +218,7 @@ def _as_one_list(column: pa.ChunkedArray) -> pa.ListArray:
 def _vocabulary(counts: pa.Table, existing_dir: str | None) -> Vocabulary:
     """Fresh: most frequent first. Appending: old indices kept, new items appended."""
     if counts.num_rows == 0:
-        raise ValueError("no events left after validation and filtering: nothing to prepare")
+        raise UserInputError("no events left after validation and filtering: nothing to prepare")
     ids = counts.column(schema.ITEM_ID).combine_chunks()
     values = counts.column(schema.COUNT).to_numpy()
     if existing_dir is None:

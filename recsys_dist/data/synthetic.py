@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
 from recsys_dist.data.importers import PartWriter, prepare_output_dir
+from recsys_dist.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ SHIFT_EVENT = "shift_event"  # abrupt: index of the first event drawn from the n
 BREAK_EVENT = "break_event"  # break_days > 0: index of the first event after the long break
 FROM_CATEGORIES = "from_categories"  # categories preferred before the shift (all users)
 TO_CATEGORIES = "to_categories"  # categories preferred after it (null for stable users)
+OUTPUT_DIRS = (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR)  # what a generated dataset holds
 USER_SCHEMA = pa.schema(
     [
         pa.field(schema.USER_ID, pa.string(), nullable=False),
@@ -199,14 +201,10 @@ def generate_dataset(
         users_per_shard: users per Ray task and per ``events/part-NNNNN.parquet``.
         overwrite: replace the parts of an earlier run instead of refusing.
     """
-    _validate(users, items, categories, events_per_user, users_per_shard)
-    if not 0.0 <= drift_paths <= 1.0:
-        raise ValueError(f"drift_paths={drift_paths} must be in [0, 1]")
-    if break_days < 0:
-        raise ValueError(f"break_days={break_days} must be >= 0")
-    root = prepare_output_dir(
-        output_dir, (schema.EVENTS_DIR, schema.ITEMS_DIR, USERS_DIR), overwrite
+    check_arguments(
+        users, items, categories, events_per_user, users_per_shard, drift_paths, break_days
     )
+    root = prepare_output_dir(output_dir, OUTPUT_DIRS, overwrite)
     catalogue = build_catalogue(items, categories, seed)
     _write_items(storage.join(root, schema.ITEMS_DIR), catalogue)
     starts = range(0, users, users_per_shard)
@@ -214,20 +212,38 @@ def generate_dataset(
     spec = _UserSpec(events_per_user, start_days * 86_400, drift_paths, break_days * 86_400)
     events = _run_shards(storage.absolute(root), shards, catalogue, seed, spec)
     summary = GenerateSummary(str(output_dir), users, items, categories, events, len(shards), seed)
-    logger.info("generated %s", summary)
+    logger.debug("generated %s", summary)
     return summary
 
 
-def _validate(
-    users: int, items: int, categories: int, events_per_user: tuple[int, int], per_shard: int
+def check_arguments(
+    users: int,
+    items: int,
+    categories: int,
+    events_per_user: tuple[int, int] = (20, 80),
+    users_per_shard: int = 50_000,
+    drift_paths: float = 0.0,
+    break_days: float = 0.0,
 ) -> None:
+    """Raise :class:`UserInputError` naming the first bad argument of :func:`generate_dataset`
+    (the CLI calls it before starting Ray)."""
     lo, hi = events_per_user
-    if users < 1 or per_shard < 1:
-        raise ValueError(f"users={users} and users_per_shard={per_shard} must be >= 1")
-    if categories < 2 or items < categories:
-        raise ValueError(f"need items >= categories >= 2, got {items=} {categories=}")
+    if users < 1:
+        raise UserInputError(f"users (--users) must be >= 1, got {users}")
+    if users_per_shard < 1:
+        raise UserInputError(f"users_per_shard must be >= 1, got {users_per_shard}")
+    if categories < 2:
+        raise UserInputError(f"categories (--categories) must be >= 2, got {categories}")
+    if items < categories:
+        raise UserInputError(
+            f"items (--items) must be >= categories (--categories), got {items=} {categories=}"
+        )
     if not 1 <= lo <= hi:
-        raise ValueError(f"events_per_user={events_per_user} must satisfy 1 <= low <= high")
+        raise UserInputError(f"events_per_user={events_per_user} must satisfy 1 <= low <= high")
+    if not 0.0 <= drift_paths <= 1.0:
+        raise UserInputError(f"drift_paths (--drift-paths) must be in [0, 1], got {drift_paths}")
+    if not break_days >= 0:  # also refuses NaN
+        raise UserInputError(f"break_days (--break-days) must be >= 0, got {break_days}")
 
 
 def _write_items(directory: str, catalogue: Catalogue) -> None:

@@ -1,6 +1,8 @@
 """``evaluate``: score a trained run on its validation or test split, and a baseline.
 
-The run directory and the prepared dataset may each be local or ``s3://``.
+The protocol is the run's own (the ``eval`` section it was trained and validated with)
+unless the caller gives another. The run directory and the prepared dataset may each be
+local or ``s3://``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_dist import schema, storage
-from recsys_dist.checkpoint import MODEL_DIR, load_checkpoint
-from recsys_dist.config import EvalConfig
+from recsys_dist import run_layout, schema
+from recsys_dist.checkpoint import load_checkpoint
+from recsys_dist.config import EvalConfig, load_config
 from recsys_dist.data.prepared import read_split
+from recsys_dist.errors import UserInputError
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import (
     evaluation_sums,
@@ -22,22 +25,27 @@ from recsys_dist.evaluation.ranking import (
     protocol,
 )
 
-RUN_FILE = "run.json"  # written by training: where the prepared data lives
-
-
-def prepared_dir_of(run_dir: str) -> str:
-    """The prepared dataset a run was trained on (recorded in ``RUN/run.json``)."""
-    return storage.read_json(storage.join(run_dir, RUN_FILE))["prepared"]
-
 
 def evaluate_run(
-    run_dir: str, split: str, eval_config: EvalConfig, data_dir: str | None = None
+    run_dir: str,
+    split: str,
+    eval_config: EvalConfig | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``RUN_DIR/model`` and of the most-popular baseline on ``split``."""
+    """Metrics of ``RUN/model`` and of the most-popular baseline on ``split``.
+
+    Args:
+        run_dir: A trained run.
+        split: ``"valid"`` or ``"test"``.
+        eval_config: The ranking protocol; default: the run's saved ``eval`` section.
+        data_dir: A prepared dataset; default: the one the run was trained on.
+    """
     if split not in (schema.VALID_SPLIT, schema.TEST_SPLIT):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    data_dir = data_dir or prepared_dir_of(run_dir)
-    loaded = load_checkpoint(storage.join(run_dir, MODEL_DIR))
+        raise UserInputError(f"split (--split) must be 'valid' or 'test', got {split!r}")
+    if eval_config is None:
+        eval_config = load_config(None, run_layout.saved_settings(run_dir, ["eval"])).eval
+    data_dir = data_dir or run_layout.prepared_dir_of(run_dir)
+    loaded = load_checkpoint(run_layout.model_dir(run_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     popularity = loaded.vocab.popularity().astype(np.float64)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from recsys_dist.errors import UserInputError
 from recsys_dist.schema import NUM_SPECIAL_TOKENS
 
 Seen = Sequence[torch.Tensor] | torch.Tensor | None
@@ -128,7 +129,10 @@ def sample_negatives(
     row_weights = weights[None].expand(batch, -1).masked_fill(excluded, 0.0)  # [B, V]
     available = int((row_weights > 0).sum(dim=1).min()) if batch else num
     if available < num:
-        raise ValueError(f"a row has only {available} items to sample from; asked for {num}")
+        raise UserInputError(  # the catalogue is too small for the protocol asked for
+            f"eval.sampled_negatives (--sampled) = {num}, but a user has only {available} "
+            "unseen items to sample from: ask for fewer, or rank the full catalogue (0)"
+        )
     if batch == 0:
         return torch.zeros(0, num, dtype=torch.long, device=targets.device)
     sampled = torch.multinomial(row_weights, num, replacement=False, generator=generator)

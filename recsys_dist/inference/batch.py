@@ -1,10 +1,11 @@
 """Batch recommendation with Ray Data: event histories in, top-K rows out.
 
 Histories are grouped per user exactly as ``prepare`` groups them (the same hash-bucketed
-shuffle, validation, time order, de-duplication, ``max_history``) into per-bucket users files
-beside the output; Ray Data streams them through the shared :class:`Recommender`, and the rows
-stream into one Parquet file.
-The export, the histories and the output may each be local or ``s3://``.
+shuffle, validation, time order, and the ``data`` settings ``dedup``, ``max_history`` and
+``bucket_rows``: the CLI passes those the run's training data was prepared with) into
+per-bucket users files beside the output; Ray Data streams them through the shared
+:class:`Recommender`, and the rows stream into one Parquet file. The export, the histories
+and the output may each be local or ``s3://``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 import ray
 
 from recsys_dist import schema, storage
+from recsys_dist.config import DataConfig
 from recsys_dist.data import grouping
 from recsys_dist.data.events import event_files
 from recsys_dist.data.vocab import Vocabulary
@@ -53,12 +55,16 @@ def recommend_histories(
     output: str,
     k: int,
     exclude_seen: bool = True,
-    max_history: int = 2000,
-    bucket_rows: int = 2_000_000,
+    data: DataConfig | None = None,
 ) -> RecommendSummary:
-    """Top-``k`` for every user in an event file; rows ``user_id, rank, item_id, score``."""
+    """Top-``k`` for every user in an event file; rows ``user_id, rank, item_id, score``.
+
+    ``data`` (default: ``DataConfig()``) says how histories are grouped: ``max_history``
+    (the most recent events kept per user), ``dedup`` and ``bucket_rows``.
+    """
+    data = data or DataConfig()
     files = event_files(histories)
-    spec = grouping.spec_for(files, bucket_rows, max_history, dedup=True)
+    spec = grouping.spec_for(files, data.bucket_rows, data.max_history, data.dedup)
     # The shuffle's parts go beside the output: the one place every node can reach.
     scratch = storage.join(storage.parent(output), f"_recommend-{uuid.uuid4().hex[:12]}")
     try:

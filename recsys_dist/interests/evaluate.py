@@ -24,16 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from recsys_dist import schema, storage
+from recsys_dist import run_layout, schema, storage
 from recsys_dist.config import InterestConfig
 from recsys_dist.data.prepared import load_manifest, read_users, split_spec
 from recsys_dist.data.sequences import SplitSpec, held_out_start
+from recsys_dist.errors import UserInputError
 from recsys_dist.interests.drift import js_divergence
-from recsys_dist.interests.forecast import (
-    INTERESTS_FILE,
-    Calibration,
-    InterestAnalyzer,
-)
+from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.profiles import decayed_profile, normalise, profile, trajectory
 
 logger = logging.getLogger(__name__)
@@ -159,7 +156,7 @@ def evaluate_interests(
         },
     }
     if save:
-        storage.write_json(storage.join(run_dir, INTERESTS_FILE), result)
+        storage.write_json(run_layout.interests_file(run_dir), result)
     return result
 
 
@@ -202,7 +199,10 @@ def _mean_scores(
                 paired[metric, name] += [difference.sum(), (difference**2).sum()]
         count += len(batch[JS])
     if not count:
-        raise ValueError(f"{prepared_dir}: no user has a {which} future window to evaluate")
+        raise UserInputError(
+            f"{prepared_dir}: no user has a {which} future window to evaluate "
+            f"(at least interests.min_future_events={config.min_future_events} held-out events)"
+        )
     differences: dict[str, dict] = {}
     for (metric, name), (total, squares) in paired.items():
         mean = total / count

@@ -15,17 +15,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from recsys_dist import schema, storage
-from recsys_dist.checkpoint import MODEL_DIR
+from recsys_dist import run_layout, schema, storage
 from recsys_dist.config import InterestConfig
 from recsys_dist.data.catalogue import catalogue_dir, read_categories
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import Recommender
-from recsys_dist.interests.drift import ChangePoint, change_points, drift_score
+from recsys_dist.interests.drift import change_points, drift_score
 from recsys_dist.interests.groups import InterestGroups, build_groups
-from recsys_dist.interests.profiles import Trajectory, decayed_profile, normalise, trajectory
+from recsys_dist.interests.profiles import decayed_profile, normalise, trajectory
+from recsys_dist.interests.record import InterestRecord, from_analysis
 
-INTERESTS_FILE = "interests.json"  # in the run directory: calibration and evaluation
 DEFAULT_HALF_LIFE = 10.0  # events, when nothing was fitted
 
 
@@ -41,7 +40,7 @@ class Calibration:
     def of_run(cls, run_dir: str, config: InterestConfig) -> Calibration:
         """The run's fitted calibration (``RUN/interests.json``), overridden by explicit
         ``interests.blend`` / ``interests.half_life`` settings."""
-        path = storage.join(run_dir, INTERESTS_FILE)
+        path = run_layout.interests_file(run_dir)
         fitted = storage.read_json(path)["calibration"] if storage.exists(path) else {}
         calibration = cls(**fitted)
         blend = config.blend if config.blend >= 0 else calibration.blend
@@ -50,18 +49,6 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class UserInterests:
-    """Everything the product shows about one user's interests."""
-
-    user_id: str
-    trajectory: Trajectory
-    current: np.ndarray  # [G] profile of the recent windows
-    drift: float
-    change_points: list[ChangePoint]
-    forecast: np.ndarray | None  # [G]; None when the model knows none of the user's items
 
 
 @dataclass(frozen=True)
@@ -102,7 +89,7 @@ class InterestAnalyzer:
     @classmethod
     def for_run(cls, run_dir: str, prepared_dir: str, config: InterestConfig) -> InterestAnalyzer:
         """The run's model with the catalogue of ``prepared_dir``'s source data."""
-        recommender = Recommender(storage.join(run_dir, MODEL_DIR))
+        recommender = Recommender(run_layout.model_dir(run_dir))
         categories = read_categories(catalogue_dir(prepared_dir))
         return cls(recommender, categories, config, Calibration.of_run(run_dir, config))
 
@@ -147,10 +134,15 @@ class InterestAnalyzer:
         return calibration.blend * model + (1 - calibration.blend) * decayed
 
     def analyse(
-        self, user_ids: Sequence[str], histories: Sequence[np.ndarray], times: Sequence[np.ndarray]
-    ) -> list[UserInterests]:
+        self,
+        user_ids: Sequence[str],
+        histories: Sequence[np.ndarray],
+        times: Sequence[np.ndarray],
+        unknown_items: Sequence[int] | None = None,
+    ) -> list[InterestRecord]:
         """Trajectory, drift, change points and forecast of each user (item indices in, oldest
-        first; the forecast is made as of the user's last event)."""
+        first; the forecast is made as of the user's last event). ``unknown_items``: events
+        per user left out of ``histories`` because the model does not know their item."""
         known = [i for i, h in enumerate(histories) if len(h)]
         forecasts: list[np.ndarray | None] = [None] * len(histories)
         if known:
@@ -161,20 +153,27 @@ class InterestAnalyzer:
             )
             for row, i in enumerate(known):
                 forecasts[i] = made[row]
+        unknown = unknown_items if unknown_items is not None else [0] * len(histories)
         return [
-            self._one(user, np.asarray(h, np.int64), np.asarray(t, np.int64), forecasts[i])
-            for i, (user, h, t) in enumerate(zip(user_ids, histories, times, strict=True))
+            self._one(user, np.asarray(h, np.int64), np.asarray(t, np.int64), forecasts[i], n)
+            for i, (user, h, t, n) in enumerate(
+                zip(user_ids, histories, times, unknown, strict=True)
+            )
         ]
 
-    def _one(self, user: str, items: np.ndarray, times: np.ndarray, forecast) -> UserInterests:
+    def _one(
+        self, user: str, items: np.ndarray, times: np.ndarray, forecast, unknown: int
+    ) -> InterestRecord:
         weights = self.groups.of_events(items)
         path = trajectory(weights, times, self.config)
         recent = int(path.first_event[-self.config.recent_windows :][0]) if len(items) else 0
-        return UserInterests(
-            user_id=user,
-            trajectory=path,
+        return from_analysis(
+            user,
+            path,
             current=normalise(weights[recent:].sum(axis=0)),
             drift=drift_score(weights, recent),
-            change_points=change_points(weights, times, self.config),
+            points=change_points(weights, times, self.config),
             forecast=forecast,
+            names=self.groups.names,
+            unknown_items=unknown,
         )

@@ -1,9 +1,9 @@
 """``recsys-dist interests``: every (or some) user's interests, computed with Ray Data.
 
-Writes ``OUT/interests.parquet`` (one row per user: trajectory, current profile, drift score,
-change points, forecast) and ``OUT/groups.json`` (the interest groups, in the column order of
-every profile). Users stream through a pool of :class:`InterestAnalyzer` actors, so memory
-does not grow with the number of users.
+Writes ``OUT/interests.parquet`` (one :class:`InterestRecord` per row: trajectory, current
+profile, drift score, change points, forecast) and ``OUT/groups.json`` (the interest groups,
+in the column order of every profile). Users stream through a pool of
+:class:`InterestAnalyzer` actors, so memory does not grow with the number of users.
 """
 
 from __future__ import annotations
@@ -23,41 +23,14 @@ import ray
 from recsys_dist import schema, storage
 from recsys_dist.config import InterestConfig
 from recsys_dist.data.prepared import read_users
-from recsys_dist.interests.forecast import InterestAnalyzer, UserInterests
+from recsys_dist.interests.forecast import InterestAnalyzer
+from recsys_dist.interests.record import INTEREST_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-INTERESTS_PARQUET = "interests.parquet"
-GROUPS_FILE = "groups.json"
+INTERESTS_PARQUET = "interests.parquet"  # OUT/: one InterestRecord per row
+GROUPS_FILE = "groups.json"  # OUT/: {"groups": [...]}, the column order of every profile
 GROUPS_METADATA = b"recsys_dist.groups"  # the group names, on every table the actors return
-
-_MOVE = pa.struct([("group", pa.string()), ("before", pa.float32()), ("after", pa.float32())])
-CHANGE_POINT = pa.struct(
-    [
-        ("index", pa.int32()),
-        ("timestamp", pa.int64()),
-        ("score", pa.float32()),
-        ("divergence", pa.float32()),
-        ("rose", pa.list_(_MOVE)),
-        ("fell", pa.list_(_MOVE)),
-    ]
-)
-INTEREST_SCHEMA = pa.schema(
-    [
-        pa.field(schema.USER_ID, pa.string(), nullable=False),
-        pa.field("events", pa.int32()),
-        pa.field("unknown_items", pa.int32()),
-        pa.field("window_starts", pa.list_(pa.int64())),
-        pa.field("window_counts", pa.list_(pa.int32())),
-        pa.field("profiles", pa.list_(pa.list_(pa.float32()))),  # [W][G]
-        pa.field("current", pa.list_(pa.float32())),  # [G]
-        pa.field("top_group", pa.string()),
-        pa.field("drift", pa.float32()),
-        pa.field("change_points", pa.list_(CHANGE_POINT)),
-        pa.field("forecast", pa.list_(pa.float32())),  # [G]; null without known items
-        pa.field("forecast_top_group", pa.string()),
-    ]
-)
 
 
 @dataclass
@@ -71,7 +44,7 @@ class InterestsSummary:
 
 
 class InterestRows:
-    """Ray Data callable: a batch of prepared users → rows of :data:`INTEREST_SCHEMA`."""
+    """Ray Data callable: a batch of prepared users → rows of ``INTEREST_SCHEMA``."""
 
     def __init__(self, run_dir: str, prepared_dir: str, config: InterestConfig) -> None:
         self.analyzer = InterestAnalyzer.for_run(run_dir, prepared_dir, config)
@@ -85,48 +58,12 @@ class InterestRows:
             times.append(at)
             unknown.append(dropped)
         users = [str(u) for u in batch[schema.USER_ID]]
-        found = self.analyzer.analyse(users, histories, times)
+        found = self.analyzer.analyse(users, histories, times, unknown)
         names = self.analyzer.groups.names
         return pa.Table.from_pylist(
-            [as_row(r, names, n) for r, n in zip(found, unknown, strict=True)],
+            [record.to_row() for record in found],
             schema=INTEREST_SCHEMA.with_metadata({GROUPS_METADATA: json.dumps(names)}),
         )
-
-
-def as_row(found: UserInterests, names: Sequence[str], unknown: int = 0) -> dict:
-    """One user's interests as plain values (a Parquet row, or a JSON answer online)."""
-    path = found.trajectory
-
-    def moves(listed):
-        return [{"group": names[g], "before": b, "after": a} for g, b, a in listed]
-
-    has_profile = found.current.sum() > 0
-    return {
-        schema.USER_ID: found.user_id,
-        "events": int(path.counts.sum()),
-        "unknown_items": unknown,
-        "window_starts": path.starts.tolist(),
-        "window_counts": path.counts.tolist(),
-        "profiles": path.profiles.tolist(),
-        "current": found.current.tolist(),
-        "top_group": names[int(found.current.argmax())] if has_profile else None,
-        "drift": found.drift,
-        "change_points": [
-            {
-                "index": c.index,
-                "timestamp": c.timestamp,
-                "score": c.score,
-                "divergence": c.divergence,
-                "rose": moves(c.rose),
-                "fell": moves(c.fell),
-            }
-            for c in found.change_points
-        ],
-        "forecast": None if found.forecast is None else found.forecast.tolist(),
-        "forecast_top_group": None
-        if found.forecast is None
-        else names[int(np.argmax(found.forecast))],
-    }
 
 
 def analyse_users(

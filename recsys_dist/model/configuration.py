@@ -2,20 +2,23 @@
 
 An export must rebuild the model without the training YAML, so every shape-defining value
 lives here (an HF ``PreTrainedConfig``, like ``BertConfig``) and is written by
-``save_pretrained``. ``from_model_config`` is the one place the run config is translated.
+``save_pretrained``. The defaults of the fields the run config sets are not repeated here:
+they are :class:`recsys_dist.config.ModelConfig`'s, the one place a hyper-parameter's default
+lives, and ``from_model_config`` copies every ``ModelConfig`` field by name.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import dataclasses
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
+from recsys_dist.config import ModelConfig
 from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
 
-if TYPE_CHECKING:
-    from recsys_dist.config import ModelConfig
+_RUN_DEFAULTS = ModelConfig()  # the defaults of every field the run's ``model`` section sets
 
 
 @strict
@@ -46,14 +49,14 @@ class Bert4RecConfig(PretrainedConfig):
 
     vocab_size: int = 1000
     max_len: int = 50
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 256
-    dropout: float = 0.2
-    attention_dropout: float = 0.2
-    use_time_gaps: bool = True
-    num_time_buckets: int = 32
+    hidden_size: int = _RUN_DEFAULTS.hidden_size
+    num_layers: int = _RUN_DEFAULTS.num_layers
+    num_heads: int = _RUN_DEFAULTS.num_heads
+    intermediate_size: int = _RUN_DEFAULTS.intermediate_size
+    dropout: float = _RUN_DEFAULTS.dropout
+    attention_dropout: float = _RUN_DEFAULTS.attention_dropout
+    use_time_gaps: bool = _RUN_DEFAULTS.use_time_gaps
+    num_time_buckets: int = _RUN_DEFAULTS.num_time_buckets
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX
@@ -93,20 +96,17 @@ class Bert4RecConfig(PretrainedConfig):
     def from_model_config(cls, cfg: ModelConfig, vocab_size: int, max_len: int) -> Bert4RecConfig:
         """Translate the run's ``model`` section; the only mapping from run config to model.
 
+        Every ``ModelConfig`` field is copied under its own name, so a field added there
+        reaches the model config, or fails here until it is declared on this class (HF
+        configs would otherwise keep an unknown argument as a loose attribute).
+
         Args:
             cfg: The ``model`` section of the run config.
             vocab_size: ``len(vocabulary) + NUM_SPECIAL_TOKENS`` (from the vocab artefact).
             max_len: ``data.max_len``.
         """
-        return cls(
-            vocab_size=vocab_size,
-            max_len=max_len,
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            dropout=cfg.dropout,
-            attention_dropout=cfg.attention_dropout,
-            use_time_gaps=cfg.use_time_gaps,
-            num_time_buckets=cfg.num_time_buckets,
-        )
+        section = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(cfg)}
+        undeclared = set(section) - {field.name for field in dataclasses.fields(cls)}
+        if undeclared:
+            raise TypeError(f"ModelConfig fields {sorted(undeclared)} are not {cls.__name__}'s")
+        return cls(vocab_size=vocab_size, max_len=max_len, **section)

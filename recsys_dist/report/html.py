@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
-from recsys_dist.report.data import ReportData, UserInterests
+from recsys_dist.interests.record import InterestRecord
+from recsys_dist.report.data import ReportData
 from recsys_dist.report.svg import esc, fmt, histogram_svg, line_chart_svg
 from recsys_dist.report.trajectory import describe_moves, group_colors, stacked_area_svg
 
@@ -188,15 +189,15 @@ def _metrics_section(data: ReportData) -> str:
     return f'<section id="metrics"><h2>Metrics</h2>{"".join(parts)}</section>' if parts else ""
 
 
-def _change_point_list(user: UserInterests) -> str:
+def _change_point_list(user: InterestRecord) -> str:
     if not user.change_points:
         return '<p class="meta">No change points detected.</p>'
     items = []
-    for point in sorted(user.change_points, key=lambda p: p["timestamp"]):
+    for point in sorted(user.change_points, key=lambda p: p.timestamp):
         items.append(
-            f"<li>{esc(_utc(point['timestamp']))}: score {float(point.get('score', 0)):.3f}; "
-            f"rose: {esc(describe_moves(point.get('rose', ())))}; "
-            f"fell: {esc(describe_moves(point.get('fell', ())))}</li>"
+            f"<li>{esc(_utc(point.timestamp))}: score {point.score:.3f}; "
+            f"rose: {esc(describe_moves(point.rose))}; "
+            f"fell: {esc(describe_moves(point.fell))}</li>"
         )
     return f'<ul class="change-points">{"".join(items)}</ul>'
 
@@ -205,9 +206,11 @@ def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _user_section(user: UserInterests, index: int, colors: Mapping[str, str]) -> str:
+def _user_section(
+    user: InterestRecord, groups: Sequence[str], index: int, colors: Mapping[str, str]
+) -> str:
     chart = stacked_area_svg(
-        user.groups,
+        groups,
         user.window_starts,
         user.profiles,
         window_counts=user.window_counts,
@@ -228,11 +231,11 @@ def _user_section(user: UserInterests, index: int, colors: Mapping[str, str]) ->
     )
 
 
-def _users_section(users: Sequence[UserInterests]) -> str:
+def _users_section(groups: Sequence[str], users: Sequence[InterestRecord]) -> str:
     if not users:
         return ""
-    colors = group_colors([user.groups for user in users])
-    body = "".join(_user_section(user, i, colors) for i, user in enumerate(users))
+    colors = group_colors([groups])
+    body = "".join(_user_section(user, groups, i, colors) for i, user in enumerate(users))
     return f'<section id="users"><h2>Users\' interests</h2>{body}</section>'
 
 
@@ -254,7 +257,7 @@ def render_report(data: ReportData) -> str:
             _header(data),
             _training_section(data.training_curves),
             _metrics_section(data),
-            _users_section(data.users),
+            _users_section(data.groups, data.users),
             _drift_section(data.drift_scores),
         )
     )

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
+from recsys_dist.interests.record import ChangePointRecord, MovedGroup
 from recsys_dist.report.svg import (
     CHAR_WIDTH,
     PALETTE,
@@ -86,31 +87,30 @@ def _date_label(timestamp: float, span: float | None = None) -> str:
     return moment.strftime("%Y-%m-%d" if span >= 2 * 86400 else "%m-%d %H:%M")
 
 
-def _top_move(moves: Sequence[Sequence], sign: int) -> str:
+def _top_move(moves: Sequence[MovedGroup], sign: int) -> str:
     """The group of the largest rise (sign=1) or fall (sign=-1) of a change point, or ''."""
-    ranked = sorted(moves, key=lambda m: sign * (float(m[2]) - float(m[1])), reverse=True)
-    return str(ranked[0][0]) if ranked else ""
+    ranked = sorted(moves, key=lambda m: sign * (m.after - m.before), reverse=True)
+    return ranked[0].group if ranked else ""
 
 
-def describe_moves(moves: Sequence[Sequence]) -> str:
-    """``drama 15%→55%, comedy 55%→15%`` from a change point's [[group, before, after], ...]."""
-    return ", ".join(f"{m[0]} {float(m[1]):.0%}→{float(m[2]):.0%}" for m in moves) or "none"
+def describe_moves(moves: Sequence[MovedGroup]) -> str:
+    """``drama 15%→55%, comedy 55%→15%`` from a change point's moved groups."""
+    return ", ".join(f"{m.group} {m.before:.0%}→{m.after:.0%}" for m in moves) or "none"
 
 
-def _change_point_marks(box: Box, points, to_x, width: float) -> str:
+def _change_point_marks(box: Box, points: Sequence[ChangePointRecord], to_x, width: float) -> str:
     """Dashed verticals labelled with the top rising (▲) and falling (▼) group."""
     parts = []
-    for i, point in enumerate(sorted(points, key=lambda p: p["timestamp"])):
-        px = to_x(point["timestamp"])
-        rose, fell = _top_move(point.get("rose", ()), 1), _top_move(point.get("fell", ()), -1)
+    for i, point in enumerate(sorted(points, key=lambda p: p.timestamp)):
+        px = to_x(point.timestamp)
+        rose, fell = _top_move(point.rose, 1), _top_move(point.fell, -1)
         marks = [f"▲{shorten(rose, 16)}" if rose else "", f"▼{shorten(fell, 16)}" if fell else ""]
         label = " ".join(mark for mark in marks if mark) or "change"
         half = len(label) * CHAR_WIDTH / 2
         tx = min(max(px, half + 2), width - half - 2)
         detail = (
-            f"change point {_date_label(point['timestamp'])} UTC, score "
-            f"{float(point.get('score', 0)):.3f}; rose: {describe_moves(point.get('rose', ()))}; "
-            f"fell: {describe_moves(point.get('fell', ()))}"
+            f"change point {_date_label(point.timestamp)} UTC, score {point.score:.3f}; "
+            f"rose: {describe_moves(point.rose)}; fell: {describe_moves(point.fell)}"
         )
         parts.append(
             f'<g class="change-point"><title>{esc(detail)}</title><line x1="{px:.1f}" '
@@ -224,7 +224,7 @@ def stacked_area_svg(
     profiles: Sequence[Sequence[float]],
     *,
     window_counts: Sequence[int] | None = None,
-    change_points: Sequence[Mapping] = (),
+    change_points: Sequence[ChangePointRecord] = (),
     forecast: Sequence[float] | None = None,
     colors: Mapping[str, str] | None = None,
     title: str = "",
@@ -237,7 +237,7 @@ def stacked_area_svg(
     Args:
         groups, window_starts, profiles: the trajectory ([G], [W], [W][G]); W may be 1.
         window_counts: [W] events per window, shown on hover of the window marks.
-        change_points: dicts with "timestamp", "score", "rose" and "fell" (see ``UserInterests``).
+        change_points: the user's change points (time, score, groups that rose and fell).
         forecast: [G] predicted next-window shares, drawn as a hatched bar on the right.
         colors: group name -> colour, shared across users; missing names get palette colours.
         chart_id: unique per page; prefixes the SVG ids (the hatch pattern).

@@ -20,8 +20,8 @@ import asyncio
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow.compute as pc
@@ -33,22 +33,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
 
-from recsys_dist import schema, storage
-from recsys_dist.checkpoint import MODEL_DIR
+from recsys_dist import run_layout, schema, storage
 from recsys_dist.config import InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
-from recsys_dist.evaluation.evaluate import prepared_dir_of
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
-from recsys_dist.interests.offline import as_row
+from recsys_dist.interests.record import InterestRecord
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
 logger = logging.getLogger(__name__)
 
-EVENT_LOG_DIR = "event_log"  # default event log, inside the run directory
 api = FastAPI(
     title="recsys_dist",
     version="1",
@@ -118,36 +115,15 @@ class HistoryResponse(BaseModel):
     items: list[HistoryEvent]
 
 
-class MovedGroup(BaseModel):
-    group: str
-    before: float = Field(description="share of the group before the change")
-    after: float
+@dataclass
+class InterestsResponse(InterestRecord):
+    """The user's :class:`InterestRecord` (the shape ``interests.parquet`` and the report use
+    too), with the model that made it and the names of its profiles' columns."""
 
-
-class ChangePointOut(BaseModel):
-    index: int = Field(description="the first event (in the history) of the new regime")
-    timestamp: int
-    score: float = Field(description="likelihood-ratio gain over the threshold it beat")
-    divergence: float = Field(description="JS divergence between the profiles either side")
-    rose: list[MovedGroup]
-    fell: list[MovedGroup]
-
-
-class InterestsResponse(BaseModel):
-    user_id: str
     model_version: str
-    groups: list[str] = Field(description="interest groups, the column order of every profile")
-    events: int
-    unknown_items: int = Field(description="events whose item the model does not know")
-    window_starts: list[int] = Field(description="the trajectory: first event time per window")
-    window_counts: list[int]
-    profiles: list[list[float]] = Field(description="group shares per window")
-    current: list[float] = Field(description="profile of the recent windows")
-    top_group: str | None
-    drift: float = Field(description="JS divergence (bits), recent vs long-term profile")
-    change_points: list[ChangePointOut]
-    forecast: list[float] | None = Field(description="predicted profile of the next window")
-    forecast_top_group: str | None
+    groups: Annotated[
+        list[str], Field(description="interest groups, the column order of every profile")
+    ]
 
 
 class BodyLimit:
@@ -205,17 +181,23 @@ def make_store(settings: ServeConfig) -> UserStore:
 def load_categories(settings: ServeConfig, run_dir: str) -> dict[str, list[str]] | None:
     """Each item's catalogue categories, from ``serve.items_dir`` or the run's own data (the
     ``items/`` beside the events the run was prepared from); ``None`` when there is none."""
-    return read_categories(settings.items_dir or catalogue_dir(prepared_dir_of(run_dir)))
+    prepared = run_layout.prepared_dir_of(run_dir)
+    return read_categories(settings.items_dir or catalogue_dir(prepared))
 
 
-def analyse_history(analyzer: InterestAnalyzer, user_id: str, history: History) -> dict:
+def analyse_history(
+    analyzer: InterestAnalyzer, user_id: str, history: History
+) -> InterestsResponse:
     """One user's interests from their online history (raw ids; unknown items counted)."""
     indices = analyzer.recommender.vocab.lookup(history.item_ids)
     known = indices >= schema.NUM_SPECIAL_TOKENS
     times = np.asarray(history.timestamps, np.int64)[known]
-    (found,) = analyzer.analyse([user_id], [indices[known]], [times])
-    row = as_row(found, analyzer.groups.names, int((~known).sum()))
-    return {**row, "groups": list(analyzer.groups.names)}
+    (found,) = analyzer.analyse([user_id], [indices[known]], [times], [int((~known).sum())])
+    return InterestsResponse(
+        **{field.name: getattr(found, field.name) for field in fields(found)},
+        model_version=analyzer.recommender.model_version,
+        groups=list(analyzer.groups.names),
+    )
 
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
@@ -257,7 +239,7 @@ class RecommenderService:
         api.state.max_body_bytes = self.settings.max_body_bytes
         self.store = make_store(self.settings)
         self.event_log = event_log_actor(
-            self.settings.event_log_dir or storage.join(run_dir, EVENT_LOG_DIR),
+            self.settings.event_log_dir or run_layout.event_log_dir(run_dir),
             self.settings.wal_dir or default_wal_dir(),
             self.settings.flush_rows,
             self.settings.flush_seconds,
@@ -275,7 +257,7 @@ class RecommenderService:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Load the model named in ``user_config``: a new model without a redeploy."""
-        model_dir = user_config.get("model_dir") or storage.join(self.run_dir, MODEL_DIR)
+        model_dir = user_config.get("model_dir") or run_layout.model_dir(self.run_dir)
         loaded = Recommender(model_dir)
         calibration = Calibration.of_run(self.run_dir, self.interest_config)
         self.analyzer = InterestAnalyzer(loaded, self.categories, self.interest_config, calibration)
@@ -317,7 +299,7 @@ class RecommenderService:
         )
 
     @api.get("/v1/users/{user_id}/interests", response_model=InterestsResponse)
-    async def interests(self, user_id: str) -> dict[str, Any]:
+    async def interests(self, user_id: str) -> InterestsResponse:
         """Trajectory, current profile, drift, change points and forecast, from the user's
         online history: events posted a moment ago count."""
         found = await self.store.get(user_id)
@@ -326,8 +308,7 @@ class RecommenderService:
         analyzer = self.analyzer
         if analyzer is None:
             raise HTTPException(503, "no model loaded yet")
-        row = await asyncio.to_thread(analyse_history, analyzer, user_id, found)
-        return {**row, "model_version": analyzer.recommender.model_version}
+        return await asyncio.to_thread(analyse_history, analyzer, user_id, found)
 
     @api.post("/v1/events", response_model=EventsResponse)
     async def events(self, body: EventsRequest) -> EventsResponse:
@@ -446,7 +427,7 @@ async def _seed(store: UserStore, run_dir: str) -> int:
 async def _seed_if_empty(store: UserStore, run_dir: str) -> int:
     if await store.num_users():
         return 0
-    prepared = prepared_dir_of(run_dir)
+    prepared = run_layout.prepared_dir_of(run_dir)
     load_manifest(prepared)  # a clear error if the run's data is gone
     vocab = Vocabulary.load(storage.join(prepared, schema.VOCAB_FILE))
     loaded = 0
@@ -484,7 +465,7 @@ def run_service(
     """
     serve.start(http_options={"host": host, "port": port})
     seed_store(settings, run_dir)
-    model = {"model_dir": model_dir or storage.join(run_dir, MODEL_DIR)}
+    model = {"model_dir": model_dir or run_layout.model_dir(run_dir)}
     options = {"user_config": model, **(deployment or {})}
     interest_settings = asdict(interests or InterestConfig())
     app = RecommenderService.options(**options).bind(asdict(settings), run_dir, interest_settings)

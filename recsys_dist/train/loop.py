@@ -8,6 +8,8 @@ rank, checkpoint from rank 0, stop early on NDCG@10.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -24,7 +26,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from recsys_dist import schema, storage
+from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import STATE_FILE, save_checkpoint
 from recsys_dist.config import Config, config_from_dict
 from recsys_dist.data.batching import training_inputs
@@ -42,7 +44,6 @@ from recsys_dist.train.deepspeed_config import build_deepspeed_config
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "valid_ndcg@10"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -113,14 +114,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.sequences += epoch.sequences
         progress.epoch += 1
         progress.elapsed_s = time.monotonic() - clock
-        if rank == 0:
-            logger.info(
-                "epoch %d/%d: loss %.4f, %.0f sequences/s",
-                progress.epoch,
-                config.train.epochs,
-                epoch.loss,
-                epoch.sequences / max(1e-9, time.monotonic() - epoch_start),
-            )
+        speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
+        if rank == 0:  # every epoch with -v; by default only those that validate (below)
+            logger.debug("epoch %d: loss %.4f, %.0f sequences/s", progress.epoch, epoch.loss, speed)
         out_of_time = _any_rank(
             bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
             device,
@@ -140,6 +136,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_nodes=nodes,
         )
         progress.record(metrics)
+        if rank == 0:
+            logger.info(
+                "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f, %.0f sequences/s",
+                *(progress.epoch, config.train.epochs, epoch.loss),
+                *(metrics[SELECTION_METRIC], speed),
+            )
         _report(engine.module, metrics, progress, loop_config, rank)
         if progress.evals_without_improvement >= config.train.patience or out_of_time:
             break
@@ -162,12 +164,16 @@ def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, p
     ds_config = build_deepspeed_config(
         config.train, world, steps_per_epoch * config.train.epochs, bf16=config.train.use_gpu
     )
-    engine, *_ = deepspeed.initialize(
-        model=model,
-        model_parameters=_parameter_groups(model, config.train.weight_decay),
-        config=ds_config,
-        dist_init_required=False,
-    )
+    printed = io.StringIO()  # DeepSpeed prints build notices to stdout: keep them for -v
+    with contextlib.redirect_stdout(printed):
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=_parameter_groups(model, config.train.weight_decay),
+            config=ds_config,
+            dist_init_required=False,
+        )
+    for line in printed.getvalue().splitlines():
+        logger.debug("deepspeed: %s", line)
     if progress.step:
         engine.lr_scheduler.step(progress.step)  # the schedule continues where it stopped
     return engine
@@ -306,9 +312,9 @@ def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: i
     if rank != 0:
         ray.train.report(metrics)
         return
-    logger.info("epoch %d: %s", progress.epoch, json.dumps(metrics, sort_keys=True))
+    logger.debug("epoch %d: %s", progress.epoch, json.dumps(metrics, sort_keys=True))
     lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in progress.history)
-    fs, inner = storage.resolve(storage.join(loop_config["run_dir"], METRICS_FILE))
+    fs, inner = storage.resolve(run_layout.metrics_file(loop_config["run_dir"]))
     with fs.open_output_stream(inner) as out:
         out.write(lines.encode())
     state = {

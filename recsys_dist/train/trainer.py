@@ -1,9 +1,10 @@
 """The trainer builder beside the loop: datasets, scaling, checkpoints, and the export.
 
 ``train`` is what the CLI and the job entrypoint call: it runs a Ray Train ``TorchTrainer``
-and exports the checkpoint with the best validation NDCG@10 to ``RUN_DIR/model``. The run
-directory may be local or ``s3://``: Ray Train persists checkpoints through the same pyarrow
-filesystem that :mod:`recsys_dist.storage` resolves, so a rerun anywhere resumes from them.
+and exports the checkpoint with the best validation NDCG@10 to ``RUN/model`` (the run
+directory's layout: :mod:`recsys_dist.run_layout`). The run directory may be local or
+``s3://``: Ray Train persists checkpoints through the same pyarrow filesystem that
+:mod:`recsys_dist.storage` resolves, so a rerun anywhere resumes from them.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from recsys_dist import checkpoint, schema, storage
+from recsys_dist import checkpoint, run_layout, schema, storage
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.prepared import load_manifest, read_split
-from recsys_dist.evaluation.evaluate import RUN_FILE
 from recsys_dist.train.data_config import CoveringDataConfig
-from recsys_dist.train.loop import METRICS_FILE, SELECTION_METRIC, train_loop_per_worker
+from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -48,9 +46,9 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
     workers = config.train.workers
     rows_per_worker = manifest["counts"]["train_rows"] // workers
     if rows_per_worker == 0:
-        raise ValueError(
+        raise ConfigError(  # a user error: fewer --workers, or more data
             f"{prepared_dir}: {manifest['counts']['train_rows']} training rows "
-            f"cannot feed {workers} workers"
+            f"cannot feed {workers} workers (--workers / train.workers)"
         )
     loop_config = {
         "config": config.to_dict(),
@@ -65,7 +63,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
     datasets = {
         split: read_split(prepared_dir, split) for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
     }
-    results_fs, results_path = storage.resolve(storage.join(run_dir, "ray_results"))
+    results_fs, results_path = storage.resolve(run_layout.ray_results_dir(run_dir))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -77,7 +75,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             placement_strategy=config.train.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            name="train",
+            name=run_layout.TRAIN_EXPERIMENT,
             storage_path=results_path,
             storage_filesystem=results_fs,
             checkpoint_config=ray.train.CheckpointConfig(
@@ -86,6 +84,11 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            # Ray Train's own lines (worker group, checkpoints, reports) in its controller and
+            # workers follow the driver's `ray.train` logger: quiet unless `recsys-dist -v`.
+            logging_config=ray.train.LoggingConfig(
+                log_level=logging.getLevelName(logging.getLogger("ray.train").getEffectiveLevel())
+            ),
         ),
         datasets=datasets,
         # Training data is sharded without dropping rows (shards may differ by a batch);
@@ -109,7 +112,7 @@ def _steps_per_epoch(rows: int, train_config) -> int:
 
 
 def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = False) -> TrainSummary:
-    """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN_DIR/model``.
+    """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN/model``.
 
     A rerun into the same ``run_dir`` resumes from its latest checkpoint, which is only right
     for the same data and model: other ones are refused (``overwrite`` starts afresh).
@@ -119,11 +122,9 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     identity = _run_identity(prepared_dir, config)
     _check_resumable(run_dir, identity)
     storage.make_dirs(run_dir)
-    config.save(storage.join(run_dir, CONFIG_FILE))
-    storage.write_json(
-        storage.join(run_dir, RUN_FILE), {"prepared": storage.absolute(prepared_dir), **identity}
-    )
-    logger.info("config: %s", config_json(config))
+    config.save(run_layout.config_file(run_dir))
+    run_layout.write_run_record(run_dir, prepared_dir, identity)
+    logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
     _warn_if_no_cpu_for_data(config)
     started = time.perf_counter()
     result = build_trainer(prepared_dir, run_dir, config).fit()
@@ -131,7 +132,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     best = result.get_best_checkpoint(SELECTION_METRIC, "max")
     if best is None:
         raise RuntimeError(f"training in {run_dir} reported no checkpoint")
-    model_dir = storage.join(run_dir, checkpoint.MODEL_DIR)
+    model_dir = run_layout.model_dir(run_dir)
     with best.as_directory() as directory:  # a local copy when the run lives on S3
         checkpoint.export(directory, model_dir)
     state = storage.read_json(storage.join(model_dir, checkpoint.STATE_FILE))
@@ -151,7 +152,7 @@ def _run_identity(prepared_dir: str, config: Config) -> dict[str, Any]:
     manifest = load_manifest(prepared_dir)
     return {
         "data_hash": manifest["data_hash"],
-        "data_config": manifest["config"],
+        run_layout.DATA_SETTINGS: manifest["config"],
         "model_config": config.to_dict()["model"],
     }
 
@@ -159,10 +160,9 @@ def _run_identity(prepared_dir: str, config: Config) -> dict[str, Any]:
 def _check_resumable(run_dir: str, identity: dict[str, Any]) -> None:
     """Refuse to resume a run that was trained on other data, another split or model shape
     (Ray Train would silently restore its checkpoint into this one)."""
-    path = storage.join(run_dir, RUN_FILE)
-    if not storage.exists(path):
+    if not run_layout.is_run(run_dir):
         return
-    before = storage.read_json(path)
+    before = run_layout.run_record(run_dir)
     changed = [key for key in identity if key in before and before[key] != identity[key]]
     if changed:
         raise ConfigError(
@@ -187,5 +187,5 @@ def _warn_if_no_cpu_for_data(config: Config) -> None:
 
 
 def _last_epoch(run_dir: str) -> int:
-    lines = storage.read_text(storage.join(run_dir, METRICS_FILE)).splitlines()
+    lines = storage.read_text(run_layout.metrics_file(run_dir)).splitlines()
     return json.loads(lines[-1])["epoch"]

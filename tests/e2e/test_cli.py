@@ -13,100 +13,43 @@ from recsys_dist import cli, schema
 
 pytestmark = pytest.mark.slow
 
-TINY_MODEL = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "model.dropout=0.1",
-    "model.attention_dropout=0.1",
-    "train.epochs=30",
-    "train.eval_every=10",
-    "train.batch_size=32",
-    "train.lr=0.003",
-    "train.warmup_steps=20",
-]
-
-
 def run_cli(capsys, *argv: str) -> dict:
     assert cli.main(list(argv)) == 0
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
-def test_generate_prepare_train_evaluate_recommend(ray_session, tmp_path, capsys):
-    raw, prepared, run = tmp_path / "raw", tmp_path / "prepared", tmp_path / "run"
-    generated = run_cli(
-        capsys,
-        "generate",
-        "--output",
-        str(raw),
-        "--users",
-        "400",
-        "--items",
-        "120",
-        "--categories",
-        "6",
-        "--seed",
-        "3",
-        "--json",
-    )
-    manifest = run_cli(
-        capsys,
-        "prepare",
-        "--data",
-        str(raw),
-        "--output",
-        str(prepared),
-        "--max-len",
-        "30",
-        "--json",
-    )
-    assert manifest["counts"]["events"] == generated["events"]
-    summary = run_cli(
-        capsys,
-        "train",
-        "--data",
-        str(prepared),
-        "--output",
-        str(run),
-        "--workers",
-        "2",
-        "--json",
-        *TINY_MODEL,
-    )
-    assert summary["workers"] == 2 and (run / "model" / "model.safetensors").exists()
-    lines = (run / "metrics.jsonl").read_text().splitlines()
+def test_the_shared_run_trained_on_two_workers_and_exported(trained_run):
+    """The session's run (tests/conftest.py) went through generate, prepare and train."""
+    assert trained_run.manifest["counts"]["events"] == trained_run.generated["events"]
+    assert trained_run.summary["workers"] == 2
+    assert (trained_run.run / "model" / "model.safetensors").exists()
+    lines = (trained_run.run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [10, 20, 30]
-    check_rerun_resumes_and_refuses_other_data(capsys, raw, prepared, run, tmp_path)
 
-    result = run_cli(capsys, "evaluate", "--run", str(run), "--split", "test", "--json")
+
+def test_evaluate_full_catalogue_beats_popularity_and_sampled_is_labelled(trained_run, cli_json):
+    run = str(trained_run.run)
+    result = cli_json("evaluate", "--run", run, "--split", "test")
     assert result["protocol"].startswith("full-catalogue")
     for k in (5, 10, 20):
         assert {f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"} <= result.keys()
     popular = result["baseline_popularity"]["ndcg@10"]
     assert result["ndcg@10"] > 1.5 * popular, (result["ndcg@10"], popular)
-
-    sampled = run_cli(capsys, "evaluate", "--run", str(run), "--sampled", "50", "--json")
+    sampled = cli_json("evaluate", "--run", run, "--sampled", "50")
     assert sampled["protocol"].startswith("SAMPLED") and sampled["hr@10"] >= result["hr@10"]
 
-    events = pq.read_table(sorted((raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
+
+def test_recommend_ranks_unseen_items_and_counts_unknown_ones(trained_run, tmp_path, cli_json):
+    events = pq.read_table(sorted((trained_run.raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
     users = events.column(schema.USER_ID).unique()[:2]
     histories = events.filter(pc.is_in(events.column(schema.USER_ID), users))
     unknown = histories.slice(0, 1).set_column(1, schema.ITEM_ID, [["never-seen"]])
     unknown = unknown.cast(histories.schema)
     pq.write_table(pa.concat_tables([histories, unknown]), tmp_path / "h.parquet")
     out = tmp_path / "recs.parquet"
-    rec = run_cli(
-        capsys,
-        "recommend",
-        "--run",
-        str(run),
-        "--histories",
-        str(tmp_path / "h.parquet"),
-        "--k",
-        "7",
-        "--output",
-        str(out),
-        "--json",
+    rec = cli_json(
+        *("recommend", "--run", str(trained_run.run), "--histories", str(tmp_path / "h.parquet")),
+        *("--k", "7", "--output", str(out)),
     )
     assert rec["users"] == 2 and rec["rows"] == 14 and rec["unknown_items_ignored"] == 1
     table = pq.read_table(out)
@@ -122,31 +65,47 @@ def test_generate_prepare_train_evaluate_recommend(ray_session, tmp_path, capsys
         )
         assert not seen & {r["item_id"] for r in mine}  # seen items excluded by default
 
-    interests = run_cli(
-        capsys, "interests", "--run", str(run), "--output", str(tmp_path / "int"), "--json"
+
+def test_interests_of_every_user_and_of_a_few(trained_run, tmp_path, cli_json):
+    check_interests(
+        trained_run.interests, trained_run.raw, trained_run.root / "interests", users=400
     )
-    check_interests(interests, raw, tmp_path / "int", users=400)
-    some = run_cli(
-        capsys,
-        "interests",
-        "--run",
-        str(run),
-        "--users",
-        *users.to_pylist(),
-        "--output",
-        str(tmp_path / "two"),
-        "--json",
+    events = pq.read_table(sorted((trained_run.raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
+    users = events.column(schema.USER_ID).unique()[:2].to_pylist()
+    some = cli_json(
+        "interests", "--run", str(trained_run.run), "--users", *users, "--output", str(tmp_path)
     )
     assert "evaluation" not in some  # the run's fitted forecast (RUN/interests.json) is reused
     assert some["analysis"]["users"] == 2
 
+
+def test_report_draws_every_section(trained_run, tmp_path, cli_json):
     page = tmp_path / "report.html"
-    report = run_cli(capsys, "report", "--run", str(run), "--output", str(page), "--json")
+    report = cli_json("report", "--run", str(trained_run.run), "--output", str(page))
     assert report["users"] == 6 and page.stat().st_size == report["bytes"]
     html = page.read_text()
     for section in ("training", "metrics", "users", "drift"):
         assert f'<section id="{section}"' in html, section
     assert html.count('<article class="user">') == 6 and "forecast" in html
+
+
+def test_a_run_of_other_data_or_shape_is_refused_not_resumed(
+    trained_run, tmp_path, capsys, cli_json
+):
+    """Training into the shared run with another split or a wider model exits 2 before any
+    worker starts (resuming is checked on S3, tests/e2e/test_s3.py)."""
+    window = tmp_path / "window"
+    cli_json(
+        *("prepare", "--data", str(trained_run.raw), "--output", str(window)),
+        *("--max-len", str(trained_run.max_len), "--holdout-events", "2"),
+    )
+    again = ["train", "--output", str(trained_run.run), "--workers", "2", *trained_run.model]
+    before = (trained_run.run / "metrics.jsonl").read_text()
+    assert cli.main([*again, "--data", str(window)]) == 2
+    assert "data_config" in capsys.readouterr().err
+    wider = [*again, "--data", str(trained_run.prepared), "model.hidden_size=64"]
+    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err
+    assert (trained_run.run / "metrics.jsonl").read_text() == before
 
 
 def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
@@ -221,27 +180,3 @@ def check_interests(result: dict, raw, out, users: int) -> None:
     truth = pq.read_table(raw / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
     drift = table["drift"].groupby(truth[synthetic.DRIFT_KIND]).mean()
     assert drift["abrupt"] > 1.5 * drift["stable"], drift
-
-
-def check_rerun_resumes_and_refuses_other_data(capsys, raw, prepared, run, tmp_path) -> None:
-    """Training again into a finished run with one more epoch continues from its latest
-    checkpoint (epochs 1-30 are not trained again); a run of other data, split or model shape
-    is refused (exit 2) rather than silently resumed."""
-    again = ["train", "--data", str(prepared), "--output", str(run), "--workers", "2"]
-    more = [o for o in TINY_MODEL if not o.startswith("train.epochs")]
-    resumed = run_cli(capsys, *again, "--json", *more, "train.epochs=31")
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [line["epoch"] for line in lines] == [10, 20, 30, 31] and resumed["epochs"] == 31
-    per_epoch = lines[2]["step"] / 30  # shards are re-split on a new run: +-1 step an epoch
-    assert abs(lines[3]["step"] - lines[2]["step"] - per_epoch) <= 1, (lines, per_epoch)
-    window = tmp_path / "window"
-    run_cli(
-        capsys,
-        *("prepare", "--data", str(raw), "--output", str(window), "--max-len", "30"),
-        *("--holdout-events", "2", "--json"),
-    )
-    other = ["train", "--data", str(window), "--output", str(run), "--workers", "2"]
-    assert cli.main([*other, *more, "train.epochs=31"]) == 2
-    assert "data_config" in capsys.readouterr().err
-    wider = [*again, *more, "train.epochs=31", "model.hidden_size=64"]
-    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 The run must be restorable from S3 alone: a fresh process, given only the AWS environment,
 resumes training from the run directory's checkpoints and reproduces the evaluation. The
-secret key never appears in any output, log or stored object.
+secret key never appears in any output, log or stored object. The end-to-end run does all of
+that on a real two-node cluster, one training worker per node.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_dist import cli, schema, storage
+from recsys_dist import schema, storage
 from recsys_dist.data.importers import DataFormatError, import_dataset
 
 TINY = [
@@ -31,14 +32,6 @@ TINY = [
     "train.batch_size=64",
     "train.warmup_steps=2",
 ]
-
-
-def run_cli(capsys, seen: list[str], *argv: str) -> dict:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    seen += [captured.out, captured.err]
-    assert code == 0, captured.err
-    return json.loads(captured.out.strip().splitlines()[-1])
 
 
 def read_table(path: str) -> pa.Table:
@@ -79,69 +72,116 @@ def test_import_csv_and_parquet_from_s3_to_s3(s3_prefix):
     assert storage.is_empty_dir(storage.join(s3_prefix, "bad-out", schema.EVENTS_DIR))
 
 
-@pytest.mark.slow
-def test_generate_prepare_train_evaluate_recommend_all_on_s3(
-    ray_session, s3_prefix, tmp_path, monkeypatch, capsys, caplog
-):
-    monkeypatch.chdir(tmp_path)  # a URI mistaken for a local path would show up here
-    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
-    seen: list[str] = []
-    raw, prepared, run = (storage.join(s3_prefix, name) for name in ("raw", "prepared", "run"))
+DRIVER = """
+import json, sys
+from recsys_dist import cli
+for argv in json.loads(sys.argv[1]):
+    code = cli.main(argv)
+    if code:
+        sys.exit(code)
+"""
 
-    generated = run_cli(
-        capsys, seen, "generate", "--output", raw, "--users", "150", "--items", "50",
-        "--categories", "5", "--json",
-    )  # fmt: skip
-    manifest = run_cli(
-        capsys, seen, "prepare", "--data", raw, "--output", prepared, "--max-len", "20", "--json"
+
+def run_driver(commands: list[list[str]], cwd, address: str) -> tuple[list[dict], str]:
+    """The real CLI in a fresh driver process that has nothing but the AWS environment;
+    returns every JSON line it printed (one per ``--json`` command) and all it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=cwd,
+        env={**os.environ, "RAY_ADDRESS": address},
     )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return lines, printed
+
+
+@pytest.mark.slow
+def test_two_nodes_train_and_resume_with_everything_on_s3(s3_prefix, train_checksum, tmp_path):
+    """A real two-node cluster on loopback (``ray.cluster_utils.Cluster``: a head and a second
+    node, each its own raylet and object store, as in Ray's own multi-node tests), one training
+    worker per node, data, checkpoints and the export on S3, the only storage they share.
+
+    Checked: both epochs stream every training row exactly once across the two nodes (the
+    shards cannot be equal: an odd row count); a second, fresh driver reproduces the
+    evaluation from S3 alone, recommends, and resumes training from the S3 checkpoint (one
+    more epoch, not three); nothing is written locally; the secret key never shows.
+    """
+    from ray.cluster_utils import Cluster
+
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    raw, prepared, run = (storage.join(s3_prefix, name) for name in ("raw", "prepared", "run"))
+    train = [
+        *("train", "--data", prepared, "--output", run, "--workers", "2", "--json", *TINY),
+        *("train.placement_strategy=STRICT_SPREAD", "train.cache_rows=0"),
+    ]
+    histories = storage.join(s3_prefix, "histories.parquet")
+    recs = storage.join(s3_prefix, "out", "recs.parquet")
+    recommend = ["recommend", "--run", run, "--histories", histories, "--output", recs]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    try:
+        cluster.wait_for_nodes()
+        (generated, manifest, summary, evaluated), first = run_driver(
+            [
+                ["generate", "--output", raw, *("--users", "151", "--items", "50"), "--json"],
+                ["prepare", "--data", raw, "--output", prepared, "--max-len", "20", "--json"],
+                train,
+                ["evaluate", "--run", run, "--split", "test", "--json"],
+            ],
+            tmp_path,
+            cluster.address,
+        )
+        metrics_before = storage.read_text(storage.join(run, "metrics.jsonl"))
+        write_histories(raw, histories, users=2)
+        (again, rec, resumed), fresh = run_driver(
+            [
+                ["evaluate", "--run", run, "--split", "test", "--json"],
+                [*recommend, "--k", "5", "--json"],
+                [*train, "train.epochs=3"],
+            ],
+            tmp_path,
+            cluster.address,
+        )
+    finally:
+        cluster.shutdown()
+
     assert manifest["counts"]["events"] == generated["events"]
-    train = ["train", "--data", prepared, "--output", run, "--workers", "2", "--json", *TINY]
-    summary = run_cli(capsys, seen, *train)
+    assert manifest["counts"]["train_rows"] % 2 == 1, "the test needs shards that cannot be equal"
     assert summary["workers"] == 2 and summary["epochs"] == 2
     for name in ("config.yaml", "run.json", "metrics.jsonl", "model/model.safetensors"):
         assert storage.is_file(storage.join(run, name)), name
     assert storage.list_files(storage.join(run, "ray_results"), "model.safetensors")
-    metrics_before = storage.read_text(storage.join(run, "metrics.jsonl"))
-
-    evaluated = run_cli(capsys, seen, "evaluate", "--run", run, "--split", "test", "--json")
+    epochs = [json.loads(line) for line in metrics_before.splitlines()]
+    assert [e["train_nodes"] for e in epochs] == [2, 2]  # one worker on each node
+    for epoch in epochs:  # streamed twice (cache_rows=0): every row once, across two nodes
+        assert epoch["train_sequences"] == manifest["counts"]["train_rows"]
+        assert epoch["train_checksum"] == train_checksum(prepared)
     assert evaluated["users"] > 0 and 0 <= evaluated["ndcg@10"] <= 1
 
-    events = read_table(storage.list_files(storage.join(raw, schema.EVENTS_DIR), ".parquet")[0])
-    users = events.column(schema.USER_ID).unique()[:2]
-    histories = storage.join(s3_prefix, "histories.parquet")
-    with storage.open_output(histories) as sink:
-        pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), users)), sink)
-    recs = storage.join(s3_prefix, "out", "recs.parquet")
-    rec = run_cli(
-        capsys, seen, "recommend", "--run", run, "--histories", histories, "--k", "5",
-        "--output", recs, "--json",
-    )  # fmt: skip
-    assert rec["users"] == 2 and read_table(recs).num_rows == 10
-
-    # A clean process with nothing but the AWS environment: rerun train (finished: it must
-    # resume from S3 without training again), then evaluate the re-exported model.
-    script = (
-        "import sys; from recsys_dist import cli; "
-        f"sys.exit(cli.main({train!r}) or cli.main({['evaluate', '--run', run, '--json']!r}))"
-    )
-    fresh = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, cwd=tmp_path,
-    )  # fmt: skip
-    seen += [fresh.stdout, fresh.stderr]
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    resumed, again = (json.loads(line) for line in fresh.stdout.strip().splitlines()[-2:])
-    assert "resuming from epoch 2" in fresh.stderr  # both ranks restored the S3 checkpoint
-    assert resumed["epochs"] == 2 and resumed["best_epoch"] == summary["best_epoch"]
-    assert storage.read_text(storage.join(run, "metrics.jsonl")) == metrics_before
     numbers = {k: v for k, v in evaluated.items() if isinstance(v, float)}
-    assert {k: again[k] for k in numbers} == pytest.approx(numbers)
+    assert {k: again[k] for k in numbers} == pytest.approx(numbers)  # restored from S3 alone
     assert again["baseline_popularity"] == pytest.approx(evaluated["baseline_popularity"])
-    assert again["users"] == evaluated["users"]
+    assert rec["users"] == 2 and read_table(recs).num_rows == 10
+    assert resumed["epochs"] == 3
+    after = storage.read_text(storage.join(run, "metrics.jsonl")).splitlines()
+    lines = [json.loads(line) for line in after]
+    assert lines[:2] == epochs and [line["epoch"] for line in lines] == [1, 2, 3]
+    per_epoch = epochs[1]["step"] - epochs[0]["step"]  # epoch 3 only, from the checkpoint
+    assert abs(lines[2]["step"] - epochs[1]["step"] - per_epoch) <= 1, (lines, per_epoch)
 
     assert not list(tmp_path.iterdir()), "a path on S3 was written locally"
-    seen.append(caplog.text)
-    assert not [text for text in seen if secret in text], "the secret key reached the output"
+    assert secret not in first + fresh, "the secret key reached the output"
     leaked = [key for key, body in stored_objects(s3_prefix).items() if secret.encode() in body]
     assert not leaked, leaked
+
+
+def write_histories(raw: str, histories: str, users: int) -> None:
+    """The full logged events of the first ``users`` users, as a histories file on S3."""
+    events = read_table(storage.list_files(storage.join(raw, schema.EVENTS_DIR), ".parquet")[0])
+    chosen = events.column(schema.USER_ID).unique()[:users]
+    with storage.open_output(histories) as sink:
+        pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), chosen)), sink)

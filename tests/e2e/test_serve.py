@@ -1,7 +1,8 @@
 """The online service through real HTTP: recommend, real-time events, bad input, crashes.
 
-One tiny model is trained on a generated log whose users have category preferences; the
-service runs on the session's Ray with the embedded store, and once more with a real Redis.
+The session's shared tiny model (trained on a generated log whose users have category
+preferences, tests/conftest.py) is served on the session's Ray with the embedded store, and
+once more with a real Redis.
 """
 
 from __future__ import annotations
@@ -18,26 +19,10 @@ import ray
 from ray import serve
 
 from recsys_dist import schema
-from recsys_dist.config import ServeConfig, load_config
-from recsys_dist.data.prepare import prepare_dataset
-from recsys_dist.data.synthetic import generate_dataset
+from recsys_dist.config import ServeConfig
 from recsys_dist.serving import app
-from recsys_dist.train.trainer import train
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "data.max_len=20",
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "train.workers=1",
-    "train.epochs=25",
-    "train.eval_every=25",
-    "train.batch_size=32",
-    "train.lr=0.003",
-    "train.warmup_steps=20",
-]
 
 
 def free_port() -> int:
@@ -47,12 +32,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_session, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    generate_dataset(str(root / "raw"), users=300, items=400, categories=4, seed=1)
-    config = load_config(None, TINY)
-    prepare_dataset(str(root / "raw"), str(root / "prepared"), config.data)
-    train(str(root / "prepared"), str(root / "run"), config)
+def trained(trained_run):
+    """The session's shared run (tests/conftest.py), its items' categories and its events."""
+    root = trained_run.root
     items = pq.read_table(root / "raw" / schema.ITEMS_DIR).to_pylist()
     categories = {row[schema.ITEM_ID]: row[schema.CATEGORIES][0] for row in items}
     events = pq.read_table(root / "raw" / schema.EVENTS_DIR).to_pandas()

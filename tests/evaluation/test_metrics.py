@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_dist.errors import UserInputError
 from recsys_dist.evaluation.metrics import (
     finalize_metrics,
     ranking_metric_sums,
@@ -77,7 +78,7 @@ def test_sample_negatives_excludes_specials_target_and_seen():
     assert sorted(popular[0].tolist()) == sorted(popular[1].tolist()) == [7, 8]
     again = sample_negatives(5, targets, seen, 10, torch.Generator().manual_seed(1), None)
     assert torch.equal(negatives, again)
-    with pytest.raises(ValueError, match="only 5"):
+    with pytest.raises(UserInputError, match="only 5 unseen items"):  # exit 2 at the CLI
         sample_negatives(6, targets, seen, 10, np.random.default_rng(0), None)
 
 

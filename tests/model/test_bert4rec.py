@@ -95,6 +95,44 @@ def test_every_model_config_field_reaches_the_model():
     assert built.time_embedding.num_embeddings == 7
 
 
+def test_model_config_is_the_one_home_of_the_model_defaults():
+    """Habit 14: every ModelConfig field is a Bert4RecConfig field with the same default (they
+    drifted once: attention_dropout 0.1 vs 0.2)."""
+    declared = {f.name: f.default for f in dataclasses.fields(Bert4RecConfig)}
+    for field in dataclasses.fields(ModelConfig):
+        assert field.name in declared, f"Bert4RecConfig lacks ModelConfig.{field.name}"
+        assert declared[field.name] == field.default, field.name
+    built = Bert4RecConfig(vocab_size=VOCAB)
+    assert all(getattr(built, f.name) == f.default for f in dataclasses.fields(ModelConfig))
+
+
+def test_every_non_default_model_config_value_reaches_the_saved_model_config(tmp_path):
+    """Habit 2 and 3, field by field: a value of every ModelConfig field other than its default
+    is in the model's config, and in the config.json an export rebuilds the model from."""
+    other = {bool: lambda v: not v, int: lambda v: v * 2, float: lambda v: round(v / 2, 4)}
+    defaults = ModelConfig()
+    changed = {
+        f.name: other[type(getattr(defaults, f.name))](getattr(defaults, f.name))
+        for f in dataclasses.fields(ModelConfig)
+    }
+    cfg = ModelConfig(**changed)
+    model = Bert4Rec(Bert4RecConfig.from_model_config(cfg, vocab_size=VOCAB, max_len=MAX_LEN))
+    model.save(tmp_path)
+    rebuilt = Bert4Rec.load(tmp_path).config
+    for name, value in changed.items():
+        assert value != getattr(defaults, name), name
+        assert getattr(model.config, name) == value == getattr(rebuilt, name), name
+
+
+def test_a_model_config_field_the_model_does_not_declare_is_refused():
+    @dataclasses.dataclass(frozen=True)
+    class Wider(ModelConfig):
+        new_knob: int = 3
+
+    with pytest.raises(TypeError, match="new_knob"):
+        Bert4RecConfig.from_model_config(Wider(), vocab_size=VOCAB, max_len=MAX_LEN)
+
+
 def test_config_round_trips_and_validates(tmp_path):
     config = tiny_config(use_time_gaps=False)
     config.save_pretrained(tmp_path)

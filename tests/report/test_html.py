@@ -21,7 +21,8 @@ import zlib
 import numpy as np
 import pytest
 
-from recsys_dist.report.data import ReportData, UserInterests
+from recsys_dist.interests.record import ChangePointRecord, InterestRecord, MovedGroup
+from recsys_dist.report.data import ReportData
 from recsys_dist.report.html import (
     interest_table_html,
     ranking_table_html,
@@ -46,22 +47,30 @@ def make_user(user_id: str, *, shift_at: int | None, forecast: bool, windows: in
     change_points = []
     if shift_at is not None:
         change_points.append(
-            {
-                "timestamp": starts[shift_at],
-                "score": 0.42,
-                "rose": [["drama", 0.15, 0.55]],
-                "fell": [["comedy", 0.55, 0.15]],
-            }
+            ChangePointRecord(
+                index=20 * shift_at,
+                timestamp=starts[shift_at],
+                score=0.42,
+                divergence=0.2,
+                rose=[MovedGroup("drama", 0.15, 0.55)],
+                fell=[MovedGroup("comedy", 0.55, 0.15)],
+            )
         )
-    return UserInterests(
+    counts = [20 + w for w in range(windows)]
+    predicted = [0.1, 0.6, 0.15, 0.13, 0.02] if forecast else None
+    return InterestRecord(
         user_id=user_id,
-        groups=list(GROUPS),
+        events=sum(counts),
+        unknown_items=0,
         window_starts=starts,
-        window_counts=[20 + w for w in range(windows)],
+        window_counts=counts,
         profiles=[list(row) for row in profiles],
-        change_points=change_points,
-        forecast=[0.1, 0.6, 0.15, 0.13, 0.02] if forecast else None,
+        current=list(profiles[-1]),
+        top_group=GROUPS[profiles[-1].index(max(profiles[-1]))],
         drift=0.31 if shift_at is not None else 0.02,
+        change_points=change_points,
+        forecast=predicted,
+        forecast_top_group="drama" if predicted else None,
     )
 
 
@@ -106,6 +115,7 @@ def make_report_data() -> ReportData:
                 "decayed": {"js": 0.22, "top_accuracy": 0.61},
             },
         },
+        groups=list(GROUPS),
         users=[
             make_user("alice", shift_at=4, forecast=True),
             make_user(HOSTILE, shift_at=None, forecast=True),
@@ -148,20 +158,19 @@ def test_every_section_is_present_given_full_data():
 
 
 def test_sections_without_data_are_left_out():
-    empty = ReportData("t", "v", "now", [], None, None, [], [])
+    empty = ReportData("t", "v", "now", [], None, None, [], [], [])
     page = render_report(empty)
     assert "<section" not in page and "<svg" not in page and "<h1>t</h1>" in page
     only_interest = render_report(
-        ReportData("t", "v", "now", [], None, make_report_data().interest_metrics, [], [])
+        ReportData("t", "v", "now", [], None, make_report_data().interest_metrics, [], [], [])
     )
     assert "Interest forecast" in only_interest and "Next-item ranking" not in only_interest
 
 
 def test_untrusted_text_is_escaped():
     data = make_report_data()
-    user = data.users[0]
-    user.groups[0] = HOSTILE_GROUP
-    user.change_points[0]["fell"][0][0] = HOSTILE_GROUP
+    data.groups[0] = HOSTILE_GROUP
+    data.users[0].change_points[0].fell[0].group = HOSTILE_GROUP
     data.interest_metrics["methods"][HOSTILE] = {"js": 0.3}
     data.ranking_metrics["protocol"] = HOSTILE
     page = render_report(data)
@@ -214,7 +223,7 @@ def test_stacked_area_points_stay_inside_the_plot_box(profiles):
 
 def test_fixture_users_stack_to_the_full_box():
     for user in make_report_data().users:
-        svg = stacked_area_svg(user.groups, user.window_starts, user.profiles)
+        svg = stacked_area_svg(GROUPS, user.window_starts, user.profiles)
         left, top, right, bottom = _plot_box(svg)
         points = [p for path in _area_points(svg) for p in path]
         assert min(x for x, _ in points) == pytest.approx(left, abs=0.1)
@@ -246,20 +255,20 @@ def test_minor_groups_are_merged_into_other():
 def test_forecast_is_drawn_apart_and_hatched():
     user = make_report_data().users[0]
     with_forecast = stacked_area_svg(
-        user.groups, user.window_starts, user.profiles, forecast=user.forecast, chart_id="u"
+        GROUPS, user.window_starts, user.profiles, forecast=user.forecast, chart_id="u"
     )
     left, top, right, bottom = _plot_box(with_forecast)
     xs = [float(x) for x in re.findall(r'<rect class="forecast" x="([\d.]+)"', with_forecast)]
     assert len(xs) == 5 and min(xs) > right  # 4 groups + "other", right of the trajectory
     assert 'fill="url(#u-hatch)"' in with_forecast and ">forecast</text>" in with_forecast
-    without = stacked_area_svg(user.groups, user.window_starts, user.profiles)
+    without = stacked_area_svg(GROUPS, user.window_starts, user.profiles)
     assert 'class="forecast"' not in without and "forecast" not in without
 
 
 def test_change_points_are_dashed_lines_at_their_time():
     user = make_report_data().users[0]
     svg = stacked_area_svg(
-        user.groups, user.window_starts, user.profiles, change_points=user.change_points
+        GROUPS, user.window_starts, user.profiles, change_points=user.change_points
     )
     line = re.search(r'<g class="change-point">.*?<line x1="([\d.]+)"', svg)
     window = re.findall(r'<circle class="window-mark" cx="([\d.]+)"', svg)[4]

@@ -1,7 +1,8 @@
 """Distributed training, checked: every training row once per epoch, and 2 workers ≡ 1 worker.
 
-The training split has an odd number of rows, so shards cannot be equal: Ray's default split
-would drop a row per epoch, and without the loop's lock-step the gloo all-reduce would hang.
+The parity data's training split has an odd number of rows, so shards cannot be equal: Ray's
+default split would drop a row per epoch, and without the loop's lock-step the gloo all-reduce
+would hang.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ import json
 import threading
 import time
 
-import pyarrow.parquet as pq
 import pytest
 
 from recsys_dist import schema
 from recsys_dist.config import DataConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
-from recsys_dist.data.prepared import load_manifest, split_spec
-from recsys_dist.data.sequences import training_rows
 from recsys_dist.data.synthetic import generate_dataset
 from recsys_dist.train.batches import CHECKSUM_MODULUS, ShardBatches, sequence_checksum
 from recsys_dist.train.data_config import CoveringDataConfig
@@ -48,18 +46,6 @@ def prepared(ray_session, tmp_path_factory):
 def train_run(prepared_dir, run_dir, *overrides: str) -> list[dict]:
     train(str(prepared_dir), str(run_dir), load_config(None, [*TINY, *overrides]))
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_checksum(prepared_dir) -> int:
-    """``sequence_checksum`` of every training window, cut straight from the stored users."""
-    users = pq.read_table(prepared_dir / schema.USERS_DIR)
-    windows = training_rows(users, split_spec(load_manifest(str(prepared_dir))))
-    return sequence_checksum(
-        {
-            name: windows.column(name).to_numpy(zero_copy_only=False)
-            for name in (schema.USER_ID, schema.TIMESTAMPS)
-        }
-    )
 
 
 def test_checksum_ignores_order_and_sees_a_missing_or_repeated_row():
@@ -147,24 +133,17 @@ def test_blocks_keep_file_order_unless_told_otherwise(ray_session, preserve_orde
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache_rows", [0, 1_000_000], ids=["streamed", "then-replayed"])
-def test_each_epoch_trains_on_every_sequence_exactly_once(prepared, tmp_path, cache_rows):
-    """Epoch 1 always streams; with the default cache, epochs 2-3 replay from memory; with
-    none, epoch 2 streams again (a split restarts on every pass)."""
-    prepared_dir, manifest = prepared
-    epochs = 2 if cache_rows == 0 else 3
-    lines = train_run(
-        prepared_dir,
-        tmp_path / "run",
-        "train.workers=2",
-        "train.batch_size=16",  # blocks of 16 rows: shards differ, one rank pads a step
-        f"train.epochs={epochs}",
-        f"train.cache_rows={cache_rows}",
-    )
-    expected = train_checksum(prepared_dir)
-    assert [line["epoch"] for line in lines] == list(range(1, epochs + 1))
+def test_replayed_epochs_train_on_every_sequence_exactly_once(trained_run, train_checksum):
+    """The shared 2-worker run (tests/conftest.py) streamed epoch 1 and replayed its shards
+    from worker memory after it: epochs 10, 20 and 30 still cover every training row once.
+    Streamed epochs are checked across two nodes on S3 (tests/e2e/test_s3.py)."""
+    lines = [
+        json.loads(line) for line in (trained_run.run / "metrics.jsonl").read_text().splitlines()
+    ]
+    expected = train_checksum(str(trained_run.prepared))
+    assert [line["epoch"] for line in lines] == [10, 20, 30]
     for line in lines:
-        assert line["train_sequences"] == manifest["counts"]["train_rows"]
+        assert line["train_sequences"] == trained_run.manifest["counts"]["train_rows"]
         assert line["train_checksum"] == expected
 
 

@@ -1,0 +1,28 @@
+"""The exception family for bad input from the user (conventions habit 15).
+
+A leaf module like :mod:`recsys_dist.schema`: it imports nothing from the package, so every
+stage may raise these without an import cycle.
+"""
+
+from __future__ import annotations
+
+
+class UserInputError(ValueError):
+    """Bad input from the user: a file, row, field, argument or config value.
+
+    The message names the bad thing (``FILE row N: field 'F': ...``, ``--k must be >= 1``).
+    The CLI catches this family once, prints the message as one line, and exits 2 without a
+    traceback; any other exception is a bug and keeps its traceback. pip's
+    ``DiagnosticPipError`` and click's ``UsageError`` draw the same line. A ``ValueError``
+    subclass, so callers that caught ``ValueError`` before still do.
+    """
+
+
+class MissingInputError(UserInputError, FileNotFoundError):
+    """An input path that does not exist, or lacks what it should hold (a run's ``run.json``,
+    a prepared dataset's manifest). Also a ``FileNotFoundError`` for existing callers."""
+
+
+class OutputExistsError(UserInputError, FileExistsError):
+    """An output that already holds results the command would mix with or replace, without
+    ``--overwrite``. Also a ``FileExistsError`` for existing callers."""

@@ -1,0 +1,91 @@
+"""``collect_report`` on the session's tiny untrained export (a copy of the run), and the page
+rendered from what it collected.
+
+The interest forecast's own evaluation is tested on the same run in
+``tests/interests/test_evaluate.py``; here it is a stand-in that records how the collector
+called it (a run without ``interests.json`` is evaluated first), which keeps this file to one
+analysis and one ranking evaluation (Ray Data actors take seconds to start on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recsys_dist import run_layout, schema
+from recsys_dist.report import collect
+from recsys_dist.report.collect import collect_report
+from recsys_dist.report.data import ReportData
+from recsys_dist.report.html import render_report
+
+SAMPLE = 3
+METHODS = ("forecast", "model_only", "last_window", "long_term", "decayed")
+INTEREST_METRICS = {  # what evaluate_interests returns, cut to what the report reads
+    "protocol": "loo split; future window = each user's last 3 events",
+    "users": {"valid": 60, "test": 60},
+    "methods": {
+        name: {"js": 0.1 + i / 100, "top_accuracy": 0.5 - i / 100} for i, name in enumerate(METHODS)
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def collected(tiny_run, tmp_path_factory):
+    """``(ReportData, the run copy, the calls the interest evaluation got)``."""
+    run = shutil.copytree(tiny_run.run, tmp_path_factory.mktemp("report") / "run")
+    calls = []
+
+    def evaluate_interests(*args, **kwargs):
+        calls.append((args, kwargs))
+        return INTEREST_METRICS
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(collect, "evaluate_interests", evaluate_interests)
+        data = collect_report(str(run), tiny_run.config, str(tiny_run.prepared), sample=SAMPLE)
+    return data, run, calls
+
+
+def test_the_report_holds_every_part(tiny_run, collected):
+    data, run, calls = collected
+    assert data.title == "run"
+    state = json.loads((run / run_layout.MODEL_DIR / "state.json").read_text())
+    assert data.model_version == f"{state['data_hash'][:8]}-epoch{state['metrics']['epoch']}"
+    metrics_lines = (tiny_run.run / run_layout.METRICS_FILE).read_text().splitlines()
+    assert data.training_curves == [json.loads(line) for line in metrics_lines]
+    ranking = data.ranking_metrics
+    assert ranking["split"] == schema.TEST_SPLIT and "full-catalogue" in ranking["protocol"]
+    assert all(0 <= ranking[f"ndcg@{k}"] <= 1 for k in tiny_run.config.eval.ks)
+    assert "baseline_popularity" in ranking
+    # the run has no interests.json, so the forecast was evaluated on the way, once
+    assert not (run / run_layout.INTERESTS_FILE).exists()
+    assert calls == [((str(run), str(tiny_run.prepared), tiny_run.config.interests), {})]
+    assert data.interest_metrics == INTEREST_METRICS
+
+
+def test_a_sample_of_users_and_every_users_drift(tiny_run, collected):
+    data, *_ = collected
+    users = pq.read_table(tiny_run.prepared / schema.USERS_DIR)
+    assert len(data.drift_scores) == users.num_rows
+    assert all(0 <= d <= 1 for d in data.drift_scores)
+    assert len(data.users) == SAMPLE
+    assert len({u.user_id for u in data.users}) == SAMPLE
+    assert {u.user_id for u in data.users} <= set(users[schema.USER_ID].to_pylist())
+    assert data.groups and all(g.startswith("cat-") for g in data.groups)
+    for user in data.users:
+        assert user.events > 0 and np.asarray(user.profiles).shape[1] == len(data.groups)
+        assert user.forecast is not None and len(user.forecast) == len(data.groups)
+    assert ReportData.from_dict(json.loads(json.dumps(data.to_dict()))) == data
+
+
+def test_the_page_shows_every_section(collected):
+    data, *_ = collected
+    page = render_report(data)
+    for section in ('id="training"', 'id="metrics"', 'id="users"', 'id="drift"'):
+        assert section in page, section
+    assert "Next-item ranking" in page and "Interest forecast" in page
+    assert all(f"<code>{u.user_id}</code>" in page for u in data.users)
+    assert page.count('<article class="user">') == SAMPLE

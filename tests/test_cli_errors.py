@@ -1,0 +1,165 @@
+"""Bad input is one ``error:`` line and exit 2, from every sub-command, before Ray starts.
+
+User errors are a type (:class:`recsys_dist.errors.UserInputError`), caught once in
+``cli.main``; anything else is a bug and keeps its traceback. No test here starts Ray or
+trains: arguments, paths and config values are checked first, and ``init_ray`` fails the
+test if a command gets that far.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_dist import cli, run_layout, schema
+from recsys_dist.checkpoint import STATE_FILE
+from recsys_dist.config import ConfigError
+from recsys_dist.data.events import BadEventError
+from recsys_dist.data.importers import DataFormatError
+from recsys_dist.data.prepare import AppendError
+from recsys_dist.errors import MissingInputError, OutputExistsError, UserInputError
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started Ray before checking its arguments")
+
+    monkeypatch.setattr(cli, "init_ray", refuse)
+
+
+@pytest.fixture
+def paths(tmp_path) -> dict[str, str]:
+    """Inputs that pass the CLI's checks (a run, a prepared dataset, a log), nothing more."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / schema.MANIFEST_FILE).write_text("{}")
+    run = tmp_path / "run"
+    model = Path(run_layout.model_dir(str(run)))
+    model.mkdir(parents=True)
+    (model / STATE_FILE).write_text("{}")
+    (run / run_layout.RUN_RECORD).write_text(json.dumps({run_layout.PREPARED: str(prepared)}))
+    events = tmp_path / "raw" / schema.EVENTS_DIR
+    events.mkdir(parents=True)
+    (events / "part-00000.parquet").write_bytes(b"")  # listed, never read
+    (tmp_path / "log.csv").write_text("user_id,item_id,timestamp\nu,i,1\n")
+    generated = tmp_path / "generated" / schema.EVENTS_DIR
+    generated.mkdir(parents=True)
+    (generated / "part-00000.parquet").write_bytes(b"")
+    return {
+        "run": str(run),
+        "prepared": str(prepared),
+        "raw": str(tmp_path / "raw"),
+        "csv": str(tmp_path / "log.csv"),
+        "generated": str(tmp_path / "generated"),
+        "missing": str(tmp_path / "missing"),
+        "out": str(tmp_path / "out"),
+    }
+
+
+# (argv with {placeholders} for `paths`, text the one error line must contain)
+CASES = {
+    "import-missing-input": ("import --format csv {missing} --output {out}", "{missing}"),
+    "import-bad-map": ("import --format csv {csv} --output {out} --map user_id", "--map"),
+    "import-bad-format": ("import --format xml {csv} --output {out}", "--format"),
+    "generate-users": ("generate --output {out} --users 0", "--users"),
+    "generate-items": ("generate --output {out} --items 1", "--items"),
+    "generate-drift-paths": ("generate --output {out} --drift-paths 2", "--drift-paths"),
+    "generate-break-days": ("generate --output {out} --break-days -1", "--break-days"),
+    "generate-not-a-number": ("generate --output {out} --users many", "--users"),
+    "generate-existing": ("generate --output {generated}", "--overwrite"),
+    "prepare-missing-data": ("prepare --data {missing} --output {out}", "{missing}"),
+    "prepare-max-len": ("prepare --data {raw} --output {out} --max-len 0", "data.max_len"),
+    "prepare-bad-override": ("prepare --data {raw} --output {out} data.nope=1", "data.nope"),
+    "train-not-prepared": ("train --data {raw} --output {out}", "not a prepared dataset"),
+    "train-workers": ("train --data {prepared} --output {out} --workers -1", "train.workers"),
+    "evaluate-not-a-run": ("evaluate --run {prepared}", "not a run directory"),
+    "evaluate-split": ("evaluate --run {run} --split train", "--split"),
+    "evaluate-sampled": ("evaluate --run {run} --sampled -1", "--sampled"),
+    "recommend-k": (
+        "recommend --run {run} --histories {raw} --output {out}/r.parquet --k 0",
+        "--k",
+    ),
+    "recommend-histories": (
+        "recommend --run {run} --histories {missing} --output {out}/r.parquet",
+        "{missing}",
+    ),
+    "score-k": ("score --run {run} --output {out}/s.parquet --k 0", "--k"),
+    "score-not-a-run": ("score --run {missing} --output {out}/s.parquet", "{missing}"),
+    "serve-model": ("serve --run {run} --model {missing}", "--model"),
+    "serve-port": ("serve --run {run} --port 0", "--port"),
+    "interests-no-output": ("interests --run {run}", "--output"),
+    "interests-not-a-run": ("interests --run {missing} --evaluate", "{missing}"),
+    "report-users": ("report --run {run} --output {out}/r.html --users -1", "--users"),
+    "report-not-a-run": ("report --run {missing} --output {out}/r.html", "{missing}"),
+    "config-key": ("config show train.bogus=1", "train.bogus"),
+    "config-override": ("config show train_lr", "section.key=value"),
+    "no-command": ("", "command"),
+}
+
+
+@pytest.mark.parametrize("argv, names", CASES.values(), ids=CASES.keys())
+def test_bad_input_is_one_line_and_exit_2(argv, names, paths, no_ray, capsys):
+    code = cli.main(argv.format(**paths).split())
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_BAD_INPUT, captured.err
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert names.format(**paths) in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_every_sub_command_has_a_bad_input_case():
+    commands = {argv.split()[0] for argv, _ in CASES.values() if argv}
+    parser = cli.build_parser()
+    (action,) = (a for a in parser._actions if a.dest == "command")
+    assert commands == set(action.choices)
+
+
+@pytest.mark.parametrize("legacy", [ConfigError, BadEventError, DataFormatError, AppendError])
+def test_legacy_bad_input_errors_are_user_input_errors(legacy):
+    assert issubclass(legacy, UserInputError) and issubclass(legacy, ValueError)
+
+
+def test_path_errors_keep_their_builtin_types():
+    """Callers that caught FileNotFoundError / FileExistsError still do."""
+    assert issubclass(MissingInputError, FileNotFoundError)
+    assert issubclass(OutputExistsError, FileExistsError)
+    assert cli.user_error(OutputExistsError("out/events is not empty")) == (
+        "out/events is not empty"
+    )
+
+
+class _RayTaskError(Exception):
+    """What Ray raises in the driver for an error in a task: the original in ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"Traceback (most recent call last):\n...\n{cause!r}")
+        self.cause = cause
+
+
+def test_user_error_unwraps_ray_task_errors_and_leaves_bugs_alone():
+    bad_row = BadEventError("log.parquet row 2: field 'timestamp': inf")
+    assert cli.user_error(_RayTaskError(bad_row)) == str(bad_row)
+    try:
+        try:
+            raise bad_row
+        except BadEventError as error:
+            raise RuntimeError("while reading") from error
+    except RuntimeError as chained:
+        assert cli.user_error(chained) == str(bad_row)
+    missing = FileNotFoundError(2, "No such file or directory", "/data/x.parquet")
+    assert cli.user_error(_RayTaskError(missing)) == "/data/x.parquet: No such file or directory"
+    assert cli.user_error(_RayTaskError(ValueError("a shape bug"))) is None
+    assert cli.user_error(KeyError("vocab_size")) is None
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def bug(args):
+        raise KeyError("vocab_size")
+
+    monkeypatch.setattr(cli, "_run_config_show", bug)
+    with pytest.raises(KeyError):
+        cli.main(["config", "show"])
