@@ -99,12 +99,16 @@ def test_a_run_of_other_data_or_shape_is_refused_not_resumed(
         *("prepare", "--data", str(trained_run.raw), "--output", str(window)),
         *("--max-len", str(trained_run.max_len), "--holdout-events", "2"),
     )
-    again = ["train", "--output", str(trained_run.run), "--workers", "2", *trained_run.model]
+
+    def train(data, *more: str) -> list[str]:
+        options = ("--data", str(data), "--output", str(trained_run.run), "--workers", "2")
+        return ["train", *options, *trained_run.model, *more]
+
     before = (trained_run.run / "metrics.jsonl").read_text()
-    assert cli.main([*again, "--data", str(window)]) == 2
+    assert cli.main(train(window)) == 2
     assert "data_config" in capsys.readouterr().err
-    wider = [*again, "--data", str(trained_run.prepared), "model.hidden_size=64"]
-    assert cli.main(wider) == 2 and "model_config" in capsys.readouterr().err
+    assert cli.main(train(trained_run.prepared, "model.hidden_size=64")) == 2
+    assert "model_config" in capsys.readouterr().err
     assert (trained_run.run / "metrics.jsonl").read_text() == before
 
 
