@@ -40,6 +40,9 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "RAY_DATA_LOG_LEVEL": "ERROR",
+    # Ray Train's workers turn every print into an INFO line of the root logger, which no
+    # filter of ours reaches; without it, the train loop catches DeepSpeed's prints itself.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # Frameworks that log through one logger object: a filter on it keeps only errors. Serve's
 # is filtered in the driver only: its replicas' access logs stay (console and log files).
