@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = ["-v"] if args.verbose else []
     print(
         f"recsys_dist demo: {args.users} generated users whose interests drift, end to end "
-        f"({args.workers} DeepSpeed workers on a local Ray; ~5 minutes on 2 cores)",
+        f"({args.workers} DeepSpeed workers on a local Ray; ~3.5 minutes on 2 cores)",
         flush=True,
     )
     started = time.perf_counter()
