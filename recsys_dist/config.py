@@ -100,6 +100,9 @@ class TrainConfig:
     eval_every: int = 1  # validate (full ranking) and checkpoint every N epochs, and after the last
     patience: int = 10  # early stop after this many validations without NDCG@10 improving
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+    # With a budget, the learning-rate decay ends when the budget does (the epochs that fit at
+    # the measured pace), so the run ends annealed; false cuts the epochs-long schedule short.
+    budget_schedule: bool = True
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
     placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD

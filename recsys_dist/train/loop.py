@@ -40,6 +40,7 @@ from recsys_dist.train.batches import (
     sequence_checksum,
 )
 from recsys_dist.train.deepspeed_config import build_deepspeed_config
+from recsys_dist.train.schedule import decay_to, planned_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class Progress:
     epoch: int = 0
     step: int = 0
     elapsed_s: float = 0.0
+    first_epoch_s: float = 0.0  # the first epoch streams the data: left out of the pace
+    planned_epochs: int = 0  # epochs the schedule ends at (train.epochs, or what fits a budget)
     train_s: float = 0.0  # time in training steps only (no validation, no start-up)
     sequences: int = 0  # training sequences seen by all ranks
     best: float = -1.0
@@ -107,13 +110,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     nodes = _worker_nodes()
     clock = time.monotonic() - progress.elapsed_s
-    while progress.epoch < config.train.epochs:
+    _fit_schedule(engine, config, progress, rank, device)  # a resumed run re-plans what is left
+    while progress.epoch < progress.planned_epochs:
         epoch_start = time.monotonic()
         epoch = _train_epoch(engine, train_batches, config, progress, rank, device)
         progress.train_s += time.monotonic() - epoch_start
         progress.sequences += epoch.sequences
         progress.epoch += 1
         progress.elapsed_s = time.monotonic() - clock
+        if progress.epoch == 1:
+            progress.first_epoch_s = progress.elapsed_s
+        _fit_schedule(engine, config, progress, rank, device)
         speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
         if rank == 0:  # every epoch with -v; by default only those that validate (below)
             logger.debug("epoch %d: loss %.4f, %.0f sequences/s", progress.epoch, epoch.loss, speed)
@@ -121,7 +128,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
             device,
         )
-        last = progress.epoch == config.train.epochs or out_of_time
+        last = progress.epoch >= progress.planned_epochs or out_of_time
         if progress.epoch % config.train.eval_every and not last:
             continue
         metrics = _validate(engine.module, valid_batches, config, rank, world, device)
@@ -134,6 +141,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_seq_per_s=round(progress.sequences / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
             train_nodes=nodes,
+            planned_epochs=progress.planned_epochs,
+            lr=engine.lr_scheduler.get_last_lr()[0],
         )
         progress.record(metrics)
         if rank == 0:
@@ -145,6 +154,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _report(engine.module, metrics, progress, loop_config, rank)
         if progress.evals_without_improvement >= config.train.patience or out_of_time:
             break
+
+
+def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device) -> None:
+    """Plan the epochs (all of them, or what fits ``train.time_budget_s`` at the pace so far)
+    and end the learning-rate decay at the plan's last step. Every rank plans from the same
+    numbers (the slowest rank's clock), so the ranks' schedules stay identical."""
+    train = config.train
+    if not (train.time_budget_s and train.budget_schedule and progress.epoch):
+        progress.planned_epochs = train.epochs  # DeepSpeed's schedule, as configured
+        return
+    elapsed, first = _max_over_ranks([progress.elapsed_s, progress.first_epoch_s], device)
+    planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, first)
+    if planned == progress.planned_epochs:
+        return
+    progress.planned_epochs = planned
+    last_step = round(progress.step * planned / progress.epoch)  # at this epoch's pace
+    decay_to(engine.lr_scheduler, last_step)
+    if rank == 0:
+        logger.info("time budget: the learning rate now reaches 0 at epoch %d", planned)
 
 
 def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
@@ -300,6 +328,14 @@ def _any_rank(flag: bool, device) -> bool:
     if dist.is_initialized():
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _max_over_ranks(values: list[float], device) -> list[float]:
+    """Each value's maximum over all ranks (float64, so seconds stay exact)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
 
 
 def _all_ranks(flag: bool, device) -> bool:

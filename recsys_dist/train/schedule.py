@@ -1,0 +1,53 @@
+"""A time budget is a schedule: the learning rate decays to zero when the budget runs out.
+
+Without a budget the run follows DeepSpeed's ``WarmupDecayLR`` over ``train.epochs`` (built in
+``deepspeed_config.py``). With ``train.time_budget_s``, cutting that schedule where the time
+runs out would stop a run at a high learning rate, unannealed. Instead, after every epoch the
+loop asks :func:`planned_epochs` how many epochs fit the budget at the pace measured so far,
+and :func:`decay_to` moves the end of the decay there: from the current rate, linearly, to
+zero at the planned last step, so the rate never jumps and the last epoch ends annealed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
+
+def planned_epochs(
+    budget_s: float, max_epochs: int, done: int, elapsed_s: float, first_epoch_s: float
+) -> int:
+    """The epochs that fit ``budget_s``, between ``done`` and ``max_epochs``.
+
+    The pace leaves out the first epoch when there is another to go by: it streams the data
+    (later epochs replay it from memory) and pays for warming up, so it is slower than the
+    rest. Validation time is part of the pace, as it is of the budget.
+    """
+    if budget_s <= 0:
+        return max_epochs
+    if done <= 0:
+        return max_epochs
+    later = done - 1
+    pace = (elapsed_s - first_epoch_s) / later if later else elapsed_s
+    if pace <= 0:
+        return max_epochs
+    fit = done + math.floor(max(0.0, budget_s - elapsed_s) / pace)
+    return max(done, min(max_epochs, fit))
+
+
+def decay_to(scheduler: WarmupDecayLR, last_step: int) -> None:
+    """End ``scheduler``'s linear decay at ``last_step`` without a jump in the rate.
+
+    During warm-up only the end moves (the decay will start from the peak). After it, the
+    decay restarts from the current rate at the current step: ``WarmupDecayLR`` decays
+    linearly from ``min + delta`` at ``warmup_num_steps`` to ``min`` at ``total_num_steps``,
+    so those three move to (current rate, current step, last step).
+    """
+    step = max(scheduler.last_batch_iteration, 0)
+    last_step = max(last_step, step + 1)
+    if step >= scheduler.warmup_num_steps:
+        current = scheduler.get_lr()
+        scheduler.delta_lrs = [lr - low for lr, low in zip(current, scheduler.min_lrs)]
+        scheduler.warmup_num_steps = step
+    scheduler.total_num_steps = max(last_step, scheduler.warmup_num_steps + 1)
