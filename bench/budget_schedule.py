@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=150.0, help="train.time_budget_s")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default=None, help="keep outputs here (default: temp)")
+    parser.add_argument(
+        "--schedules", nargs="+", default=["fitted", "cut"], choices=["fitted", "cut"]
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = parser.parse_args(argv)
     if not Path(args.dataset).exists():
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import_dataset(args.format, args.dataset, str(work / "raw"), overwrite=True)
     prepare_dataset(str(work / "raw"), str(work / "prepared"), load_config(None, base).data)
     rows = []
-    for fitted in (True, False):
+    for fitted in (name == "fitted" for name in args.schedules):
         config = load_config(None, [*base, f"train.budget_schedule={str(fitted).lower()}"])
         run = work / f"run-{'fitted' if fitted else 'cut'}"
         rows.append(measure(work / "prepared", run, config, fitted, Path(args.dataset).name))
@@ -68,7 +71,9 @@ def measure(prepared: Path, run: Path, config, fitted: bool, dataset: str) -> di
     return {
         "date": date.today().isoformat(),
         "dataset": dataset,
-        "schedule": "fitted to the budget" if fitted else "cut at the budget",
+        "schedule": (
+            f"fitted, last {config.train.budget_cooldown:.0%} cool-down" if fitted else "cut"
+        ),
         "budget_s": config.train.time_budget_s,
         "epochs": summary.epochs,
         "best_epoch": summary.best_epoch,

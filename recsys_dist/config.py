@@ -103,6 +103,9 @@ class TrainConfig:
     # With a budget, the learning-rate decay ends when the budget does (the epochs that fit at
     # the measured pace), so the run ends annealed; false cuts the epochs-long schedule short.
     budget_schedule: bool = True
+    # ... decaying to zero over this last share of the planned epochs only; before it, the
+    # configured schedule runs on (a short cool-down keeps the rate high for most of a budget).
+    budget_cooldown: float = 0.2
     max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
     placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD
@@ -121,6 +124,10 @@ class TrainConfig:
             self.placement_strategy,
             ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
         )
+        if not 0 < self.budget_cooldown <= 1:
+            raise ConfigError(
+                f"train.budget_cooldown must be in (0, 1], got {self.budget_cooldown}"
+            )
         if not 0 <= self.mask_prob < 1 or not 0 <= self.last_item_mask_prob <= 1:
             raise ConfigError("train.mask_prob must be in [0, 1), last_item_mask_prob in [0, 1]")
 

@@ -40,7 +40,7 @@ from recsys_dist.train.batches import (
     sequence_checksum,
 )
 from recsys_dist.train.deepspeed_config import build_deepspeed_config
-from recsys_dist.train.schedule import decay_to, planned_epochs
+from recsys_dist.train.schedule import decay_to, in_cooldown, planned_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,9 @@ class Progress:
     epoch: int = 0
     step: int = 0
     elapsed_s: float = 0.0
-    first_epoch_s: float = 0.0  # the first epoch streams the data: left out of the pace
-    planned_epochs: int = 0  # epochs the schedule ends at (train.epochs, or what fits a budget)
+    last_epoch_s: float = 0.0  # the latest epoch, its validation included: a budget's pace
+    planned_epochs: int = 0  # epochs the run ends at (train.epochs, or what fits a budget)
+    decay_ends: int = 0  # the epoch a budget's cool-down decays to zero at (0: not cooling)
     train_s: float = 0.0  # time in training steps only (no validation, no start-up)
     sequences: int = 0  # training sequences seen by all ranks
     best: float = -1.0
@@ -117,9 +118,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.train_s += time.monotonic() - epoch_start
         progress.sequences += epoch.sequences
         progress.epoch += 1
+        progress.last_epoch_s = time.monotonic() - clock - progress.elapsed_s
         progress.elapsed_s = time.monotonic() - clock
-        if progress.epoch == 1:
-            progress.first_epoch_s = progress.elapsed_s
         _fit_schedule(engine, config, progress, rank, device)
         speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
         if rank == 0:  # every epoch with -v; by default only those that validate (below)
@@ -157,18 +157,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device) -> None:
-    """Plan the epochs (all of them, or what fits ``train.time_budget_s`` at the pace so far)
-    and end the learning-rate decay at the plan's last step. Every rank plans from the same
-    numbers (the slowest rank's clock), so the ranks' schedules stay identical."""
+    """Plan the epochs (all of them, or what fits ``train.time_budget_s`` at the pace so far);
+    in the plan's cool-down (``train.budget_cooldown``), end the learning-rate decay at its
+    last step. Every rank plans from the same numbers (the slowest rank's clock), so the
+    ranks' schedules stay identical."""
     train = config.train
     if not (train.time_budget_s and train.budget_schedule and progress.epoch):
         progress.planned_epochs = train.epochs  # DeepSpeed's schedule, as configured
         return
-    elapsed, first = _max_over_ranks([progress.elapsed_s, progress.first_epoch_s], device)
-    planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, first)
-    if planned == progress.planned_epochs:
-        return
+    elapsed, pace = _max_over_ranks([progress.elapsed_s, progress.last_epoch_s], device)
+    planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, pace)
     progress.planned_epochs = planned
+    cooling = in_cooldown(progress.epoch, planned, train.budget_cooldown)
+    if not cooling or progress.decay_ends == planned:
+        return  # the configured schedule runs on until the cool-down
+    progress.decay_ends = planned
     last_step = round(progress.step * planned / progress.epoch)  # at this epoch's pace
     decay_to(engine.lr_scheduler, last_step)
     if rank == 0:

@@ -16,37 +16,38 @@ from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
 
 def planned_epochs(
-    budget_s: float, max_epochs: int, done: int, elapsed_s: float, first_epoch_s: float
+    budget_s: float, max_epochs: int, done: int, elapsed_s: float, last_epoch_s: float
 ) -> int:
     """The epochs that fit ``budget_s``, between ``done`` and ``max_epochs``.
 
-    The pace leaves out the first epoch when there is another to go by: it streams the data
-    (later epochs replay it from memory) and pays for warming up, so it is slower than the
-    rest. Validation time is part of the pace, as it is of the budget.
+    The pace is the latest epoch's, its validation included (it counts against the budget
+    too): early epochs are slower than the rest (the first streams the data, which later ones
+    replay from memory; the first validations read theirs), so an average over them would
+    plan too few epochs, and the plan would keep growing as they are outweighed.
     """
-    if budget_s <= 0:
+    if budget_s <= 0 or done <= 0 or last_epoch_s <= 0:
         return max_epochs
-    if done <= 0:
-        return max_epochs
-    later = done - 1
-    pace = (elapsed_s - first_epoch_s) / later if later else elapsed_s
-    if pace <= 0:
-        return max_epochs
-    fit = done + math.floor(max(0.0, budget_s - elapsed_s) / pace)
+    fit = done + math.floor(max(0.0, budget_s - elapsed_s) / last_epoch_s)
     return max(done, min(max_epochs, fit))
+
+
+def in_cooldown(done: int, planned: int, cooldown: float) -> bool:
+    """Whether the run has reached its cool-down: the last ``cooldown`` share of ``planned``
+    epochs, over which the rate decays to zero (at least the last epoch)."""
+    return planned - done <= max(1, math.ceil(cooldown * planned))
 
 
 def decay_to(scheduler: WarmupDecayLR, last_step: int) -> None:
     """End ``scheduler``'s linear decay at ``last_step`` without a jump in the rate.
 
-    During warm-up only the end moves (the decay will start from the peak). After it, the
-    decay restarts from the current rate at the current step: ``WarmupDecayLR`` decays
-    linearly from ``min + delta`` at ``warmup_num_steps`` to ``min`` at ``total_num_steps``,
-    so those three move to (current rate, current step, last step).
+    During a warm-up that ends before ``last_step`` only the end moves (the decay will start
+    from the peak). Otherwise the decay restarts from the current rate at the current step:
+    ``WarmupDecayLR`` decays linearly from ``min + delta`` at ``warmup_num_steps`` to ``min``
+    at ``total_num_steps``, so those three move to (current rate, current step, last step).
     """
     step = max(scheduler.last_batch_iteration, 0)
     last_step = max(last_step, step + 1)
-    if step >= scheduler.warmup_num_steps:
+    if step >= scheduler.warmup_num_steps or last_step <= scheduler.warmup_num_steps:
         current = scheduler.get_lr()
         scheduler.delta_lrs = [lr - low for lr, low in zip(current, scheduler.min_lrs)]
         scheduler.warmup_num_steps = step

@@ -9,24 +9,28 @@ import torch
 from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
 from recsys_dist.config import load_config
-from recsys_dist.train.schedule import decay_to, planned_epochs
+from recsys_dist.train.schedule import decay_to, in_cooldown, planned_epochs
 from recsys_dist.train.trainer import train
 
 
 def test_no_budget_plans_every_epoch():
-    assert planned_epochs(0.0, 60, done=3, elapsed_s=100.0, first_epoch_s=50.0) == 60
+    assert planned_epochs(0.0, 60, done=3, elapsed_s=100.0, last_epoch_s=10.0) == 60
 
 
-def test_the_pace_leaves_out_the_slow_first_epoch():
-    # first epoch 30 s, the next two 10 s each: 70 s left fit 7 more epochs, not 3
-    assert planned_epochs(120.0, 60, done=3, elapsed_s=50.0, first_epoch_s=30.0) == 10
-    # after one epoch only that epoch can set the pace
-    assert planned_epochs(120.0, 60, done=1, elapsed_s=30.0, first_epoch_s=30.0) == 4
+def test_the_latest_epoch_sets_the_pace():
+    # a slow first epoch (30 s), then 10 s ones: the 70 s left fit 7 more epochs, not 4
+    assert planned_epochs(120.0, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 10
+    assert planned_epochs(120.0, 60, done=1, elapsed_s=30.0, last_epoch_s=30.0) == 4
 
 
 def test_the_plan_stays_between_what_is_done_and_the_configured_epochs():
-    assert planned_epochs(1e6, 60, done=3, elapsed_s=50.0, first_epoch_s=30.0) == 60
-    assert planned_epochs(40.0, 60, done=3, elapsed_s=50.0, first_epoch_s=30.0) == 3
+    assert planned_epochs(1e6, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 60
+    assert planned_epochs(40.0, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 3
+
+
+def test_the_cool_down_is_the_last_share_of_the_plan_and_at_least_one_epoch():
+    assert [in_cooldown(done, 20, 0.2) for done in (15, 16, 19)] == [False, True, True]
+    assert in_cooldown(2, 3, 0.01) and not in_cooldown(1, 3, 0.01)
 
 
 def scheduler(warmup: int = 10, total: int = 100, lr: float = 0.01) -> WarmupDecayLR:
@@ -70,13 +74,26 @@ def test_a_move_during_warm_up_keeps_the_warm_up_and_ends_at_the_new_step():
     assert warm[20] == pytest.approx(0.005) and warm[30] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_an_end_inside_the_warm_up_decays_from_the_current_rate():
+    short = scheduler(warmup=10, total=100)
+    rates(short, 5)  # steps 0-4: at 40 % of the peak
+    before = short.get_last_lr()[0]
+    decay_to(short, last_step=8)
+    after = rates(short, 4)  # steps 5-8
+    assert after[5] < before and after[8] == pytest.approx(0.0, abs=1e-12)
+
+
 @pytest.mark.slow
 def test_a_budgeted_run_ends_annealed_at_the_epoch_that_fits(tiny_run, tmp_path):
     """One worker, far more epochs than the budget allows: training stops at the planned
-    epoch with the learning rate at (nearly) zero, well before train.epochs."""
+    epoch with the learning rate at (nearly) zero, well before train.epochs; the rate never
+    rises after the (2-step) warm-up."""
     config = load_config(
         tiny_run.run / "config.yaml",
-        ["train.workers=1", "train.epochs=1000", "train.time_budget_s=20", "train.eval_every=1"],
+        [
+            *("train.workers=1", "train.epochs=1000", "train.time_budget_s=20"),
+            *("train.eval_every=1", "train.warmup_steps=2"),
+        ],
     )
     summary = train(str(tiny_run.prepared), str(tmp_path / "run"), config)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
