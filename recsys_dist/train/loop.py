@@ -45,6 +45,7 @@ from recsys_dist.train.schedule import decay_to, in_cooldown, planned_epochs
 logger = logging.getLogger(__name__)
 
 SELECTION_METRIC = "valid_ndcg@10"
+PACE_EPOCHS = 3  # a time budget's pace: the mean of the latest epochs (or eval_every of them)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Progress:
     epoch: int = 0
     step: int = 0
     elapsed_s: float = 0.0
-    last_epoch_s: float = 0.0  # the latest epoch, its validation included: a budget's pace
+    recent_epochs_s: list[float] = field(default_factory=list)  # a budget's pace, newest last
     planned_epochs: int = 0  # epochs the run ends at (train.epochs, or what fits a budget)
     decay_ends: int = 0  # the epoch a budget's cool-down decays to zero at (0: not cooling)
     train_s: float = 0.0  # time in training steps only (no validation, no start-up)
@@ -118,7 +119,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.train_s += time.monotonic() - epoch_start
         progress.sequences += epoch.sequences
         progress.epoch += 1
-        progress.last_epoch_s = time.monotonic() - clock - progress.elapsed_s
+        progress.recent_epochs_s = [
+            *progress.recent_epochs_s[1 - max(PACE_EPOCHS, config.train.eval_every) :],
+            time.monotonic() - clock - progress.elapsed_s,  # with the last validation's time
+        ]
         progress.elapsed_s = time.monotonic() - clock
         _fit_schedule(engine, config, progress, rank, device)
         speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
@@ -162,18 +166,23 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     last step. Every rank plans from the same numbers (the slowest rank's clock), so the
     ranks' schedules stay identical."""
     train = config.train
-    if not (train.time_budget_s and train.budget_schedule and progress.epoch):
+    window = max(PACE_EPOCHS, train.eval_every)  # a whole validation cycle at least
+    if not (train.time_budget_s and train.budget_schedule and progress.epoch > window):
         progress.planned_epochs = train.epochs  # DeepSpeed's schedule, as configured
         return
-    elapsed, pace = _max_over_ranks([progress.elapsed_s, progress.last_epoch_s], device)
+    paced = progress.recent_epochs_s[-window:]  # past the slow first epoch
+    elapsed, pace = _max_over_ranks([progress.elapsed_s, sum(paced) / len(paced)], device)
     planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, pace)
+    if progress.decay_ends:  # once the rate decays, the run ends with it: never later
+        planned = min(planned, progress.decay_ends)
     progress.planned_epochs = planned
     cooling = in_cooldown(progress.epoch, planned, train.budget_cooldown)
     if not cooling or progress.decay_ends == planned:
         return  # the configured schedule runs on until the cool-down
     progress.decay_ends = planned
-    last_step = round(progress.step * planned / progress.epoch)  # at this epoch's pace
-    decay_to(engine.lr_scheduler, last_step)
+    steps_left = round((planned - progress.epoch) * progress.step / progress.epoch)
+    # The scheduler's own step count: its rate is zero after the plan's last optimizer step.
+    decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
     if rank == 0:
         logger.info("time budget: the learning rate now reaches 0 at epoch %d", planned)
 

@@ -16,18 +16,20 @@ from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
 
 def planned_epochs(
-    budget_s: float, max_epochs: int, done: int, elapsed_s: float, last_epoch_s: float
+    budget_s: float, max_epochs: int, done: int, elapsed_s: float, pace_s: float
 ) -> int:
-    """The epochs that fit ``budget_s``, between ``done`` and ``max_epochs``.
+    """The epochs that fit ``budget_s`` at ``pace_s`` seconds an epoch, between ``done`` and
+    ``max_epochs``.
 
-    The pace is the latest epoch's, its validation included (it counts against the budget
-    too): early epochs are slower than the rest (the first streams the data, which later ones
-    replay from memory; the first validations read theirs), so an average over them would
-    plan too few epochs, and the plan would keep growing as they are outweighed.
+    The loop's pace is the mean of the latest few epochs (a whole validation cycle at least),
+    validation included, as it counts against the budget too; it plans only once the first
+    epoch is out of that window: early epochs are slower than the rest (the first streams the
+    data that later ones replay from memory; the first validations read theirs), and an
+    average over them planned too few epochs, a plan that then kept growing.
     """
-    if budget_s <= 0 or done <= 0 or last_epoch_s <= 0:
+    if budget_s <= 0 or done <= 0 or pace_s <= 0:
         return max_epochs
-    fit = done + math.floor(max(0.0, budget_s - elapsed_s) / last_epoch_s)
+    fit = done + math.floor(max(0.0, budget_s - elapsed_s) / pace_s)
     return max(done, min(max_epochs, fit))
 
 

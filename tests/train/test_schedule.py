@@ -14,18 +14,18 @@ from recsys_dist.train.trainer import train
 
 
 def test_no_budget_plans_every_epoch():
-    assert planned_epochs(0.0, 60, done=3, elapsed_s=100.0, last_epoch_s=10.0) == 60
+    assert planned_epochs(0.0, 60, done=3, elapsed_s=100.0, pace_s=10.0) == 60
 
 
-def test_the_latest_epoch_sets_the_pace():
+def test_the_pace_sets_the_plan():
     # a slow first epoch (30 s), then 10 s ones: the 70 s left fit 7 more epochs, not 4
-    assert planned_epochs(120.0, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 10
-    assert planned_epochs(120.0, 60, done=1, elapsed_s=30.0, last_epoch_s=30.0) == 4
+    assert planned_epochs(120.0, 60, done=3, elapsed_s=50.0, pace_s=10.0) == 10
+    assert planned_epochs(120.0, 60, done=1, elapsed_s=30.0, pace_s=30.0) == 4
 
 
 def test_the_plan_stays_between_what_is_done_and_the_configured_epochs():
-    assert planned_epochs(1e6, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 60
-    assert planned_epochs(40.0, 60, done=3, elapsed_s=50.0, last_epoch_s=10.0) == 3
+    assert planned_epochs(1e6, 60, done=3, elapsed_s=50.0, pace_s=10.0) == 60
+    assert planned_epochs(40.0, 60, done=3, elapsed_s=50.0, pace_s=10.0) == 3
 
 
 def test_the_cool_down_is_the_last_share_of_the_plan_and_at_least_one_epoch():
