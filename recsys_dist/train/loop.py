@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.sequences += epoch.sequences
         progress.epoch += 1
         progress.recent_epochs_s = [
-            *progress.recent_epochs_s[1 - max(PACE_EPOCHS, config.train.eval_every) :],
+            *progress.recent_epochs_s[1 - _pace_window(config) :],
             time.monotonic() - clock - progress.elapsed_s,  # with the last validation's time
         ]
         progress.elapsed_s = time.monotonic() - clock
@@ -166,7 +166,7 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     last step. Every rank plans from the same numbers (the slowest rank's clock), so the
     ranks' schedules stay identical."""
     train = config.train
-    window = max(PACE_EPOCHS, train.eval_every)  # a whole validation cycle at least
+    window = _pace_window(config)
     if not (train.time_budget_s and train.budget_schedule and progress.epoch > window):
         progress.planned_epochs = train.epochs  # DeepSpeed's schedule, as configured
         return
@@ -185,6 +185,11 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
     if rank == 0:
         logger.info("time budget: the learning rate now reaches 0 at epoch %d", planned)
+
+
+def _pace_window(config: Config) -> int:
+    """Epochs a budget's pace is averaged over: a whole validation cycle at least."""
+    return max(PACE_EPOCHS, config.train.eval_every)
 
 
 def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
