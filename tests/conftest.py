@@ -192,26 +192,15 @@ class TrainedRun:
 
 
 @pytest.fixture
-def cli_json(capsys):
-    """Run the real CLI in this process with ``--json``; returns its last stdout line, parsed."""
-    from recsys_dist import cli
-
-    def run(*argv: str) -> dict:
-        code = cli.main([*argv, "--json"])
-        captured = capsys.readouterr()
-        assert code == 0, captured.err[-3000:]
-        return json.loads(captured.out.strip().splitlines()[-1])
-
-    return run
+def cli_json():
+    """``cli_json(*argv)``: the real CLI in this process with ``--json``; its last stdout line,
+    parsed (it must exit 0)."""
+    return lambda *argv: _cli_json(list(argv))
 
 
 @pytest.fixture(scope="session")
 def trained_run(ray_session, tmp_path_factory) -> TrainedRun:
-    """generate → prepare → train (2 workers) → interests through the real CLI, once a session.
-
-    Session fixtures cannot use ``capsys``, so output is captured by redirecting the streams
-    the CLI prints to.
-    """
+    """generate → prepare → train (2 workers) → interests through the real CLI, once a session."""
     root = tmp_path_factory.mktemp("shared-run")
     raw, prepared, run = root / "raw", root / "prepared", root / "run"
     steps = {
@@ -223,11 +212,12 @@ def trained_run(ray_session, tmp_path_factory) -> TrainedRun:
     steps["generated"] += ["--categories", "4", "--seed", "3"]
     steps["manifest"] += ["--max-len", str(SHARED_RUN_MAX_LEN)]
     steps["summary"] += SHARED_RUN_MODEL
-    printed = {name: _cli_json_uncaptured(argv) for name, argv in steps.items()}
+    printed = {name: _cli_json(argv) for name, argv in steps.items()}
     return TrainedRun(root=root, raw=raw, prepared=prepared, run=run, **printed)
 
 
-def _cli_json_uncaptured(argv: list[str]) -> dict:
+def _cli_json(argv: list[str]) -> dict:
+    """Streams are captured here, not with ``capsys``, which session fixtures cannot use."""
     import contextlib
     import io
 

@@ -13,11 +13,6 @@ from recsys_dist import cli, schema
 
 pytestmark = pytest.mark.slow
 
-def run_cli(capsys, *argv: str) -> dict:
-    assert cli.main(list(argv)) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
 def test_the_shared_run_trained_on_two_workers_and_exported(trained_run):
     """The session's run (tests/conftest.py) went through generate, prepare and train."""
     assert trained_run.manifest["counts"]["events"] == trained_run.generated["events"]
@@ -124,24 +119,22 @@ def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     assert "log.parquet row 2: field 'timestamp'" in capsys.readouterr().err
 
 
-def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys):
+def test_prepare_append_keeps_settings_and_refuses_repeats(
+    ray_session, tmp_path, capsys, cli_json
+):
     """`prepare --append` adds a day without restating --max-len; re-adding a day exits 2."""
     for day, seed in (("day=1", 1), ("day=2", 2)):
-        run_cli(
-            capsys,
+        cli_json(
             *("generate", "--output", str(tmp_path / day), "--users", "60", "--items", "40"),
-            *("--categories", "4", "--seed", str(seed), "--json"),
+            *("--categories", "4", "--seed", str(seed)),
         )
     prepared = str(tmp_path / "prepared")
-    first = run_cli(
-        capsys,
+    first = cli_json(
         *("prepare", "--data", str(tmp_path / "day=1"), "--output", prepared),
-        *("--max-len", "20", "--json"),
+        *("--max-len", "20"),
     )
-    both = run_cli(
-        capsys,
-        *("prepare", "--data", str(tmp_path / "day=2"), "--output", prepared),
-        *("--append", "--json"),
+    both = cli_json(
+        *("prepare", "--data", str(tmp_path / "day=2"), "--output", prepared), "--append"
     )
     assert both["config"]["max_len"] == 20 and both["files"] == 2
     assert both["counts"]["events_accepted"] > first["counts"]["events_accepted"]
