@@ -302,19 +302,16 @@ def tiny_run(ray_session, tmp_path_factory) -> TinyRun:
 def _export_untrained(prepared: str, run: str, config) -> None:
     """What ``train`` leaves in ``run``, for a model seeded as the loop seeds it, untrained."""
     import tempfile
-    from dataclasses import asdict
 
     import torch
 
     from recsys_dist import checkpoint, run_layout, schema, storage
     from recsys_dist.data.prepared import load_manifest
     from recsys_dist.model import Bert4Rec, Bert4RecConfig
-    from recsys_dist.train.loop import Progress
-    from recsys_dist.train.trainer import _run_identity
+    from recsys_dist.train.loop import Progress, checkpoint_state, write_metrics
+    from recsys_dist.train.trainer import start_run
 
-    storage.make_dirs(run)
-    config.save(run_layout.config_file(run))
-    run_layout.write_run_record(run, prepared, _run_identity(prepared, config))
+    start_run(prepared, run, config)
     manifest = load_manifest(prepared)
     with torch.random.fork_rng():  # deterministic weights; the session's RNG is left alone
         torch.manual_seed(config.train.seed)
@@ -333,14 +330,8 @@ def _export_untrained(prepared: str, run: str, config) -> None:
         metrics.update(train_nodes=1)
         progress.epoch, progress.step = epoch, epoch * 3
         progress.record(metrics)
-    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in progress.history)
-    storage.write_text(run_layout.metrics_file(run), lines)
-    state = {
-        "progress": asdict(progress),
-        "metrics": progress.history[-1],
-        "config": config.to_dict(),
-        "data_hash": manifest["data_hash"],
-    }
+    write_metrics(run, progress.history)
+    state = checkpoint_state(progress, config.to_dict(), manifest["data_hash"])
     with tempfile.TemporaryDirectory() as directory:
         vocab = storage.join(prepared, schema.VOCAB_FILE)
         checkpoint.save_checkpoint(directory, model.eval(), vocab, state)

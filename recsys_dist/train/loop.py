@@ -128,10 +128,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
         if rank == 0:  # every epoch with -v; by default only those that validate (below)
             logger.debug("epoch %d: loss %.4f, %.0f sequences/s", progress.epoch, epoch.loss, speed)
-        out_of_time = _any_rank(
-            bool(config.train.time_budget_s) and progress.elapsed_s > config.train.time_budget_s,
-            device,
+        over_budget = bool(config.train.time_budget_s) and (
+            progress.elapsed_s > config.train.time_budget_s
         )
+        # A decaying budget schedule ends with its plan (its last epoch anneals); a cut, or a
+        # run whose plan has not begun to decay, stops here.
+        out_of_time = _any_rank(over_budget and not progress.decay_ends, device)
         last = progress.epoch >= progress.planned_epochs or out_of_time
         if progress.epoch % config.train.eval_every and not last:
             continue
@@ -175,6 +177,8 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, pace)
     if progress.decay_ends:  # once the rate decays, the run ends with it: never later
         planned = min(planned, progress.decay_ends)
+    else:  # never end before the rate has had an epoch to decay in (at most one over budget)
+        planned = max(planned, min(progress.epoch + 1, train.epochs))
     progress.planned_epochs = planned
     cooling = in_cooldown(progress.epoch, planned, train.budget_cooldown)
     if not cooling or progress.decay_ends == planned:
@@ -360,22 +364,34 @@ def _all_ranks(flag: bool, device) -> bool:
     return not _any_rank(not flag, device)
 
 
+def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
+    """``RUN/metrics.jsonl``, one line per validation so far: rewritten whole, as object
+    storage cannot append."""
+    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in history)
+    fs, inner = storage.resolve(run_layout.metrics_file(run_dir))
+    with fs.open_output_stream(inner) as out:
+        out.write(lines.encode())
+
+
+def checkpoint_state(progress: Progress, config: dict, data_hash: str) -> dict[str, Any]:
+    """A checkpoint's ``state.json``: where training stands, its latest validation, and what
+    it trained (a resume restores ``progress``; an export names its data by the hash)."""
+    return {
+        "progress": asdict(progress),
+        "metrics": progress.history[-1],
+        "config": config,
+        "data_hash": data_hash,
+    }
+
+
 def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: int) -> None:
     """Every rank reports; rank 0 attaches the checkpoint and appends to metrics.jsonl."""
     if rank != 0:
         ray.train.report(metrics)
         return
     logger.debug("epoch %d: %s", progress.epoch, json.dumps(metrics, sort_keys=True))
-    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in progress.history)
-    fs, inner = storage.resolve(run_layout.metrics_file(loop_config["run_dir"]))
-    with fs.open_output_stream(inner) as out:
-        out.write(lines.encode())
-    state = {
-        "progress": asdict(progress),
-        "metrics": metrics,
-        "config": loop_config["config"],
-        "data_hash": loop_config["data_hash"],
-    }
+    write_metrics(loop_config["run_dir"], progress.history)
+    state = checkpoint_state(progress, loop_config["config"], loop_config["data_hash"])
     with tempfile.TemporaryDirectory() as directory:
         save_checkpoint(directory, model, loop_config["vocab_path"], state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

@@ -119,11 +119,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     """
     if overwrite and storage.exists(run_dir):
         storage.delete_dir(run_dir)
-    identity = _run_identity(prepared_dir, config)
-    _check_resumable(run_dir, identity)
-    storage.make_dirs(run_dir)
-    config.save(run_layout.config_file(run_dir))
-    run_layout.write_run_record(run_dir, prepared_dir, identity)
+    start_run(prepared_dir, run_dir, config)
     logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
     _warn_if_no_cpu_for_data(config)
     started = time.perf_counter()
@@ -145,6 +141,16 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
+
+
+def start_run(prepared_dir: str, run_dir: str, config: Config) -> None:
+    """Make ``run_dir`` a run of ``prepared_dir`` with ``config`` (its ``config.yaml`` and
+    ``run.json``), refusing one that holds a run of other data, split or model shape."""
+    identity = _run_identity(prepared_dir, config)
+    _check_resumable(run_dir, identity)
+    storage.make_dirs(run_dir)
+    config.save(run_layout.config_file(run_dir))
+    run_layout.write_run_record(run_dir, prepared_dir, identity)
 
 
 def _run_identity(prepared_dir: str, config: Config) -> dict[str, Any]:
