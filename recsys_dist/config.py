@@ -55,6 +55,10 @@ class DataConfig:
             raise ConfigError("data.valid_fraction + data.test_fraction must be < 1")
 
 
+OBJECTIVES = ("cloze", "causal")  # BERT4Rec's masked items; SASRec's next item, full softmax
+LOSSES = ("full", "sampled")  # exact softmax over every item; sampled softmax (huge catalogues)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the BERT4Rec encoder; copied, field by field, into the HF model config saved
@@ -69,8 +73,12 @@ class ModelConfig:
     attention_dropout: float = 0.1  # on attention probabilities
     use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
     num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
+    # "cloze": bidirectional, predicts masked items (BERT4Rec); "causal": causal mask, predicts
+    # the next item at every position with a full softmax (SASRec+CE). Saved with the export.
+    objective: str = "cloze"
 
     def __post_init__(self) -> None:
+        _check_choice("model.objective", self.objective, OBJECTIVES)
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             _check_positive(f"model.{name}", getattr(self, name))
         if self.hidden_size % self.num_heads:
@@ -92,6 +100,13 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 5.0
+    # The loss computes at most this many logits (positions x items) at once: a large
+    # catalogue's are computed in chunks, recomputed in the backward pass (0 = no limit).
+    max_logits: int = 2**26
+    # "full": the exact softmax over the whole catalogue; "sampled": each labelled position's
+    # target against `negatives` items drawn uniformly per batch, logits corrected by log Q.
+    loss: str = "full"
+    negatives: int = 1024  # sampled loss: negatives per batch, shared by all its positions
     mask_prob: float = 0.4  # cloze: share of positions masked in each training sequence
     last_item_mask_prob: float = 0.1  # share of sequences whose final position is masked
     zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
@@ -118,6 +133,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):
             _check_positive(f"train.{name}", getattr(self, name))
+        if self.max_logits < 0:
+            raise ConfigError(f"train.max_logits must be >= 0, got {self.max_logits}")
+        _check_choice("train.loss", self.loss, LOSSES)
+        _check_positive("train.negatives", self.negatives)
         _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
         _check_choice(
             "train.placement_strategy",

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys_dist import schema
-from recsys_dist.data.masking import append_mask_for_prediction, mask_for_training, pad_left
+from recsys_dist.data.masking import (
+    append_mask_for_prediction,
+    mask_for_training,
+    pad_left,
+    shift_for_next_item,
+)
 from recsys_dist.data.time_gaps import time_gap_buckets
 
 
@@ -28,14 +33,19 @@ def training_inputs(
     batch: dict[str, np.ndarray],
     max_len: int,
     num_time_buckets: int,
+    objective: str,
     rng: np.random.Generator,
     mask_prob: float,
     last_item_mask_prob: float,
 ) -> ModelInputs:
-    """Cloze-masked inputs for a batch of training windows."""
+    """Inputs and labels for a batch of training windows: cloze-masked, or shifted so that
+    every event predicts the next (``objective="causal"``; ``rng`` and the masking
+    probabilities are then unused, and the inputs are one column shorter)."""
     items = pad_left(list(batch[schema.ITEMS]), max_len)
     times = pad_left(list(batch[schema.TIMESTAMPS]), max_len, pad=0)
     buckets = time_gap_buckets(times, items, num_time_buckets)
+    if objective == "causal":
+        return ModelInputs(*shift_for_next_item(items, buckets))
     inputs, labels = mask_for_training(items, rng, mask_prob, last_item_mask_prob)
     return ModelInputs(inputs, buckets, labels)
 

@@ -1,4 +1,4 @@
-"""Padding and cloze masking of item sequences, as seeded functions of their own.
+"""Padding, cloze masking and next-item targets of item sequences, as functions of their own.
 
 Masking decides what the model learns, so it lives here, explicit and seeded, rather than
 inside the model or a mutated config (Transformers4Rec's ``masking.py`` does the same). All
@@ -85,6 +85,35 @@ def mask_for_training(
     inputs = np.where(masked, MASK_INDEX, items).astype(np.int64)  # [B, L]
     labels = np.where(masked, items, IGNORE_INDEX).astype(np.int64)  # [B, L]
     return inputs, labels
+
+
+def shift_for_next_item(
+    items: np.ndarray, time_buckets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Causal training inputs of a ``[B, L]`` batch: every event predicts the one after it.
+
+    Position t of the result holds event t and the time-gap bucket of event t + 1 (the gap
+    from event t to the event it predicts), and is labelled with event t + 1. At inference
+    the same shift of ``append_mask_for_prediction``'s output gives the last event with the
+    gap to the query time: the model is told when it is asked, as in training.
+
+    Args:
+        items: ``[B, L]`` left-padded item indices.
+        time_buckets: ``[B, L]`` buckets of the gap from each event to the one before it.
+
+    Returns:
+        ``(items, time_buckets, labels)``, each ``[B, L - 1]`` int64; labels are ``-100``
+        where the input is PAD (nothing precedes the target there).
+    """
+    items = np.asarray(items)
+    if items.ndim != 2 or items.shape[1] < 2 or np.shape(time_buckets) != items.shape:
+        raise ValueError(
+            f"items must be [B, L] with L >= 2 and time_buckets alike, got {items.shape} "
+            f"and {np.shape(time_buckets)}"
+        )
+    inputs = items[:, :-1].astype(np.int64)  # [B, L - 1]
+    labels = np.where(inputs != PAD_INDEX, items[:, 1:], IGNORE_INDEX).astype(np.int64)
+    return inputs, np.asarray(time_buckets)[:, 1:].astype(np.int64), labels
 
 
 def _last_real_position(real: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""BERT4Rec: a bidirectional transformer trained by cloze on item sequences.
+"""BERT4Rec: a transformer over item sequences, trained by cloze or by next-item prediction.
 
 The encoder is ``transformers.BertModel``; this file adds what BERT4Rec needs on top:
 
@@ -6,11 +6,24 @@ The encoder is ``transformers.BertModel``; this file adds what BERT4Rec needs on
   still adds position embeddings, LayerNorm and dropout;
 * the output head is BERT's MLM head (dense -> GELU -> LayerNorm) with the decoder TIED to the
   item embedding, so every item has one vector, used both to read and to score it;
-* the loss is a full softmax over the catalogue, computed only at the masked positions.
+* the loss is a full softmax over the catalogue, computed only at the labelled positions, in
+  chunks of rows whose logits are recomputed in the backward pass when the catalogue is large
+  (so [positions x items] logits never exist at once); or, given a :class:`NegativeSample`, a
+  sampled softmax with log-Q correction against negatives shared by the batch (see
+  :mod:`recsys_dist.model.losses`).
+
+Two objectives share the encoder (``config.objective``):
+
+* ``cloze`` (BERT4Rec): bidirectional attention; random positions are replaced by MASK and
+  predicted from both sides.
+* ``causal`` (SASRec with full cross-entropy): a causal attention mask; every position
+  predicts the NEXT item. The time-gap input of position t is the gap from event t to the
+  event it predicts (to the query time at inference), so the model knows when it is asked.
 
 Sequences are left-padded with PAD (0); position ids are right-aligned so that the most recent
 event is always at position ``max_len - 1``, whatever the input length. At inference the caller
-appends MASK after the history and :meth:`Bert4Rec.score_next` reads the scores there.
+appends MASK after the history (with the query time) and :meth:`Bert4Rec.score_next` reads the
+scores there; a causal model reads them at the last event instead, given the query's gap.
 
 Pure torch + transformers: no Ray, no DeepSpeed, no device moves inside ``forward``.
 """
@@ -18,6 +31,7 @@ Pure torch + transformers: no Ray, no DeepSpeed, no device moves inside ``forwar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +42,13 @@ from transformers import BertConfig, BertModel
 
 from recsys_dist.data.masking import IGNORE_INDEX
 from recsys_dist.model.configuration import Bert4RecConfig
+from recsys_dist.model.losses import (
+    NegativeSample,
+    chunked_sum,
+    full_softmax_sum,
+    rows_per_chunk,
+    sampled_softmax_sum,
+)
 from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,10 +62,12 @@ class Bert4RecOutput:
         loss: Mean cross-entropy over labelled positions, or ``None`` without labels.
         logits: ``[N, V]`` at the N labelled positions (row-major order of ``labels != -100``)
             when labels are given, else ``[B, L, V]``. PAD and MASK columns are ``-inf``.
+            ``None`` when the loss was computed in chunks (the logits never existed at once)
+            or sampled (only the sampled items' logits did).
     """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
 
 def bert_config(config: Bert4RecConfig) -> BertConfig:
@@ -63,6 +86,8 @@ def bert_config(config: Bert4RecConfig) -> BertConfig:
         initializer_range=config.initializer_range,
         layer_norm_eps=config.layer_norm_eps,
         pad_token_id=PAD_INDEX,
+        is_decoder=config.objective == "causal",  # BERT's causal self-attention mask
+        use_cache=False,
     )
 
 
@@ -106,6 +131,8 @@ class Bert4Rec(nn.Module):
         items: torch.Tensor,
         time_buckets: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        max_logits: int = 0,
+        negatives: NegativeSample | None = None,
     ) -> Bert4RecOutput:
         """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
 
@@ -113,28 +140,64 @@ class Bert4Rec(nn.Module):
             items: ``[B, L]`` item indices, left-padded with PAD, MASK at cloze positions.
             time_buckets: ``[B, L]`` from ``recsys_dist.data.time_gaps.time_gap_buckets``;
                 required iff ``config.use_time_gaps``.
-            labels: ``[B, L]`` target items at masked positions, ``-100`` elsewhere.
+            labels: ``[B, L]`` target items at labelled positions, ``-100`` elsewhere.
+            max_logits: At most this many logits (rows x vocabulary) at once in the loss; more
+                are computed in chunks of rows, each recomputed in the backward pass. 0: no
+                limit. The loss is the same either way; only peak memory and time differ.
+            negatives: With labels: compute a sampled softmax instead of the full one, each
+                labelled position's target against these negatives (``[S]``, shared by the
+                batch), every logit corrected by ``- log Q`` and accidental hits masked
+                (:func:`recsys_dist.model.losses.sampled_softmax_sum`). ``max_logits`` then
+                bounds rows x (1 + S). Ignored without labels.
 
         Returns:
             :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
         """
         self._check_inputs(items, time_buckets, labels)
+        if negatives is not None and labels is not None:
+            self._check_negatives(negatives)
         hidden = self.encode(items, time_buckets)  # [B, L, H]
         if labels is None:
             return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
         selected = labels != IGNORE_INDEX  # [B, L]
-        logits = self.item_logits(hidden[selected])  # [N, V]
-        targets = labels[selected]  # [N]
+        hidden, targets = hidden[selected], labels[selected]  # [N, H], [N]
+        if negatives is None:
+            width, loss_fn = self.config.vocab_size, self._cross_entropy_sum
+        else:
+            width = 1 + len(negatives.ids)  # the target, then the negatives
+            loss_fn = partial(self._sampled_softmax_sum, negatives=negatives)
+        rows = rows_per_chunk(max_logits, width, len(targets))
+        logits = None
+        if negatives is None and len(targets) <= rows:
+            logits = self.item_logits(hidden)  # [N, V], returned with the loss
+            loss_sum = self._cross_entropy_sum(hidden, targets, logits)
+        else:
+            loss_sum = chunked_sum(loss_fn, hidden, targets, rows)
         # Sum / max(N, 1) rather than mean: an all-unlabelled batch gives 0, not NaN.
-        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         loss = loss_sum / selected.sum().clamp(min=1)
         return Bert4RecOutput(loss=loss, logits=logits)
+
+    def _cross_entropy_sum(
+        self, hidden: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Summed cross-entropy of ``[N, H]`` hidden states against ``[N]`` targets."""
+        logits = self.item_logits(hidden) if logits is None else logits  # [N, V]
+        return full_softmax_sum(logits, targets)
+
+    def _sampled_softmax_sum(
+        self, hidden: torch.Tensor, targets: torch.Tensor, negatives: NegativeSample
+    ) -> torch.Tensor:
+        """Summed sampled-softmax cross-entropy of ``[N, H]`` hidden states; the same head."""
+        weight, bias = self.item_embedding.weight, self.output_bias
+        return sampled_softmax_sum(self.head(hidden), targets, weight, bias, negatives)
 
     @torch.no_grad()
     def score_next(
         self, items: torch.Tensor, time_buckets: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Scores of every vocabulary entry at the last position (where the caller put MASK).
+        """Scores of every vocabulary entry for the item after each history.
+
+        Both objectives take the same inputs, so every caller builds them one way.
 
         Args:
             items: ``[B, L]`` histories, left-padded, with MASK as the final element.
@@ -144,7 +207,12 @@ class Bert4Rec(nn.Module):
             ``[B, V]`` logits; PAD and MASK columns are ``-inf``.
         """
         self._check_inputs(items, time_buckets, None)
-        hidden = self.encode(items, time_buckets)  # [B, L, H]
+        if self.config.objective == "causal":
+            # The last event predicts what follows it, given the gap to the query (the MASK
+            # position's bucket): the same shift as in training.
+            items = items[:, :-1]  # [B, L - 1]
+            time_buckets = time_buckets[:, 1:] if time_buckets is not None else None
+        hidden = self.encode(items, time_buckets)  # [B, L', H]
         return self.item_logits(hidden[:, -1])  # [B, V]
 
     def encode(self, items: torch.Tensor, time_buckets: torch.Tensor | None) -> torch.Tensor:
@@ -163,9 +231,14 @@ class Bert4Rec(nn.Module):
         )
         return out.last_hidden_state  # [B, L, H]
 
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head's transform (dense -> GELU -> LayerNorm), ``[..., H] -> [..., H]``: what
+        is dotted with the item table."""
+        return self.head_norm(F.gelu(self.head_dense(hidden)))
+
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens."""
-        h = self.head_norm(F.gelu(self.head_dense(hidden)))  # [..., H]
+        h = self.head(hidden)  # [..., H]
         logits = F.linear(h, self.item_embedding.weight, self.output_bias)  # [..., V]
         # PAD and MASK (columns 0 .. NUM_SPECIAL_TOKENS - 1) are never targets.
         logits[..., :NUM_SPECIAL_TOKENS] = float("-inf")
@@ -197,6 +270,18 @@ class Bert4Rec(nn.Module):
         if labels is not None:
             targets = labels[labels != IGNORE_INDEX]
             _check_range("labels", targets, NUM_SPECIAL_TOKENS, self.config.vocab_size)
+
+    def _check_negatives(self, negatives: NegativeSample) -> None:
+        """Raise ``ValueError`` unless the sample fits this vocabulary."""
+        ids, log_q = negatives.ids, negatives.log_q
+        if ids.dim() != 1 or ids.numel() == 0:
+            raise ValueError(f"negatives.ids must be 1-D [S], S > 0, got shape {tuple(ids.shape)}")
+        _check_range("negatives.ids", ids, NUM_SPECIAL_TOKENS, self.config.vocab_size)
+        if log_q.dim() != 0 and log_q.shape != (self.config.vocab_size,):
+            raise ValueError(
+                f"negatives.log_q must be 0-d or [{self.config.vocab_size}], "
+                f"got shape {tuple(log_q.shape)}"
+            )
 
     # --- persistence --------------------------------------------------------------------------
 

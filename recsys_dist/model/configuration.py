@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
-from recsys_dist.config import ModelConfig
+from recsys_dist.config import OBJECTIVES, ModelConfig
 from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
 
 _RUN_DEFAULTS = ModelConfig()  # the defaults of every field the run's ``model`` section sets
@@ -39,6 +39,10 @@ class Bert4RecConfig(PretrainedConfig):
         use_time_gaps: Add an embedding of the log2-bucketed gap to the previous event, so
             the model can tell a binge from a return after months.
         num_time_buckets: Size of that bucket vocabulary (bucket 0 = no previous event).
+        objective: ``"cloze"`` (bidirectional, masked items) or ``"causal"`` (causal mask,
+            next item at every position). It changes the attention mask and where
+            ``score_next`` reads, so it is part of the export. Its default here is
+            ``"cloze"``, not the run default: exports written before the field were cloze.
         initializer_range: Std of the normal initialisation (BERT's 0.02).
         layer_norm_eps: Epsilon of every LayerNorm (BERT's 1e-12).
         pad_token_id: Always ``schema.PAD_INDEX``; stored so an export is self-describing.
@@ -57,6 +61,7 @@ class Bert4RecConfig(PretrainedConfig):
     attention_dropout: float = _RUN_DEFAULTS.attention_dropout
     use_time_gaps: bool = _RUN_DEFAULTS.use_time_gaps
     num_time_buckets: int = _RUN_DEFAULTS.num_time_buckets
+    objective: str = "cloze"
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX
@@ -81,6 +86,8 @@ class Bert4RecConfig(PretrainedConfig):
             )
         if self.num_time_buckets < 2:
             raise ValueError(f"num_time_buckets must be >= 2, got {self.num_time_buckets}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
             raise ValueError(
                 f"dropout={self.dropout} and attention_dropout={self.attention_dropout} "

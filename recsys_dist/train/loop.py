@@ -32,7 +32,7 @@ from recsys_dist.config import Config, config_from_dict
 from recsys_dist.data.batching import training_inputs
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
-from recsys_dist.model import Bert4Rec, Bert4RecConfig
+from recsys_dist.model import Bert4Rec, Bert4RecConfig, sample_negatives
 from recsys_dist.train.batches import (
     CHECKSUM_MODULUS,
     ShardBatches,
@@ -276,14 +276,21 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         batch,
         config.data.max_len,
         config.model.num_time_buckets,
+        config.model.objective,
         rng,
         config.train.mask_prob,
         config.train.last_item_mask_prob,
     )
+    negatives = None
+    if config.train.loss == "sampled":  # uniform negatives, shared by the batch's positions
+        vocab_size = engine.module.config.vocab_size
+        negatives = sample_negatives(rng, vocab_size, config.train.negatives).to(device)
     output = engine(
         torch.as_tensor(inputs.items, device=device),
         torch.as_tensor(inputs.time_buckets, device=device),
         torch.as_tensor(inputs.labels, device=device),
+        max_logits=config.train.max_logits,
+        negatives=negatives,
     )
     engine.backward(output.loss * weight)
     engine.step()

@@ -10,6 +10,7 @@ from recsys_dist.data.masking import (
     append_mask_for_prediction,
     mask_for_training,
     pad_left,
+    shift_for_next_item,
 )
 from recsys_dist.schema import MASK_INDEX, PAD_INDEX
 
@@ -90,3 +91,15 @@ def test_append_mask_for_prediction():
     np.testing.assert_array_equal(times, [[30, 40, 45], [0, 50, 60]])
     with pytest.raises(ValueError, match="must match"):
         append_mask_for_prediction([np.array([1])], [], np.array([1]), 3)
+
+
+def test_shift_for_next_item_labels_each_event_with_the_one_after_it():
+    items = np.array([[0, 0, 4, 5, 6], [3, 4, 5, 6, 7], [0, 0, 0, 0, 8]])
+    buckets = np.array([[0, 0, 0, 2, 3], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]])
+    inputs, shifted, labels = shift_for_next_item(items, buckets)
+    assert inputs.tolist() == [[0, 0, 4, 5], [3, 4, 5, 6], [0, 0, 0, 0]]
+    assert shifted.tolist() == [[0, 0, 2, 3], [1, 2, 3, 4], [0, 0, 0, 0]]
+    ignore = IGNORE_INDEX
+    assert labels.tolist() == [[ignore, ignore, 5, 6], [4, 5, 6, 7], [ignore] * 4]
+    with pytest.raises(ValueError, match="L >= 2"):
+        shift_for_next_item(items[:, :1], buckets[:, :1])

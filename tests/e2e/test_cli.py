@@ -13,6 +13,7 @@ from recsys_dist import cli, schema
 
 pytestmark = pytest.mark.slow
 
+
 def test_the_shared_run_trained_on_two_workers_and_exported(trained_run):
     """The session's run (tests/conftest.py) went through generate, prepare and train."""
     assert trained_run.manifest["counts"]["events"] == trained_run.generated["events"]
@@ -119,9 +120,7 @@ def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     assert "log.parquet row 2: field 'timestamp'" in capsys.readouterr().err
 
 
-def test_prepare_append_keeps_settings_and_refuses_repeats(
-    ray_session, tmp_path, capsys, cli_json
-):
+def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys, cli_json):
     """`prepare --append` adds a day without restating --max-len; re-adding a day exits 2."""
     for day, seed in (("day=1", 1), ("day=2", 2)):
         cli_json(
