@@ -2,8 +2,9 @@
 
 For each catalogue size (default 100k and 1M items) this script trains the default-width model
 (``ModelConfig``: hidden 64, 2 layers; ``data.max_len`` 50) for a few AdamW steps on batches of
-random left-padded sequences (lengths uniform in 3..max_len, items uniform), cloze-masked with
-the training defaults, once with each loss:
+random left-padded sequences (lengths uniform in 3..max_len, items uniform), labelled as the
+objective labels them (``--objective``, default ``model.objective``: cloze masks 40 % of the
+positions, causal labels every one), once with each loss:
 
 * ``full``: the exact softmax, unchunked (``train.max_logits=0``). Skipped, with a note, where
   its working set (the [positions x items] logits, their log-softmax and their gradient, 4
@@ -44,8 +45,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recsys_dist.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from recsys_dist.data.masking import IGNORE_INDEX, mask_for_training  # noqa: E402
+from recsys_dist.config import OBJECTIVES, DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from recsys_dist.data.masking import (  # noqa: E402
+    IGNORE_INDEX,
+    mask_for_training,
+    shift_for_next_item,
+)
 from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX  # noqa: E402
 
 MODES = ("full", "full-chunked", "sampled")
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if present)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as on GPU training)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=ModelConfig().objective)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="only the JSON lines")
     parser.add_argument(
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _spec(args: argparse.Namespace) -> dict:
     names = ("steps", "batch_size", "max_len", "max_logits", "negatives", "device", "bf16")
-    return {name: getattr(args, name) for name in (*names, "threads", "seed")}
+    return {name: getattr(args, name) for name in (*names, "threads", "seed", "objective")}
 
 
 def batches(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -111,8 +117,11 @@ def batches(spec: dict) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         shortest = min(DataConfig().min_user_events, length)  # what preparation keeps
         lengths = rng.integers(shortest, length + 1, size)  # [B]
         items[np.arange(length)[None, :] < (length - lengths)[:, None]] = PAD_INDEX  # left pad
-        inputs, labels = mask_for_training(items, rng, train.mask_prob, train.last_item_mask_prob)
         buckets = rng.integers(0, model.num_time_buckets, (size, length))
+        if spec["objective"] == "causal":
+            out.append(shift_for_next_item(items, buckets))
+            continue
+        inputs, labels = mask_for_training(items, rng, train.mask_prob, train.last_item_mask_prob)
         out.append((inputs, buckets, labels))
     return out
 
@@ -138,7 +147,8 @@ def _describe(spec: dict) -> dict:
         "benchmark": "large_catalogue",
         "date": date.today().isoformat(),
         "machine": platform.processor() or platform.machine(),
-        **{k: spec[k] for k in ("items", "mode", "batch_size", "max_len", "steps", "bf16")},
+        **{k: spec[k] for k in ("items", "mode", "objective", "batch_size", "max_len", "steps")},
+        "bf16": spec["bf16"],
         "vocab_size": spec["items"] + NUM_SPECIAL_TOKENS,
         "max_logits": 0 if spec["mode"] == "full" else spec["max_logits"],
         "negatives": spec["negatives"] if spec["mode"] == "sampled" else None,
@@ -176,7 +186,8 @@ def _child(spec: dict) -> dict:
     steps, baseline = batches(spec), _peak_mib(device)
     vocab = spec["items"] + NUM_SPECIAL_TOKENS
     torch.manual_seed(spec["seed"])
-    config = Bert4RecConfig.from_model_config(ModelConfig(), vocab, spec["max_len"])
+    model_config = ModelConfig(objective=spec["objective"])
+    config = Bert4RecConfig.from_model_config(model_config, vocab, spec["max_len"])
     model = Bert4Rec(config).to(device).train()
     train = TrainConfig()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)

@@ -9,9 +9,11 @@ rank, checkpoint from rank 0, stop early on NDCG@10.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import json
 import logging
+import resource
 import tempfile
 import time
 import zlib
@@ -124,6 +126,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             time.monotonic() - clock - progress.elapsed_s,  # with the last validation's time
         ]
         progress.elapsed_s = time.monotonic() - clock
+        release_freed_memory()
         _fit_schedule(engine, config, progress, rank, device)
         speed = epoch.sequences / max(1e-9, time.monotonic() - epoch_start)
         if rank == 0:  # every epoch with -v; by default only those that validate (below)
@@ -149,6 +152,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_nodes=nodes,
             planned_epochs=progress.planned_epochs,
             lr=engine.lr_scheduler.get_last_lr()[0],
+            worker_peak_rss_mib=round(_max_over_ranks([_peak_resident_mib()], device)[0]),
         )
         progress.record(metrics)
         if rank == 0:
@@ -189,6 +193,29 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
     if rank == 0:
         logger.info("time budget: the learning rate now reaches 0 at epoch %d", planned)
+
+
+def release_freed_memory() -> bool:
+    """Hand the heap memory torch has freed back to the OS (glibc's ``malloc_trim``).
+
+    A batch's tensors differ in size from step to step (labelled positions vary), and glibc's
+    allocator raises its mmap threshold as large blocks are freed, so later ones come from
+    the heap, which fragments and never shrinks: a MovieLens-1M run's workers grew from 2.7 to
+    10 GB in 25 epochs and were killed for memory. Trimming once an epoch keeps them flat at
+    no measurable cost (pinning the mmap threshold instead cost a third of the speed in page
+    faults). Returns whether it could trim (not on other C libraries).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return False
+    trim(0)
+    return True
+
+
+def _peak_resident_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pace_window(config: Config) -> int:
