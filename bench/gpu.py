@@ -59,7 +59,9 @@ ML1M_CANDIDATES = (  # ../shared beside the checkout; a copy inside it (the devi
     REPO.parent / "shared" / "datasets" / "ml-1m" / "ml-1m.txt",
     REPO / "shared" / "datasets" / "ml-1m" / "ml-1m.txt",
 )
-GPU_OVERRIDES = ["train.workers=1", "train.use_gpu=true"]
+GPU_OVERRIDES = [  # one GPU; the MovieLens-1M settings of docs/benchmarks.md
+    *("train.workers=1", "train.use_gpu=true", "data.max_len=200", "data.window_stride=100"),
+]
 SMOKE_OVERRIDES = [
     "train.workers=1",
     "data.max_len=10",
