@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from recsys_dist import console, storage
-from recsys_dist.config import load_config
+from recsys_dist.config import load_config, presets
 from recsys_dist.errors import MissingInputError, UserInputError
 
 EXIT_BAD_INPUT = 2
@@ -330,7 +330,11 @@ def _add_serve(commands, flags):
 
 
 def _add_config_args(sub) -> None:
-    sub.add_argument("--config", help="YAML config (sections data/model/train/eval)")
+    sub.add_argument(
+        "--config",
+        help="YAML config (sections data/model/train/eval/...), or a preset for a kind of data: "
+        + ", ".join(presets()),
+    )
     sub.add_argument("overrides", nargs="*", metavar="section.key=value")
 
 

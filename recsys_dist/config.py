@@ -246,9 +246,20 @@ class Config:
         storage.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"  # settings per kind of data, by name
+
+
+def presets() -> list[str]:
+    """The names ``--config`` accepts besides a path (``recsys_dist/presets/NAME.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load ``path`` (YAML, optional) and apply ``section.key=value`` overrides on top."""
+    """Load ``path`` (YAML, or a preset's name, optional) and apply ``section.key=value``
+    overrides on top."""
     raw: dict[str, Any] = {}
+    if path is not None and str(path) in presets():
+        path = PRESETS_DIR / f"{path}.yaml"
     if path is not None:
         loaded = yaml.safe_load(storage.read_text(path)) or {}
         if not isinstance(loaded, dict):

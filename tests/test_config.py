@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_dist.config import Config, ConfigError, load_config
+from recsys_dist.config import Config, ConfigError, load_config, presets
 
 
 def test_defaults_load_without_a_file():
@@ -46,3 +46,16 @@ def test_saved_config_loads_back_identically(tmp_path):
     config = load_config(None, ["train.epochs=7", "data.window_stride=3", "eval.ks=[10]"])
     config.save(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_a_preset_is_a_config_file_chosen_by_name_and_overrides_still_win():
+    assert {"long-histories", "short-histories"} <= set(presets())
+    long = load_config("long-histories", ["train.epochs=7"])
+    assert (long.data.max_len, long.data.window_stride, long.train.epochs) == (200, 100, 7)
+    assert load_config("long-histories", ["data.max_len=120"]).data.max_len == 120
+
+
+def test_the_short_histories_preset_is_the_defaults_written_out():
+    """It names the kind the defaults were chosen for; if a default moves, so must it."""
+    short, defaults = load_config("short-histories"), load_config()
+    assert short == defaults

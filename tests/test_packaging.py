@@ -31,6 +31,8 @@ def test_the_wheel_holds_every_package_and_the_command(tmp_path):
     assert {f"{package}/__init__.py" for package in packages} <= names
     modules = {str(p.relative_to(REPO)) for p in (REPO / "recsys_dist").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    presets = {str(p.relative_to(REPO)) for p in (REPO / "recsys_dist" / "presets").glob("*.yaml")}
+    assert presets and presets <= names, sorted(presets - names)  # --config NAME needs them
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "recsys-dist = recsys_dist.cli:main" in scripts
