@@ -80,7 +80,7 @@ def test_flops_per_sequence_follows_the_documented_formula():
     overrides += ["model.num_layers=2", "train.mask_prob=0.5", "train.last_item_mask_prob=0"]
     encoder = 2 * (8 * 10 * 64 + 4 * 100 * 8 + 4 * 10 * 8 * 16)
     head = 5 * (2 * 64 + 2 * 8 * 100)  # 5 labelled positions, 100 items
-    cloze = load_config(None, overrides)
+    cloze = load_config(None, [*overrides, "model.objective=cloze"])
     assert bench.train_flops_per_sequence(cloze, 100) == 3 * (encoder + head)
     causal = load_config(None, [*overrides, "model.objective=causal"])
     encoder = 2 * (8 * 9 * 64 + 4 * 81 * 8 + 4 * 9 * 8 * 16)
