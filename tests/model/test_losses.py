@@ -9,50 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_dist.config import ConfigError, TrainConfig, load_config
-from recsys_dist.data.masking import IGNORE_INDEX
-from recsys_dist.model import Bert4Rec, Bert4RecConfig, NegativeSample, sample_negatives
+from recsys_dist.config import ConfigError, ModelConfig, TrainConfig, load_config
+from recsys_dist.model import Bert4Rec, NegativeSample, sample_negatives
 from recsys_dist.model.losses import sampled_softmax_sum
-from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
+from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
 
-VOCAB, MAX_LEN, BUCKETS = 30, 8, 6
+from .tiny import BUCKETS, MAX_LEN, VOCAB, batch, tiny_config
+
 REAL_ITEMS = torch.arange(NUM_SPECIAL_TOKENS, VOCAB)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
 def model() -> Bert4Rec:
     torch.manual_seed(0)
-    config = Bert4RecConfig(
-        vocab_size=VOCAB,
-        max_len=MAX_LEN,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=32,
-        num_time_buckets=BUCKETS,
-    )
-    return Bert4Rec(config)
-
-
-def batch(seed: int = 0, size: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded items, time buckets, and labels at the last position and one more."""
-    gen = torch.Generator().manual_seed(seed)
-    items = torch.randint(NUM_SPECIAL_TOKENS, VOCAB, (size, MAX_LEN), generator=gen)
-    items[0, :3] = PAD_INDEX
-    buckets = torch.randint(0, BUCKETS, (size, MAX_LEN), generator=gen)
-    labels = torch.full_like(items, IGNORE_INDEX)
-    labels[:, -1] = items[:, -1]
-    labels[1, 4] = items[1, 4]
-    return items.masked_fill(labels != IGNORE_INDEX, MASK_INDEX), buckets, labels
+    return Bert4Rec(tiny_config(dropout=ModelConfig().dropout))  # the run's default dropout
 
 
 def uniform(ids: torch.Tensor) -> NegativeSample:
