@@ -73,6 +73,9 @@ class ModelConfig:
     attention_dropout: float = 0.1  # on attention probabilities
     use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
     num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
+    # Also bias attention by each earlier event's age at the query's time (a learned scalar per
+    # log2 age bucket and head, as TiSASRec/HSTU's relative time bias). Off: see benchmarks.md.
+    use_event_ages: bool = False
     # "causal": causal mask, predicts the next item at every position with a full softmax
     # (SASRec+CE); "cloze": bidirectional, predicts masked items (BERT4Rec). Saved with the
     # export. Causal won on MovieLens-1M and Amazon Beauty and tied on ml-100k (benchmarks.md).

@@ -65,6 +65,7 @@ def evaluate_run(
             config.num_time_buckets,
             device,
             popularity,
+            event_ages=config.use_event_ages,
         )
         results[name] = finalize_metrics(sums)
     return {

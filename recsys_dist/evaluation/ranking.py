@@ -47,7 +47,9 @@ def model_scorer(model: Bert4Rec, device: torch.device) -> Scorer:
         model.eval()
         items = torch.as_tensor(inputs.items, device=device)
         buckets = torch.as_tensor(inputs.time_buckets, device=device)
-        return model.score_next(items, buckets).float()
+        ages = inputs.age_buckets
+        ages = None if ages is None else torch.as_tensor(ages, device=device)
+        return model.score_next(items, buckets, ages).float()
 
     return score
 
@@ -71,14 +73,16 @@ def evaluation_sums(
     num_time_buckets: int,
     device: torch.device,
     popularity: np.ndarray | None = None,
+    event_ages: bool = False,
 ) -> dict[str, float]:
-    """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count)."""
+    """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count);
+    ``event_ages``: the inputs include the events' age buckets (a model that reads them)."""
     rng = np.random.default_rng(eval_config.seed)
     sums: dict[str, float] = defaultdict(float)
     for batch in batches:
         if len(batch[schema.TARGET_ITEM]) == 0:
             continue
-        scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets))
+        scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets, event_ages))
         # A copy: Arrow hands out read-only arrays, which torch refuses to wrap.
         targets = torch.tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None

@@ -118,11 +118,18 @@ class Recommender:
         """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""
         config = self.model.config
         inputs = prediction_inputs(
-            histories, times, query_times, config.max_len, config.num_time_buckets
+            histories,
+            times,
+            query_times,
+            config.max_len,
+            config.num_time_buckets,
+            config.use_event_ages,
         )
+        ages = inputs.age_buckets
         scores = self.model.score_next(
             torch.as_tensor(inputs.items, device=self.device),
             torch.as_tensor(inputs.time_buckets, device=self.device),
+            None if ages is None else torch.as_tensor(ages, device=self.device),
         ).float()
         scores[:, : schema.NUM_SPECIAL_TOKENS] = -np.inf
         return scores

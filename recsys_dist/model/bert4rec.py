@@ -20,6 +20,10 @@ Two objectives share the encoder (``config.objective``):
   predicts the NEXT item. The time-gap input of position t is the gap from event t to the
   event it predicts (to the query time at inference), so the model knows when it is asked.
 
+With ``config.use_event_ages`` the attention logits also get a learned per-head bias of each
+key event's log2-bucketed age at the time the query position predicts for (a relative time
+bias, as in TiSASRec and HSTU), passed to BERT as a 4-D additive attention mask.
+
 Sequences are left-padded with PAD (0); position ids are right-aligned so that the most recent
 event is always at position ``max_len - 1``, whatever the input length. At inference the caller
 appends MASK after the history (with the query time) and :meth:`Bert4Rec.score_next` reads the
@@ -106,6 +110,11 @@ class Bert4Rec(nn.Module):
         self.time_embedding = (
             nn.Embedding(config.num_time_buckets, hidden) if config.use_time_gaps else None
         )
+        self.age_bias = (
+            nn.Embedding(config.num_time_buckets, config.num_heads)
+            if config.use_event_ages
+            else None
+        )
         self.head_dense = nn.Linear(hidden, hidden)
         self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
@@ -123,6 +132,8 @@ class Bert4Rec(nn.Module):
         nn.init.zeros_(self.head_dense.bias)
         if self.time_embedding is not None:
             nn.init.normal_(self.time_embedding.weight, std=std)
+        if self.age_bias is not None:
+            nn.init.zeros_(self.age_bias.weight)  # starts as plain attention
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -133,6 +144,7 @@ class Bert4Rec(nn.Module):
         labels: torch.Tensor | None = None,
         max_logits: int = 0,
         negatives: NegativeSample | None = None,
+        age_buckets: torch.Tensor | None = None,
     ) -> Bert4RecOutput:
         """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
 
@@ -149,14 +161,17 @@ class Bert4Rec(nn.Module):
                 batch), every logit corrected by ``- log Q`` and accidental hits masked
                 (:func:`recsys_dist.model.losses.sampled_softmax_sum`). ``max_logits`` then
                 bounds rows x (1 + S). Ignored without labels.
+            age_buckets: ``[B, L, L]`` from ``recsys_dist.data.time_gaps.event_age_buckets``
+                (row q: each key's age at position q's prediction time); required iff
+                ``config.use_event_ages``.
 
         Returns:
             :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
         """
-        self._check_inputs(items, time_buckets, labels)
+        self._check_inputs(items, time_buckets, labels, age_buckets)
         if negatives is not None and labels is not None:
             self._check_negatives(negatives)
-        hidden = self.encode(items, time_buckets)  # [B, L, H]
+        hidden = self.encode(items, time_buckets, age_buckets)  # [B, L, H]
         if labels is None:
             return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
         selected = labels != IGNORE_INDEX  # [B, L]
@@ -193,7 +208,10 @@ class Bert4Rec(nn.Module):
 
     @torch.no_grad()
     def score_next(
-        self, items: torch.Tensor, time_buckets: torch.Tensor | None = None
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None = None,
+        age_buckets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores of every vocabulary entry for the item after each history.
 
@@ -202,20 +220,28 @@ class Bert4Rec(nn.Module):
         Args:
             items: ``[B, L]`` histories, left-padded, with MASK as the final element.
             time_buckets: ``[B, L]``, the MASK position bucketed with the query time.
+            age_buckets: ``[B, L, L]``, the MASK row aged at the query time (with
+                ``config.use_event_ages``).
 
         Returns:
             ``[B, V]`` logits; PAD and MASK columns are ``-inf``.
         """
-        self._check_inputs(items, time_buckets, None)
+        self._check_inputs(items, time_buckets, None, age_buckets)
         if self.config.objective == "causal":
             # The last event predicts what follows it, given the gap to the query (the MASK
-            # position's bucket): the same shift as in training.
+            # position's bucket) and the events' ages then: the same shift as in training.
             items = items[:, :-1]  # [B, L - 1]
             time_buckets = time_buckets[:, 1:] if time_buckets is not None else None
-        hidden = self.encode(items, time_buckets)  # [B, L', H]
+            age_buckets = age_buckets[:, 1:, :-1] if age_buckets is not None else None
+        hidden = self.encode(items, time_buckets, age_buckets)  # [B, L', H]
         return self.item_logits(hidden[:, -1])  # [B, V]
 
-    def encode(self, items: torch.Tensor, time_buckets: torch.Tensor | None) -> torch.Tensor:
+    def encode(
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None,
+        age_buckets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs."""
         length = items.shape[1]
         embeds = self.item_embedding(items)  # [B, L, H]
@@ -226,10 +252,29 @@ class Bert4Rec(nn.Module):
         position_ids = torch.arange(first, first + length, device=items.device)[None]  # [1, L]
         out = self.bert(
             inputs_embeds=embeds,
-            attention_mask=(items != PAD_INDEX).long(),  # [B, L]; keys at PAD are ignored
+            attention_mask=self._attention_mask(items, age_buckets, embeds.dtype),
             position_ids=position_ids,
         )
         return out.last_hidden_state  # [B, L, H]
+
+    def _attention_mask(
+        self, items: torch.Tensor, age_buckets: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """BERT's ``[B, L]`` key mask (PAD keys ignored; BERT adds the causal part), or with
+        event ages the whole additive ``[B, heads, L, L]`` mask: the age bias where a query
+        may look, the dtype's minimum where it may not (BERT returns a 4-D mask as it is)."""
+        keys = items != PAD_INDEX  # [B, L]
+        if self.age_bias is None:
+            return keys.long()
+        length = items.shape[1]
+        allowed = keys[:, None, None, :]  # [B, 1, 1, L]
+        if self.config.objective == "causal":
+            causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+            allowed = allowed & causal  # [B, 1, L, L]
+        # A PAD query (no real key before it) attends to itself: no row is all masked.
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=items.device)
+        bias = self.age_bias(age_buckets).permute(0, 3, 1, 2).to(dtype)  # [B, heads, L, L]
+        return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """The MLM head's transform (dense -> GELU -> LayerNorm), ``[..., H] -> [..., H]``: what
@@ -251,6 +296,7 @@ class Bert4Rec(nn.Module):
         items: torch.Tensor,
         time_buckets: torch.Tensor | None,
         labels: torch.Tensor | None,
+        age_buckets: torch.Tensor | None = None,
     ) -> None:
         """Raise ``ValueError`` naming the offending shape or value (BERT's errors do not)."""
         if items.dim() != 2:
@@ -264,12 +310,25 @@ class Bert4Rec(nn.Module):
                 )
         if self.config.use_time_gaps and time_buckets is None:
             raise ValueError("the model was built with use_time_gaps=True; pass time_buckets")
+        if self.config.use_event_ages:
+            self._check_age_buckets(items, age_buckets)
         _check_range("items", items, 0, self.config.vocab_size)
         if self.time_embedding is not None:
             _check_range("time_buckets", time_buckets, 0, self.config.num_time_buckets)
         if labels is not None:
             targets = labels[labels != IGNORE_INDEX]
             _check_range("labels", targets, NUM_SPECIAL_TOKENS, self.config.vocab_size)
+
+    def _check_age_buckets(self, items: torch.Tensor, age_buckets: torch.Tensor | None) -> None:
+        """Raise ``ValueError`` unless ``age_buckets`` is ``[B, L, L]`` of valid buckets."""
+        if age_buckets is None:
+            raise ValueError("the model was built with use_event_ages=True; pass age_buckets")
+        expected = (*items.shape, items.shape[1])
+        if age_buckets.shape != expected:
+            raise ValueError(
+                f"age_buckets shape {tuple(age_buckets.shape)} != [B, L, L] {expected}"
+            )
+        _check_range("age_buckets", age_buckets, 0, self.config.num_time_buckets)
 
     def _check_negatives(self, negatives: NegativeSample) -> None:
         """Raise ``ValueError`` unless the sample fits this vocabulary."""

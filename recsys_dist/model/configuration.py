@@ -39,6 +39,10 @@ class Bert4RecConfig(PretrainedConfig):
         use_time_gaps: Add an embedding of the log2-bucketed gap to the previous event, so
             the model can tell a binge from a return after months.
         num_time_buckets: Size of that bucket vocabulary (bucket 0 = no previous event).
+        use_event_ages: Add to every attention logit a learned per-head bias of the key
+            event's age, on the same log2 buckets, at the time the query position predicts
+            for; inputs then include ``[B, L, L]`` age buckets. Its default here is False:
+            exports written before the field had no such bias.
         objective: ``"cloze"`` (bidirectional, masked items) or ``"causal"`` (causal mask,
             next item at every position). It changes the attention mask and where
             ``score_next`` reads, so it is part of the export. Its default here is
@@ -61,6 +65,7 @@ class Bert4RecConfig(PretrainedConfig):
     attention_dropout: float = _RUN_DEFAULTS.attention_dropout
     use_time_gaps: bool = _RUN_DEFAULTS.use_time_gaps
     num_time_buckets: int = _RUN_DEFAULTS.num_time_buckets
+    use_event_ages: bool = False
     objective: str = "cloze"
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12

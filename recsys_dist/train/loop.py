@@ -256,10 +256,11 @@ def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, p
 
 
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and LayerNorm, as in BERT."""
+    """No weight decay on biases (the age bias table too) and LayerNorm, as in BERT."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        is_bias = param.ndim < 2 or "LayerNorm" in name or name.startswith("age_bias")
+        (no_decay if is_bias else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -307,8 +308,9 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         rng,
         config.train.mask_prob,
         config.train.last_item_mask_prob,
+        event_ages=config.model.use_event_ages,
     )
-    negatives = None
+    negatives, ages = None, inputs.age_buckets
     if config.train.loss == "sampled":  # uniform negatives, shared by the batch's positions
         vocab_size = engine.module.config.vocab_size
         negatives = sample_negatives(rng, vocab_size, config.train.negatives).to(device)
@@ -318,6 +320,7 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         torch.as_tensor(inputs.labels, device=device),
         max_logits=config.train.max_logits,
         negatives=negatives,
+        age_buckets=None if ages is None else torch.as_tensor(ages, device=device),
     )
     engine.backward(output.loss * weight)
     engine.step()
@@ -352,6 +355,7 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
         config.data.max_len,
         config.model.num_time_buckets,
         device,
+        event_ages=config.model.use_event_ages,
     )
     model.train()
     names = sorted({"count", *(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in config.eval.ks)})

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from recsys_dist.config import OBJECTIVES, ModelConfig
+from recsys_dist.data.time_gaps import event_age_buckets
 from recsys_dist.model import WEIGHTS_FILE, Bert4Rec, Bert4RecConfig
 from recsys_dist.schema import MASK_INDEX, PAD_INDEX
 
@@ -36,6 +37,7 @@ def test_every_model_config_field_reaches_the_model():
         attention_dropout=0.05,
         use_time_gaps=False,
         num_time_buckets=7,
+        use_event_ages=True,
         objective="causal" if ModelConfig().objective == "cloze" else "cloze",
     )
     defaults = ModelConfig()
@@ -51,6 +53,7 @@ def test_every_model_config_field_reaches_the_model():
     assert model.bert.embeddings.dropout.p == 0.15
     assert bert.attention_probs_dropout_prob == 0.05
     assert model.time_embedding is None
+    assert model.age_bias.weight.shape == (7, 3)  # a bias per age bucket and head
     assert bert.is_decoder == (cfg.objective == "causal")
     assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).time_embedding is not None
     assert config.num_time_buckets == 7
@@ -290,3 +293,116 @@ def test_save_load_round_trip(model, tmp_path):
     model.eval()
     assert torch.equal(model.score_next(inputs, buckets), loaded.score_next(inputs, buckets))
     assert torch.equal(model(inputs, buckets, labels).loss, loaded(inputs, buckets, labels).loss)
+
+
+# --- the event-age attention bias ----------------------------------------------------------------
+
+
+def ages_of(items: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    """``[B, L, L]`` age buckets from random increasing times (real earlier keys only); gaps
+    of up to 8 seconds, so the ages spread over the tiny config's buckets."""
+    gen = torch.Generator().manual_seed(seed)
+    times = torch.randint(0, 9, items.shape, generator=gen).cumsum(1)
+    return torch.from_numpy(event_age_buckets(times.numpy(), items.numpy(), BUCKETS))
+
+
+@pytest.fixture(params=OBJECTIVES)
+def aged(request) -> tuple[Bert4Rec, Bert4Rec]:
+    """A model with the age bias and the same model without it (same other weights)."""
+    torch.manual_seed(0)
+    config = tiny_config(objective=request.param, dropout=0.0, attention_dropout=0.0)
+    plain = Bert4Rec(config)
+    with_ages = Bert4Rec(tiny_config(**{**config.to_dict(), "use_event_ages": True}))
+    missing = with_ages.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["age_bias.weight"]
+    return plain.eval(), with_ages.eval()
+
+
+def test_a_fresh_age_bias_is_plain_attention(aged):
+    """Zero-initialised, so switching it on starts from the model without it; the 4-D mask
+    keeps BERT's own padding (and causal) masking at every real position."""
+    plain, with_ages = aged
+    items, buckets, _ = batch()
+    real = items != PAD_INDEX
+    torch.testing.assert_close(
+        with_ages(items, buckets, age_buckets=ages_of(items)).logits[real],
+        plain(items, buckets).logits[real],
+    )
+
+
+def test_the_age_bias_changes_what_a_position_attends_to(aged):
+    _, model = aged
+    items, buckets, _ = batch()
+    ages = ages_of(items)
+    before = model.score_next(items, buckets, ages)
+    with torch.no_grad():
+        model.age_bias.weight.normal_()
+    assert not torch.allclose(before, model.score_next(items, buckets, ages))
+    older = ages.clone()
+    older[:, -1] = torch.where(older[:, -1] > 0, BUCKETS - 1, 0)  # every event aged to the cap
+    assert not torch.allclose(
+        model.score_next(items, buckets, ages), model.score_next(items, buckets, older)
+    )
+
+
+def test_a_causal_model_with_ages_never_sees_the_future():
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(objective="causal", use_event_ages=True, dropout=0.0))
+    with torch.no_grad():
+        model.age_bias.weight.normal_()
+    items, buckets, _ = batch()
+    items = items.masked_fill(items == MASK_INDEX, 5)
+    ages = ages_of(items)
+    changed, changed_ages = items.clone(), ages.clone()
+    changed[:, 5] = 9
+    changed_ages[:, 5:, :] = (ages[:, 5:, :] + 1) % BUCKETS  # rows of positions 5..: their ages
+    before = model.eval()(items, buckets, age_buckets=ages).logits
+    after = model(changed, buckets, age_buckets=changed_ages).logits
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_a_causal_model_scores_with_the_ages_at_the_query_time():
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(objective="causal", use_event_ages=True)).eval()
+    with torch.no_grad():
+        model.age_bias.weight.normal_()
+    items, buckets, _ = batch()
+    items[:, -1] = MASK_INDEX
+    ages = ages_of(items)
+    scores = model.score_next(items, buckets, ages)
+    shifted = model(items[:, :-1], buckets[:, 1:], age_buckets=ages[:, 1:, :-1]).logits[:, -1]
+    torch.testing.assert_close(scores, shifted)
+
+
+def test_an_aged_model_trains_under_bf16_autocast_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(use_event_ages=True))
+    items, buckets, labels = batch()
+    ages = ages_of(items)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(items, buckets, labels, age_buckets=ages)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.age_bias.weight.grad.abs().sum() > 0
+    model.save(tmp_path / "export")
+    loaded = Bert4Rec.load(tmp_path / "export")
+    assert loaded.config.use_event_ages
+    model.eval()
+    assert torch.equal(
+        model.score_next(items, buckets, ages), loaded.score_next(items, buckets, ages)
+    )
+
+
+@pytest.mark.parametrize(
+    ("ages", "message"),
+    [
+        (None, "use_event_ages=True; pass age_buckets"),
+        (torch.zeros(4, MAX_LEN, MAX_LEN - 1, dtype=torch.long), r"age_buckets shape \(4, 8, 7\)"),
+        (torch.full((4, MAX_LEN, MAX_LEN), BUCKETS), "age_buckets values"),
+    ],
+)
+def test_bad_age_buckets_raise_value_error(ages, message):
+    model = Bert4Rec(tiny_config(use_event_ages=True))
+    items, buckets, _ = batch()
+    with pytest.raises(ValueError, match=message):
+        model(items, buckets, age_buckets=ages)

@@ -12,12 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recsys_dist import run_layout, schema
 from recsys_dist.config import OBJECTIVES, DataConfig, ModelConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
 from recsys_dist.data.synthetic import generate_dataset
+from recsys_dist.inference.predictor import Recommender
 from recsys_dist.train.batches import CHECKSUM_MODULUS, ShardBatches, sequence_checksum
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.trainer import train
@@ -178,18 +180,25 @@ def test_two_workers_reach_what_one_worker_reaches(prepared, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_other_objective_trains_through_the_same_loop(prepared, tmp_path):
-    """The session's trained run uses the default objective; the other one learns too, through
-    the real loop, and its export says which it is (serving reads the objective from there).
-    The floor is the one above (both objectives reach 0.5+ on this data in 30 epochs)."""
+def test_the_other_objective_and_the_age_bias_train_through_the_same_loop(prepared, tmp_path):
+    """The session's trained run uses the default objective and no age bias; the other
+    objective with the bias learns too, through the real loop (training, validation), its
+    export says so, and the recommender builds its inputs from there. The floor is the one
+    above (both objectives reach 0.5+ on this data in 30 epochs)."""
     prepared_dir, _ = prepared
     other = next(o for o in OBJECTIVES if o != ModelConfig().objective)
     metrics = train_run(
         prepared_dir,
         tmp_path / "run",
         f"model.objective={other}",
+        "model.use_event_ages=true",
         *("train.epochs=30", "train.eval_every=30", "train.workers=1", "train.batch_size=32"),
     )
     assert metrics[-1]["valid_ndcg@10"] > 0.45, metrics[-1]
-    exported = json.loads(Path(run_layout.model_dir(tmp_path / "run"), "config.json").read_text())
-    assert exported["objective"] == other
+    model_dir = run_layout.model_dir(tmp_path / "run")
+    exported = json.loads(Path(model_dir, "config.json").read_text())
+    assert exported["objective"] == other and exported["use_event_ages"] is True
+    recommender = Recommender(str(model_dir), k=5)
+    item = recommender.vocab.to_item_ids(np.array([2, 3, 4])).to_pylist()
+    found = recommender.recommend([item], [np.array([0, 60, 7200])])
+    assert len(found.item_ids[0]) == 5
