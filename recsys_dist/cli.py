@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_interests,
         _add_report,
         _add_config,
+        _add_models,
     ):
         add(commands, flags)
     return parser
@@ -635,3 +636,70 @@ def _run_config_show(args):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _add_models(commands, flags):
+    sub = commands.add_parser(
+        "models", help="the model registry: register, list, show, promote, roll back"
+    )
+    actions = sub.add_subparsers(dest="models_command", required=True)
+    helps = {
+        "register": "copy a trained run into a new immutable version",
+        "list": "every version, oldest first, and which is current",
+        "show": "one version's record: lineage, metrics, code, config",
+        "promote": "make a version current (what `serve --registry` serves)",
+        "rollback": "make the previous current version current again",
+    }
+    for name, text in helps.items():
+        action = actions.add_parser(name, help=text, parents=[flags])
+        action.add_argument("--registry", required=True, help="registry directory or s3:// prefix")
+        if name == "register":
+            action.add_argument("--run", required=True, help="a trained run directory")
+            action.add_argument("--parent", help="the version it was warm-started from")
+        if name in ("show", "promote"):
+            action.add_argument("version")
+        action.set_defaults(handler=_run_models)
+    return sub
+
+
+def _run_models(args):
+    from recsys_dist.registry import Registry
+
+    registry = Registry(args.registry)
+    action = args.models_command
+    if action == "register":
+        _check_run(args.run)
+        version = registry.register(args.run, parent=args.parent)
+        return {"action": action, "version": version.id, "path": version.path}
+    if action == "list":
+        current = registry.current()
+        current_id = current.id if current else None
+        rows = [_version_row(v, current_id) for v in registry.versions()]
+        return {
+            "action": action,
+            "registry": registry.root,
+            "current": current_id,
+            "versions": rows,
+        }
+    if action == "show":
+        version = registry.get(args.version)
+        current = registry.current()
+        return {
+            **version.record,
+            "action": action,
+            "current": bool(current and current.id == version.id),
+        }
+    if action == "promote":
+        return {"action": action, **registry.promote(args.version)}
+    return {"action": action, **registry.rollback()}
+
+
+def _version_row(version, current: str | None) -> dict:
+    record = version.record
+    return {
+        "version": version.id,
+        "parent": record["parent"],
+        "created_at": record["created_at"],
+        "current": version.id == current,
+        "metrics": record["metrics"],
+    }

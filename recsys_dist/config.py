@@ -257,6 +257,24 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+# Users averaging at least this many events have "long histories": the long-histories preset
+# (max_len 200) is MovieLens-1M's (165 a user); Beauty (9) keeps 50. ml-100k: benchmarks.md.
+LONG_HISTORY_EVENTS = 100
+
+
+def preset_for(events: int, users: int, max_len: int) -> str | None:
+    """The preset whose ``data.max_len`` fits a dataset of ``events`` over ``users`` better
+    than ``max_len`` (what it was prepared with), or None when that already fits.
+
+    Why: the sequence length is fixed when the data is prepared, and a default that suits
+    sparse logs hides most of a long history from the model (ml-1m: 50 of 165 events).
+    """
+    if users <= 0:
+        return None
+    kind = "long-histories" if events / users >= LONG_HISTORY_EVENTS else "short-histories"
+    return None if load_config(kind).data.max_len == max_len else kind
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Load ``path`` (YAML, or a preset's name, optional) and apply ``section.key=value``
     overrides on top."""

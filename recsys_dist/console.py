@@ -282,8 +282,23 @@ def _prepare_summary(r: dict, args: Any, seconds: float) -> list[str]:
         f"skipped: {_n(skipped)} bad row(s), {_n(counts.get('duplicates_dropped', 0))} "
         f"duplicate(s), {_n(counts.get('users_below_min_events', 0))} user(s) below "
         "min_user_events",
+        *_preset_hint(counts, r["max_len"]),
         f"output: {args.output}",
         f"next:   recsys-dist train --data {args.output} --output RUN",
+    ]
+
+
+def _preset_hint(counts: dict, max_len: int) -> list[str]:
+    """One line when another preset fits the data's history lengths (none when it fits)."""
+    from recsys_dist.config import preset_for
+
+    kind = preset_for(counts["events"], counts["users"], max_len)
+    if kind is None:
+        return []
+    mean = counts["events"] / counts["users"]
+    return [
+        f"hint:   users average {mean:.0f} events and the model sees the last {max_len}: "
+        f"`--config {kind}` fits this data (prepare and train with it)"
     ]
 
 
@@ -372,6 +387,37 @@ def _config_summary(r: dict, args: Any, seconds: float) -> list[str]:
     return [yaml.safe_dump(r, sort_keys=False).rstrip()]
 
 
+def _models_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    action = r["action"]
+    if action == "register":
+        return [
+            f"registered version {r['version']}",
+            f"next:   recsys-dist models promote --registry {args.registry} {r['version']}",
+        ]
+    if action in ("promote", "rollback"):
+        if not r["changed"]:
+            return [f"{r['current']} is already current"]
+        return [f"current: {r['current']} (was {r['previous'] or 'none'})"]
+    if action == "list":
+        return _versions_table(r)
+    return [json.dumps(r, indent=2, sort_keys=True, default=str)]
+
+
+def _versions_table(r: dict) -> list[str]:
+    """One row per version: id, parent, creation time, validation NDCG@10, current marker."""
+    if not r["versions"]:
+        return [f"{r['registry']}: no versions yet (recsys-dist models register)"]
+    lines = [f"  {'version':26}{'parent':26}{'created (UTC)':27}{'valid NDCG@10':>14}"]
+    for row in r["versions"]:
+        ndcg = row["metrics"].get("valid_ndcg@10")
+        mark = "*" if row["current"] else " "
+        lines.append(
+            f"{mark} {row['version']:26}{row['parent'] or '-':26}{row['created_at']:27}"
+            f"{'n/a' if ndcg is None else f'{ndcg:.4f}':>14}"
+        )
+    return [*lines, "* current"]
+
+
 _SUMMARIES = {
     "import": _import_summary,
     "generate": _generate_summary,
@@ -384,4 +430,5 @@ _SUMMARIES = {
     "report": _report_summary,
     "serve": _serve_summary,
     "config": _config_summary,
+    "models": _models_summary,
 }

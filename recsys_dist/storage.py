@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import posixpath
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,13 +134,11 @@ def open_output(path: str | Path) -> pafs.NativeFile:
 
 
 def read_text(path: str | Path) -> str:
-    with open_input(path) as stream:
-        return stream.read().decode()
+    return read_bytes(path).decode()
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with open_output(path) as out:
-        out.write(text.encode())
+    write_bytes(path, text.encode())
 
 
 def write_json(path: str | Path, payload: Any) -> None:
@@ -147,6 +147,37 @@ def write_json(path: str | Path, payload: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(read_text(path))
+
+
+def read_bytes(path: str | Path) -> bytes:
+    with open_input(path) as stream:
+        return stream.read()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with open_output(path) as out:
+        out.write(data)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part.
+
+    On object storage one PUT already is (an object appears whole); locally the text goes to
+    a temporary file beside ``path`` that is then renamed over it (atomic within a file
+    system, and the temporary name never matches what readers look for).
+    """
+    text = json.dumps(payload, indent=2, sort_keys=True).encode()
+    if is_remote(path):
+        write_bytes(path, text)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with open(temporary, "wb") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, target)
 
 
 def make_dirs(path: str | Path) -> None:

@@ -153,6 +153,16 @@ def test_summaries_are_a_few_lines_with_the_outputs(command):
     assert "{" not in text  # no JSON dumps
 
 
+def test_prepare_hints_at_the_preset_that_fits_long_histories():
+    """ml-1m prepared at the defaults: the model would see 50 of ~165 events a user."""
+    long = manifest()
+    long["counts"] = {**long["counts"], "events": 33_000}  # 165 a user
+    text = console.summary("prepare", long, Args(), 2.0)
+    assert "average 165 events" in text and "--config long-histories" in text, text
+    assert len(text.splitlines()) <= 6
+    assert "hint" not in console.summary("prepare", manifest(), Args(), 2.0)
+
+
 def test_generate_prints_a_short_summary_or_one_json_line(ray_session, tmp_path, capsys):
     out = str(tmp_path / "raw")
     argv = ["generate", "--output", out, "--users", "50", "--items", "30", "--categories", "3"]

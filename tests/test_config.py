@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from recsys_dist.config import Config, ConfigError, load_config, presets
+from recsys_dist.config import Config, ConfigError, load_config, preset_for, presets
 
 
 def test_defaults_load_without_a_file():
@@ -59,3 +59,17 @@ def test_the_short_histories_preset_is_the_defaults_written_out():
     """It names the kind the defaults were chosen for; if a default moves, so must it."""
     short, defaults = load_config("short-histories"), load_config()
     assert short == defaults
+
+
+@pytest.mark.parametrize(
+    ("events", "users", "max_len", "expected"),
+    [
+        (198_502, 22_363, 50, None),  # Amazon Beauty at the defaults: fits
+        (999_611, 6_040, 50, "long-histories"),  # MovieLens-1M at the defaults
+        (999_611, 6_040, 200, None),  # ... prepared with long-histories: fits
+        (198_502, 22_363, 200, "short-histories"),  # a sparse log at length 200
+        (0, 0, 50, None),  # nothing to judge
+    ],
+)
+def test_the_preset_that_fits_follows_the_mean_history(events, users, max_len, expected):
+    assert preset_for(events, users, max_len) == expected

@@ -17,6 +17,7 @@ STAGE = {
     "train": 5,
     "inference": 5,
     "interests": 6,
+    "registry": 6,  # trained runs -> versions; serving and retraining read it
     "serving": 7,
     "report": 8,
     "console": 8,  # the CLI's terminal output: summaries of every stage's results
@@ -29,6 +30,7 @@ FORBIDDEN = {
     "evaluation": {"deepspeed"},
     "interests": {"deepspeed"},
     "serving": {"deepspeed"},
+    "registry": {"deepspeed", "ray", "torch"},
     "report": {"deepspeed", "ray", "torch"},
 }
 
