@@ -216,7 +216,14 @@ def print_result(command: str, result: Any, args: Any, seconds: float, as_json: 
 
 # Keys left out of --json per command (the full record stays on disk, e.g. manifest.json).
 BULKY = {
-    "prepare": ("time_histogram", "input_files", "sources", "bad_rows", "skewed_users"),
+    "prepare": (
+        "time_histogram",
+        "input_files",
+        "consumed",
+        "sources",
+        "bad_rows",
+        "skewed_users",
+    ),
 }
 
 
@@ -272,13 +279,20 @@ def _generate_summary(r: dict, args: Any, seconds: float) -> list[str]:
 
 
 def _prepare_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    taken = r.get("taken", {})
+    if taken.get("files") == 0:
+        return [
+            f"nothing new: all {taken['already_taken']} file(s) in {args.data} were taken "
+            f"before; {args.output} is unchanged"
+        ]
     counts = r["counts"]
     rows = ", ".join(f"{s} {_n(counts.get(f'{s}_rows', 0))}" for s in ("train", "valid", "test"))
     skipped = counts.get("bad_rows_skipped", 0)
     return [
         f"prepared {_n(counts['users'])} users and {_n(r['num_items'])} items from "
         f"{_n(counts['events'])} events ({r['files']} file(s)) in {seconds:.1f} s",
-        f"sequences: {rows} ({r['split']} split, max_len {r['max_len']})",
+        f"sequences: {rows} ({r['split']} split, max_len {r['max_len']})"
+        + (f"; took {taken['files']} new file(s)" if taken.get("already_taken") else ""),
         f"skipped: {_n(skipped)} bad row(s), {_n(counts.get('duplicates_dropped', 0))} "
         f"duplicate(s), {_n(counts.get('users_below_min_events', 0))} user(s) below "
         "min_user_events",

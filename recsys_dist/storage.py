@@ -17,6 +17,7 @@ import posixpath
 import secrets
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -100,24 +101,45 @@ def list_files(path: str | Path, suffix: str, recursive: bool = True) -> list[st
 
     Returned in the same form as given (URIs stay URIs), so they can be shown to the user.
     """
+    return [stat.path for stat in list_file_stats(path, suffix, recursive)]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """A file's path (as :func:`list_files` gives it), size and modification time: what a
+    consumer records to know a file again, and to notice that it was rewritten."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def list_file_stats(path: str | Path, suffix: str, recursive: bool = True) -> list[FileStat]:
+    """:func:`list_files` with each file's size and mtime, from the same listing (one S3
+    LIST, no HEAD per file)."""
     fs, inner = resolve(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if info.type == pafs.FileType.File:
-        return [str(path)]
+        return [_stat(str(path), info)]
     found = fs.get_file_info(pafs.FileSelector(inner, recursive=recursive))
-    names = sorted(
-        f.path
-        for f in found
-        if f.type == pafs.FileType.File
-        and f.path.endswith(suffix)
-        and not any(part.startswith((".", "_")) for part in f.path[len(inner) :].split("/"))
+    kept = sorted(
+        (f for f in found if f.type == pafs.FileType.File and f.path.endswith(suffix)),
+        key=lambda f: f.path,
     )
-    if not is_remote(path):
-        return names
-    scheme = str(path).split("://", 1)[0]
-    return [f"{scheme}://{name}" for name in names]
+    kept = [
+        f
+        for f in kept
+        if not any(p.startswith((".", "_")) for p in f.path[len(inner) :].split("/"))
+    ]
+    prefix = f"{str(path).split('://', 1)[0]}://" if is_remote(path) else ""
+    return [_stat(prefix + f.path, f) for f in kept]
+
+
+def _stat(path: str, info: pafs.FileInfo) -> FileStat:
+    mtime = info.mtime_ns if info.mtime_ns is not None else 0
+    return FileStat(path, int(info.size or 0), int(mtime))
 
 
 def open_input(path: str | Path) -> pafs.NativeFile:

@@ -62,12 +62,17 @@ class BadRowTally:
 
 def event_files(data_dir: str) -> list[str]:
     """The Parquet files of a canonical dataset (``DIR/events/``), or of a plain folder/file."""
+    return [stat.path for stat in event_file_stats(data_dir)]
+
+
+def event_file_stats(data_dir: str) -> list[storage.FileStat]:
+    """:func:`event_files` with sizes and mtimes: what a dataset records of what it took."""
     events_dir = storage.join(data_dir, schema.EVENTS_DIR)
     root = events_dir if storage.exists(events_dir) else data_dir
-    files = storage.list_files(root, ".parquet")
-    if not files:
+    stats = storage.list_file_stats(root, ".parquet")
+    if not stats:
         raise MissingInputError(f"{root}: no .parquet event files found")
-    return files
+    return stats
 
 
 def validated_batches(

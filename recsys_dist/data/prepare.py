@@ -17,6 +17,11 @@ from those counts the driver fixes the vocabulary and (time split) the cut times
 **gather** then builds each bucket's users with item indices and counts their split rows.
 With ``append=True`` new log partitions are merged into an existing dataset: the old raw
 files are not read again (their events live on in ``users/``), the vocabulary only grows.
+The manifest records every file it has taken (``consumed``: path, size, mtime and a
+fingerprint of its Parquet footer), so an append over a folder that keeps growing (the
+service's event log) takes exactly the files not taken before, however often it runs; with
+none new it changes nothing and says so. A taken file that was rewritten since (another
+size, or another footer) is refused: its events would be counted twice or lost.
 Results are written under ``OUTPUT/_next`` and moved into place at the end, so a failed run
 leaves the previous dataset intact and a retried task cannot double-count.
 
@@ -83,8 +88,15 @@ def prepare_dataset(
     With ``append``, ``data_dir`` holds new files for the dataset already in ``output_dir``.
     """
     started = time.perf_counter()
-    files = events_io.event_files(data_dir)
-    previous = _check_append(output_dir, files, config) if append else None
+    stats = events_io.event_file_stats(data_dir)
+    previous, already_taken = None, 0
+    if append:
+        previous = _check_append(output_dir, config)
+        stats, already_taken = _not_yet_consumed(previous, stats, output_dir)
+        if not stats:
+            logger.info("nothing new in %s: all %d file(s) taken before", data_dir, already_taken)
+            return {**previous, "taken": {"files": 0, "already_taken": already_taken}}
+    files = [stat.path for stat in stats]
     logger.info("preparing %d event file(s) from %s", len(files), data_dir)
     spec = _grouping_spec(files, config, previous)
     next_dir, scratch = storage.join(output_dir, NEXT_DIR), storage.join(output_dir, SCRATCH_DIR)
@@ -107,9 +119,10 @@ def prepare_dataset(
     _publish(next_dir, output_dir)
     storage.delete_dir(scratch)
     manifest = _manifest(
-        data_dir, files, config, vocab, split, gathered.totals, tally, scanned.accepted, previous
+        data_dir, stats, config, vocab, split, gathered.totals, tally, scanned.accepted, previous
     )
     manifest.update(
+        taken={"files": len(files), "already_taken": already_taken},
         num_buckets=spec.num_buckets,
         skewed_users=gathered.skewed,
         time_histogram=times.to_dict(),
@@ -119,16 +132,11 @@ def prepare_dataset(
     return manifest
 
 
-def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict[str, Any]:
-    """The existing manifest, after checking the new files and settings fit it."""
+def _check_append(output_dir: str, config: DataConfig) -> dict[str, Any]:
+    """The existing manifest, after checking the settings fit it."""
     previous = load_manifest(output_dir)
     if previous.get("format_version") != MANIFEST_VERSION:
         raise AppendError(f"{output_dir}: prepared by an older version; prepare it again whole")
-    seen = set(previous["input_files"]).intersection(files)
-    if seen:
-        raise AppendError(
-            f"{len(seen)} file(s) were already prepared into {output_dir}, e.g. {sorted(seen)[0]}"
-        )
     stored = previous["config"]
     stored = {**dataclasses.asdict(DataConfig()), **stored}  # settings newer than the dataset
     changed = [k for k in _FIXED_ON_APPEND if stored[k] != getattr(config, k)]
@@ -136,6 +144,37 @@ def _check_append(output_dir: str, files: list[str], config: DataConfig) -> dict
         details = ", ".join(f"data.{k}: {stored[k]!r} → {getattr(config, k)!r}" for k in changed)
         raise AppendError(f"appending must keep the dataset's settings; changed {details}")
     return previous
+
+
+def _not_yet_consumed(
+    previous: dict[str, Any], stats: list[storage.FileStat], output_dir: str
+) -> tuple[list[storage.FileStat], int]:
+    """The files the dataset has not taken, and how many it had; refuses a taken file that
+    was rewritten since. Same size and mtime: the same file. Same size, another mtime (a copy,
+    a sync tool): the same if its footer fingerprint is. Another size: rewritten."""
+    consumed = _consumed(previous)
+    new, taken = [], 0
+    for stat in stats:
+        record = consumed.get(stat.path, "absent")
+        if record == "absent":
+            new.append(stat)
+            continue
+        taken += 1
+        if record is None or (record["size"], record["mtime_ns"]) == (stat.size, stat.mtime_ns):
+            continue  # a dataset from before sizes were recorded: taken by name
+        if record["size"] != stat.size or file_fingerprint(stat.path) != record["fingerprint"]:
+            raise AppendError(
+                f"{stat.path} was prepared into {output_dir} and has changed since (size "
+                f"{record['size']} -> {stat.size}); a log file must not be rewritten once "
+                "taken: write new events to a new file"
+            )
+    return new, taken
+
+
+def _consumed(manifest: dict[str, Any]) -> dict[str, dict | None]:
+    """Every file the dataset took, by path (``None``: taken before sizes were recorded)."""
+    recorded = manifest.get("consumed", {})
+    return {path: recorded.get(path) for path in manifest["input_files"]}
 
 
 def _grouping_spec(files: list[str], config: DataConfig, previous) -> grouping.GroupingSpec:
@@ -347,12 +386,22 @@ def _move(fs: pafs.FileSystem, source: str, target: str) -> None:
 
 
 def _manifest(
-    data_dir, files, config, vocab, spec, totals, tally, accepted, previous
+    data_dir, stats, config, vocab, spec, totals, tally, accepted, previous
 ) -> dict[str, Any]:
     """Counts cover the whole dataset (every appended source); ``sources`` lists each one."""
     bad = ray.get(tally.get.remote()) if tally is not None else events_io.BadRowReport()
     earlier_bad = previous["bad_rows"] if previous else {"per_file": {}, "examples": []}
-    new_hash = data_hash(files)
+    files = [stat.path for stat in stats]
+    footers = {path: _footer_text(path) for path in files}
+    new_hash = _hash_of(footers.values())
+    consumed = {
+        stat.path: {
+            "size": stat.size,
+            "mtime_ns": stat.mtime_ns,
+            "fingerprint": _hash_of([footers[stat.path]]),
+        }
+        for stat in stats
+    }
     source = {
         "path": str(data_dir),
         "files": len(files),
@@ -372,6 +421,7 @@ def _manifest(
     }
     input_files = (previous["input_files"] if previous else []) + list(files)
     return {
+        "consumed": {**(previous.get("consumed", {}) if previous else {}), **consumed},
         "format_version": MANIFEST_VERSION,
         "sources": (previous["sources"] if previous else []) + [source],
         "input_files": input_files,
@@ -396,15 +446,26 @@ def _chain_hash(previous: str, new: str) -> str:
     return hashlib.sha256(f"{previous}+{new}".encode()).hexdigest()
 
 
-def data_hash(files: list[str]) -> str:
-    """A fingerprint of the input: names, sizes and Parquet footers (row counts, statistics)."""
+def file_fingerprint(path: str) -> str:
+    """One file's fingerprint (a source's data hash is that of its files' footers in order):
+    a rewrite changes it."""
+    return _hash_of([_footer_text(path)])
+
+
+def _footer_text(path: str) -> bytes:
+    """What identifies a Parquet file without reading its data: name, size, row count, schema
+    and every row group's metadata (sizes, per-column statistics)."""
+    with storage.open_input(path) as handle:
+        meta = pq.ParquetFile(handle).metadata
+        parts = [f"{path.rsplit('/', 1)[-1]}:{handle.size()}:{meta.num_rows}"]
+        # The Arrow rendering: ``str(meta.schema)`` starts with the object's address.
+        parts.append(meta.schema.to_arrow_schema().to_string())
+        parts += [str(meta.row_group(group).to_dict()) for group in range(meta.num_row_groups)]
+    return "".join(parts).encode()
+
+
+def _hash_of(texts) -> str:
     digest = hashlib.sha256()
-    for path in files:
-        with storage.open_input(path) as handle:
-            meta = pq.ParquetFile(handle).metadata
-            digest.update(f"{path.rsplit('/', 1)[-1]}:{handle.size()}:{meta.num_rows}".encode())
-            # The Arrow rendering: ``str(meta.schema)`` starts with the object's address.
-            digest.update(meta.schema.to_arrow_schema().to_string().encode())
-            for group in range(meta.num_row_groups):
-                digest.update(str(meta.row_group(group).to_dict()).encode())
+    for text in texts:
+        digest.update(text)
     return digest.hexdigest()

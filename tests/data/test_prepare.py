@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -278,12 +280,38 @@ def test_appending_partitions_equals_preparing_everything(ray_session, tmp_path)
     assert appended["files"] == 2 and appended["data_hash"] != first["data_hash"]
 
 
-def test_append_refuses_files_seen_before_and_changed_settings(ray_session, tmp_path):
+def test_append_over_a_growing_folder_takes_each_file_once(ray_session, tmp_path):
+    """The service's event log keeps writing into one folder: every append takes exactly the
+    files not taken before, and equals one prepare of everything."""
+    log_dir, config = tmp_path / "log", DataConfig(min_user_events=2)
+    random_log(log_dir, users=30, days=range(2), seed=1, name="part-1.parquet")
+    first = prepare_dataset(str(log_dir), str(tmp_path / "inc"), config)
+    assert first["taken"] == {"files": 1, "already_taken": 0}
+    same = prepare_dataset(str(log_dir), str(tmp_path / "inc"), config, append=True)
+    assert same["taken"] == {"files": 0, "already_taken": 1}
+    assert load_manifest(tmp_path / "inc") == first  # nothing written
+    random_log(log_dir, users=30, days=range(2, 4), seed=2, name="part-2.parquet")
+    grown = prepare_dataset(str(log_dir), str(tmp_path / "inc"), config, append=True)
+    assert grown["taken"] == {"files": 1, "already_taken": 1}
+    assert sorted(grown["consumed"]) == grown["input_files"] == sorted(grown["input_files"])
+    whole = prepare_dataset(str(log_dir), str(tmp_path / "whole"), config)
+    assert grown["counts"] == whole["counts"]
+    assert as_id_sequences(tmp_path / "inc") == as_id_sequences(tmp_path / "whole")
+    touched = log_dir / schema.EVENTS_DIR / "part-1.parquet"
+    os.utime(touched, ns=(0, 10**18))  # copied or synced again: same footer, another mtime
+    assert prepare_dataset(str(log_dir), str(tmp_path / "inc"), config, append=True)["taken"] == {
+        "files": 0,
+        "already_taken": 2,
+    }
+
+
+def test_append_refuses_a_rewritten_file_and_changed_settings(ray_session, tmp_path):
     from recsys_dist.data.prepare import AppendError
 
     raw = random_log(tmp_path / "raw", users=10, days=range(2))
     prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
-    with pytest.raises(AppendError, match="already prepared"):
+    random_log(tmp_path / "raw", users=12, days=range(3), seed=5)  # the same file, rewritten
+    with pytest.raises(AppendError, match="has changed since"):
         prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(), append=True)
     more = random_log(tmp_path / "more", users=10, days=range(2, 3))
     with pytest.raises(AppendError, match="data.max_len: 50 → 20"):

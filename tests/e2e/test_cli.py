@@ -120,8 +120,11 @@ def test_bad_input_exits_2_with_file_row_field(ray_session, tmp_path, capsys):
     assert "log.parquet row 2: field 'timestamp'" in capsys.readouterr().err
 
 
-def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path, capsys, cli_json):
-    """`prepare --append` adds a day without restating --max-len; re-adding a day exits 2."""
+def test_prepare_append_keeps_settings_and_takes_nothing_twice(
+    ray_session, tmp_path, capsys, cli_json
+):
+    """`prepare --append` adds a day without restating --max-len; re-adding a day is a no-op
+    that says so."""
     for day, seed in (("day=1", 1), ("day=2", 2)):
         cli_json(
             *("generate", "--output", str(tmp_path / day), "--users", "60", "--items", "40"),
@@ -138,8 +141,9 @@ def test_prepare_append_keeps_settings_and_refuses_repeats(ray_session, tmp_path
     assert both["config"]["max_len"] == 20 and both["files"] == 2
     assert both["counts"]["events_accepted"] > first["counts"]["events_accepted"]
     again = ["prepare", "--data", str(tmp_path / "day=2"), "--output", prepared, "--append"]
-    assert cli.main(again) == 2
-    assert "already prepared" in capsys.readouterr().err
+    assert cli.main(again) == 0
+    assert capsys.readouterr().out.startswith("nothing new: all 1 file(s)")
+    assert cli_json(*again)["counts"] == both["counts"]
 
 
 def check_interests(result: dict, raw, out, users: int) -> None:
