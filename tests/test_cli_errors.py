@@ -96,6 +96,10 @@ CASES = {
     "report-not-a-run": ("report --run {missing} --output {out}/r.html", "{missing}"),
     "config-key": ("config show train.bogus=1", "train.bogus"),
     "config-override": ("config show train_lr", "section.key=value"),
+    "models-register-not-a-run": ("models register --registry {out} --run {missing}", "{missing}"),
+    "models-unknown-version": ("models promote --registry {out} v1", "no version 'v1'"),
+    "models-nothing-to-roll-back": ("models rollback --registry {out}", "no earlier current"),
+    "models-no-registry": ("models list", "--registry"),
     "no-command": ("", "command"),
 }
 
