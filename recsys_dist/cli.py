@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     console.setup(args.verbose)
     started = time.perf_counter()
     try:
+        _resolve_model_source(args)
         result = args.handler(args)
     except Exception as error:  # noqa: BLE001 — a user error becomes one line, a bug is raised
         message = user_error(error)
@@ -142,6 +143,34 @@ def _version() -> str:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UserInputError(message)
+
+
+def _add_model_source(sub) -> None:
+    """``--run RUN``, or ``--registry R [--version V]`` (default: R's current version)."""
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a trained run directory")
+    source.add_argument("--registry", help="a model registry (directory or s3:// prefix)")
+    sub.add_argument("--version", help="with --registry: this version (default: the current)")
+    sub.set_defaults(model_source=True)
+
+
+def _resolve_model_source(args) -> None:
+    """Point ``args.run`` at the registry version asked for: a version directory is laid out
+    as a run (its record, config, model and calibration), read-only."""
+    if not getattr(args, "model_source", False):
+        return
+    if args.registry is None:
+        _require(args.version is None, "--version needs --registry")
+        return
+    from recsys_dist.registry import Registry
+
+    registry = Registry(args.registry)
+    version = registry.get(args.version) if args.version else registry.current()
+    if version is None:
+        raise MissingInputError(
+            f"--registry {args.registry}: no current version (recsys-dist models promote)"
+        )
+    args.run = version.path
 
 
 def _check_run(run: str) -> None:
@@ -265,7 +294,7 @@ def _add_evaluate(commands, flags):
     sub = commands.add_parser(
         "evaluate", help="HR/NDCG/MRR@5/10/20 of a trained run", parents=[flags]
     )
-    sub.add_argument("--run", required=True)
+    _add_model_source(sub)
     sub.add_argument("--split", default="test", choices=["valid", "test"])
     sub.add_argument("--data", help="prepared dataset (default: the one the run trained on)")
     sub.add_argument("--keep-seen", action="store_true", help="rank already-seen items too")
@@ -291,7 +320,7 @@ def _add_recommend(commands, flags):
     sub = commands.add_parser(
         "recommend", help="top-K for histories given as events", parents=[flags]
     )
-    sub.add_argument("--run", required=True)
+    _add_model_source(sub)
     sub.add_argument("--histories", required=True, help="Parquet events: user_id,item_id,timestamp")
     sub.add_argument("--k", type=int, default=10)
     sub.add_argument("--output", required=True)
@@ -305,7 +334,7 @@ def _add_score(commands, flags):
     sub = commands.add_parser(
         "score", help="top-K for every user of a prepared dataset", parents=[flags]
     )
-    sub.add_argument("--run", required=True)
+    _add_model_source(sub)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
     sub.add_argument("--k", type=int, default=10)
     sub.add_argument("--output", required=True, help="Parquet file: user_id, rank, item_id, score")
@@ -554,7 +583,7 @@ def _add_interests(commands, flags):
         help="interest trajectories, drift, change points and forecasts per user (Ray Data)",
         parents=[flags],
     )
-    sub.add_argument("--run", required=True)
+    _add_model_source(sub)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
     sub.add_argument("--users", nargs="+", metavar="USER_ID", help="only these users")
     sub.add_argument("--output", help="directory for interests.parquet and groups.json")
@@ -576,12 +605,17 @@ def _run_interests(args):
 
     _require(bool(args.output or args.evaluate), "give --output DIR, --evaluate, or both")
     _check_run(args.run)
+    evaluates = args.evaluate or not storage.exists(run_layout.interests_file(args.run))
+    _require(
+        not (args.registry and evaluates),
+        "a registry version is read-only: evaluate interests on the run before registering it",
+    )
     _check_prepared(args.data)
     config = _config(args).interests
     init_ray(args.address)
     data = args.data or run_layout.prepared_dir_of(args.run)
     result: dict[str, Any] = {}
-    if args.evaluate or not storage.exists(run_layout.interests_file(args.run)):
+    if evaluates:
         result["evaluation"] = evaluate_interests(args.run, data, config)
     if args.output:
         result["analysis"] = asdict(analyse_users(args.run, data, args.output, config, args.users))

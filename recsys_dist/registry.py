@@ -1,11 +1,16 @@
 """The model registry: immutable versions of trained models and an atomic ``current`` pointer.
 
-    REGISTRY/versions/VERSION/model/           the export (``checkpoint.py``'s layout)
+    REGISTRY/versions/VERSION/run.json         the run's record (its prepared data, identity)
+    REGISTRY/versions/VERSION/model/           the export (``checkpoint.py``'s layout); its
+                                               state.json's ``model_version`` is VERSION
     REGISTRY/versions/VERSION/interests.json   the run's interest calibration, when it has one
     REGISTRY/versions/VERSION/items/           the item catalogue the run's data came with
     REGISTRY/versions/VERSION/config.yaml      the resolved config the run was trained with
     REGISTRY/versions/VERSION/version.json     the record (lineage, metrics, code); written LAST
     REGISTRY/current.json                      {"version": V, "history": [earlier currents]}
+
+A version directory is laid out as a run (``run_layout``), so every command that reads a run
+reads a version (``--registry R [--version V]``); nothing ever writes into one again.
 
 ``REGISTRY`` is a local directory or an ``s3://`` prefix. Crash safety needs no lock and no
 rename on S3: a version exists only once its ``version.json`` does, and that file is written
@@ -108,6 +113,8 @@ class Registry:
         version_id = _new_version_id()
         path = storage.join(self.root, VERSIONS_DIR, version_id)
         storage.copy_dir(model_dir, storage.join(path, MODEL_DIR))
+        _name_the_model(storage.join(path, MODEL_DIR, STATE_FILE), version_id)
+        _copy_file(storage.join(run_dir, run_layout.RUN_RECORD), path, run_layout.RUN_RECORD)
         has_interests = _copy_file(run_layout.interests_file(run_dir), path, INTERESTS_FILE)
         _copy_file(run_layout.config_file(run_dir), path, CONFIG_FILE)
         items = catalogue_dir(run_layout.prepared_dir_of(run_dir))
@@ -226,6 +233,13 @@ def data_lineage(prepared_dir: str) -> dict[str, Any]:
         "users": manifest["counts"]["users"],
         "items": manifest["num_items"],
     }
+
+
+def _name_the_model(state_file: str, version_id: str) -> None:
+    """Responses and logs name the model by its version (``predictor.model_version``), so two
+    versions trained on the same data never share a name."""
+    state = storage.read_json(state_file)
+    storage.write_json(state_file, {**state, "model_version": version_id})
 
 
 def _validation_metrics(model_dir: str) -> dict[str, float]:

@@ -100,6 +100,9 @@ CASES = {
     "models-unknown-version": ("models promote --registry {out} v1", "no version 'v1'"),
     "models-nothing-to-roll-back": ("models rollback --registry {out}", "no earlier current"),
     "models-no-registry": ("models list", "--registry"),
+    "evaluate-version-without-registry": ("evaluate --run {run} --version v1", "--version needs"),
+    "evaluate-empty-registry": ("evaluate --registry {out}", "no current version"),
+    "evaluate-run-and-registry": ("evaluate --run {run} --registry {out}", "--registry"),
     "no-command": ("", "command"),
 }
 

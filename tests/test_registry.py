@@ -11,6 +11,7 @@ import pytest
 from recsys_dist import cli, storage
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.errors import MissingInputError, UserInputError
+from recsys_dist.inference.predictor import Recommender
 from recsys_dist.registry import CURRENT_FILE, VERSIONS_DIR, Registry
 
 
@@ -129,5 +130,15 @@ def test_the_models_command_drives_the_registry(tiny_run, tmp_path, cli_json, ca
     assert cli.main(["models", "list", "--registry", root]) == 0
     table = capsys.readouterr().out
     assert f"* {first['version']}" in table and "valid NDCG@10" in table, table
+    by_version = cli_json("evaluate", "--registry", root, "--split", "valid")  # v1 is current
+    by_run = cli_json("evaluate", "--run", str(tiny_run.run), "--split", "valid")
+    assert by_version["ndcg@10"] == by_run["ndcg@10"]
+    assert Recommender(registry_model(root, second["version"])).model_version == second["version"]
+    assert cli.main(["interests", "--registry", root, "--evaluate"]) == 2
+    assert "a registry version is read-only" in capsys.readouterr().err
     assert cli.main(["models", "promote", "--registry", root, "v9"]) == 2
     assert capsys.readouterr().err.strip() == f"error: {root}: no version 'v9' (see `models list`)"
+
+
+def registry_model(root: str, version: str) -> str:
+    return Registry(root).get(version).model_dir
