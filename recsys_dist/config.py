@@ -180,7 +180,7 @@ class ServeConfig:
     instance: str = "recsys_dist"  # names this service's store and event-log actors, Redis keys
     store: str = "embedded"  # "embedded": a Ray actor; "redis": a Redis server at redis_url
     redis_url: str = "redis://127.0.0.1:6379/0"
-    event_log_dir: str = ""  # acknowledged events as Parquet (local or s3://); "" = RUN/event_log
+    event_log_dir: str = ""  # acknowledged events (local or s3://); "" = event_log/ beside RUN
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
     items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
     flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...

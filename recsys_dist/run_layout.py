@@ -11,7 +11,12 @@
     RUN/model/             the export of the best checkpoint (its layout: ``checkpoint.py``)
     RUN/interests.json     the interest forecast's fitted calibration and its evaluation
                            (``recsys-dist interests --evaluate``)
-    RUN/event_log/         the online service's default event log (``events/part-*.parquet``)
+
+Beside the run, never inside it (``train --overwrite`` deletes the run):
+
+    RUN/../event_log/      the online service's default event log (``events/part-*.parquet``),
+                           shared by the runs of one directory: it belongs to the service, and
+                           outlives every model it served
 
 ``RUN`` may be local or ``s3://``. Callers use the path helpers below, never the bare names,
 so a rename is one edit here (the directory tree above is the contract docs and tests cite).
@@ -36,7 +41,7 @@ RAY_RESULTS_DIR = "ray_results"  # Ray Train's storage path ...
 TRAIN_EXPERIMENT = "train"  # ... and the experiment inside it (``RunConfig(name=...)``)
 MODEL_DIR = "model"  # the exported best checkpoint
 INTERESTS_FILE = "interests.json"  # the forecast's calibration and evaluation
-EVENT_LOG_DIR = "event_log"  # the online service's default event log
+EVENT_LOG_DIR = "event_log"  # the online service's default event log, beside the run
 
 PREPARED = "prepared"  # run.json key: absolute path of the prepared dataset
 DATA_SETTINGS = "data_config"  # run.json key: the ``data`` settings it was prepared with
@@ -63,7 +68,9 @@ def interests_file(run: str | Path) -> str:
 
 
 def event_log_dir(run: str | Path) -> str:
-    return storage.join(run, EVENT_LOG_DIR)
+    """The default event log of a service of ``run``: beside it, so no training command
+    that replaces the run can delete acknowledged events."""
+    return storage.join(storage.parent(storage.absolute(run)), EVENT_LOG_DIR)
 
 
 def is_run(run: str | Path) -> bool:

@@ -45,13 +45,17 @@ def test_every_name_sits_directly_in_the_run(tmp_path):
         run_layout.ray_results_dir: run_layout.RAY_RESULTS_DIR,
         run_layout.model_dir: run_layout.MODEL_DIR,
         run_layout.interests_file: run_layout.INTERESTS_FILE,
-        run_layout.event_log_dir: run_layout.EVENT_LOG_DIR,
     }
     for helper, name in helpers.items():
         assert helper(tmp_path) == str(tmp_path / name)
     assert len(set(helpers.values()) | {run_layout.RUN_RECORD}) == len(helpers) + 1
     for name in (*helpers.values(), run_layout.RUN_RECORD):  # drawn in the module's tree
         assert f"RUN/{name}" in run_layout.__doc__, name
+
+
+def test_the_event_log_sits_beside_the_run_so_overwriting_the_run_keeps_it(tmp_path):
+    assert run_layout.event_log_dir(tmp_path / "run") == str(tmp_path / run_layout.EVENT_LOG_DIR)
+    assert f"RUN/../{run_layout.EVENT_LOG_DIR}" in run_layout.__doc__
 
 
 def test_saved_settings_then_a_config_file_then_overrides(tmp_path):

@@ -23,6 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from recsys_dist import checkpoint, run_layout, schema, storage
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.prepared import load_manifest, read_split
+from recsys_dist.errors import OutputExistsError
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
@@ -118,6 +119,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     for the same data and model: other ones are refused (``overwrite`` starts afresh).
     """
     if overwrite and storage.exists(run_dir):
+        _refuse_to_delete_events(run_dir)
         storage.delete_dir(run_dir)
     start_run(prepared_dir, run_dir, config)
     logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
@@ -151,6 +153,17 @@ def start_run(prepared_dir: str, run_dir: str, config: Config) -> None:
     storage.make_dirs(run_dir)
     config.save(run_layout.config_file(run_dir))
     run_layout.write_run_record(run_dir, prepared_dir, identity)
+
+
+def _refuse_to_delete_events(run_dir: str) -> None:
+    """``--overwrite`` deletes the run; the service's acknowledged events must never go with
+    it. Their default log is beside the run now; services before that wrote it inside."""
+    log_dir = storage.join(run_dir, run_layout.EVENT_LOG_DIR)
+    if storage.is_dir(log_dir) and storage.list_files(log_dir, ".parquet"):
+        raise OutputExistsError(
+            f"--overwrite would delete the served events in {log_dir}; move them out first "
+            "(e.g. to the event log root: serve.event_log_dir) and prepare them with --append"
+        )
 
 
 def _run_identity(prepared_dir: str, config: Config) -> dict[str, Any]:
