@@ -133,6 +133,10 @@ class TrainConfig:
     # false lets Ray Data hand out blocks as they finish (reads never wait on a slow block).
     preserve_order: bool = True
     seed: int = 0
+    # Start from this export's weights (a run's model/ or a registry version's), its item rows
+    # copied by item id and new items started from their category peers (model/warm_start.py).
+    # Ignored when the run resumes its own checkpoint. "" = a fresh initialisation.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):

@@ -7,10 +7,12 @@ catalogue without being told.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
 from recsys_dist.data.prepared import load_manifest
+from recsys_dist.data.vocab import Vocabulary
 
 
 def catalogue_dir(prepared_dir: str) -> str | None:
@@ -40,3 +42,26 @@ def items_by_category(categories: dict[str, list[str]]) -> dict[str, list[str]]:
         for name in names:
             members.setdefault(name, []).append(item)
     return members
+
+
+def category_peers(
+    vocab: Vocabulary, parent_rows: np.ndarray, categories: dict[str, list[str]]
+) -> dict[int, np.ndarray]:
+    """For each item of ``vocab`` a parent model never saw (``parent_rows`` -1): the parent
+    rows of the items it shares a catalogue category with, whose mean starts its embedding
+    in a warm start. Items without a category, or whose categories the parent never saw, are
+    left out (they start at the mean of all items)."""
+    ids = vocab.item_ids.to_pylist()
+    first = schema.NUM_SPECIAL_TOKENS
+    members: dict[str, list[int]] = {}
+    for offset, item in enumerate(ids):
+        if parent_rows[first + offset] >= 0:
+            for name in categories.get(item, ()):
+                members.setdefault(name, []).append(int(parent_rows[first + offset]))
+    peers = {}
+    for offset, item in enumerate(ids):
+        if parent_rows[first + offset] < 0:
+            rows = [r for name in categories.get(item, ()) for r in members.get(name, ())]
+            if rows:
+                peers[first + offset] = np.unique(np.asarray(rows, np.int64))
+    return peers

@@ -78,6 +78,13 @@ class Vocabulary:
             np.concatenate([self.counts, added.counts]),
         )
 
+    def rows_in(self, other: Vocabulary) -> np.ndarray:
+        """``[self.size]``: each of this vocabulary's rows' index in ``other`` (the same item),
+        -1 where ``other`` lacks the item; PAD and MASK map to themselves. What a warm start
+        copies from a parent trained with ``other``."""
+        specials = np.arange(schema.NUM_SPECIAL_TOKENS, dtype=np.int64)
+        return np.concatenate([specials, other.to_indices(self.item_ids)])
+
     def popularity(self) -> np.ndarray:
         """Counts aligned with indices (zero for PAD/MASK): for popularity baselines/sampling."""
         return np.concatenate([np.zeros(schema.NUM_SPECIAL_TOKENS, np.int64), self.counts])

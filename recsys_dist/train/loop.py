@@ -29,12 +29,15 @@ import torch
 import torch.distributed as dist
 
 from recsys_dist import run_layout, schema, storage
-from recsys_dist.checkpoint import STATE_FILE, save_checkpoint
+from recsys_dist.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from recsys_dist.config import Config, config_from_dict
 from recsys_dist.data.batching import training_inputs
+from recsys_dist.data.catalogue import category_peers, read_categories
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
 from recsys_dist.model import Bert4Rec, Bert4RecConfig, sample_negatives
+from recsys_dist.model.warm_start import warm_start
 from recsys_dist.train.batches import (
     CHECKSUM_MODULUS,
     ShardBatches,
@@ -96,6 +99,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         config.model, loop_config["vocab_size"], config.data.max_len
     )
     model, progress = _restore(Bert4Rec(model_config))
+    if not progress.step and config.train.init_from:  # a resumed run keeps its own weights
+        _warm_start(model, config.train.init_from, loop_config, rank)
     engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"], progress)
     cache, agree = config.train.cache_rows, partial(_all_ranks, device=device)
     train_batches = ShardBatches(
@@ -234,6 +239,25 @@ def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
     model.load_state_dict(restored.state_dict())
     logger.info("resuming from epoch %d", state["progress"]["epoch"])
     return model, Progress(**state["progress"])
+
+
+def _warm_start(model: Bert4Rec, init_from: str, loop_config: dict, rank: int) -> None:
+    """Start from a trained export: its weights, item rows matched by item id, new items
+    from their catalogue peers (every rank does the same, deterministically)."""
+    parent = load_checkpoint(init_from)
+    vocab = Vocabulary.load(loop_config["vocab_path"])
+    parent_rows = vocab.rows_in(parent.vocab)
+    categories = read_categories(loop_config.get("items_dir"))
+    peers = category_peers(vocab, parent_rows, categories) if categories else None
+    done = warm_start(model, parent.model, parent_rows, peers)
+    if rank == 0:
+        logger.info(
+            "warm start from %s: %d items copied, %d new from category peers, %d from the mean",
+            init_from,
+            done.copied,
+            done.from_peers,
+            done.from_mean,
+        )
 
 
 def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, progress):

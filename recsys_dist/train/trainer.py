@@ -22,8 +22,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from recsys_dist import checkpoint, run_layout, schema, storage
 from recsys_dist.config import Config, ConfigError, config_json
+from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.prepared import load_manifest, read_split
-from recsys_dist.errors import OutputExistsError
+from recsys_dist.errors import MissingInputError, OutputExistsError
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
@@ -55,6 +56,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         "config": config.to_dict(),
         "vocab_size": manifest["vocab_size"],
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
+        "items_dir": catalogue_dir(prepared_dir),  # a warm start's category peers
         "data_hash": manifest["data_hash"],
         "run_dir": storage.absolute(run_dir),
         "steps_per_epoch": _steps_per_epoch(manifest["counts"]["train_rows"], config.train),
@@ -118,6 +120,9 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     A rerun into the same ``run_dir`` resumes from its latest checkpoint, which is only right
     for the same data and model: other ones are refused (``overwrite`` starts afresh).
     """
+    init_from = config.train.init_from
+    if init_from and not storage.exists(storage.join(init_from, checkpoint.STATE_FILE)):
+        raise MissingInputError(f"train.init_from: no exported model in {init_from}")
     if overwrite and storage.exists(run_dir):
         _refuse_to_delete_events(run_dir)
         storage.delete_dir(run_dir)

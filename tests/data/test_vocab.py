@@ -49,3 +49,11 @@ def test_lookup_agrees_with_to_indices():
     ids = ["c", "zz", "a", "b", "a"]
     np.testing.assert_array_equal(vocab.lookup(ids), vocab.to_indices(pa.array(ids)))
     assert vocab.lookup(["zz"]).tolist() == [-1]
+
+
+def test_rows_in_another_vocabulary_match_items_by_id():
+    parent = Vocabulary(pa.array(["a", "b", "c"]), np.array([3, 2, 1]))
+    grown = parent.extend(pa.array(["d", "b"]), np.array([5, 1]))
+    np.testing.assert_array_equal(grown.rows_in(parent), [0, 1, 2, 3, 4, -1])
+    shuffled = Vocabulary(pa.array(["c", "z", "a"]), np.array([1, 1, 1]))
+    np.testing.assert_array_equal(shuffled.rows_in(parent), [0, 1, 4, -1, 2])

@@ -1,0 +1,92 @@
+"""Warm start: a new model begins from a trained parent, grown to a larger catalogue.
+
+Retraining on new events should not relearn what the parent knows. Every tensor of the
+encoder and head is copied from the parent (the shapes must match: same width, depth, heads,
+``max_len``, time buckets). The item table and the output bias are the exception: a row per
+item of the NEW vocabulary, copied from the parent's row of the same item, and for an item the
+parent never saw, the mean of its peers' rows (items of its catalogue categories the parent
+knew) or, without any, the mean of all the parent's items: a cold item starts where its kind
+of item is, not at noise the softmax would have to climb out of. With a vocabulary that only
+grows (``prepare --append``) every known item keeps its index, so the copy is the identity on
+them; the mapping works for any vocabulary all the same.
+
+Pure torch + numpy; the caller (training) works out the mapping from the vocabularies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recsys_dist.model.bert4rec import Bert4Rec
+from recsys_dist.schema import NUM_SPECIAL_TOKENS
+
+ITEM_ROWS = ("bert.embeddings.word_embeddings.weight", "output_bias")
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What :func:`warm_start` did: items copied, new items from peers, new items from the mean."""
+
+    copied: int
+    from_peers: int
+    from_mean: int
+
+
+@torch.no_grad()
+def warm_start(
+    model: Bert4Rec,
+    parent: Bert4Rec,
+    parent_rows: np.ndarray,
+    peers: Mapping[int, np.ndarray] | None = None,
+) -> WarmStart:
+    """Overwrite ``model``'s weights with ``parent``'s, growing the item rows.
+
+    Args:
+        model: The new model (its vocabulary's size); changed in place.
+        parent: The trained model to start from.
+        parent_rows: ``[V]``: for each of ``model``'s vocabulary rows, the parent's row of the
+            same item, or -1 for an item the parent never saw (PAD and MASK map to themselves).
+        peers: New row -> parent rows to average for it (its catalogue peers); optional.
+
+    Raises:
+        ValueError: If a non-item tensor's shape differs, naming it, or the mapping does not fit.
+    """
+    parent_rows = np.ascontiguousarray(parent_rows, np.int64)
+    vocab, parent_vocab = model.config.vocab_size, parent.config.vocab_size
+    if parent_rows.shape != (vocab,) or parent_rows.max(initial=-1) >= parent_vocab:
+        raise ValueError(f"parent_rows must be [{vocab}] rows of the parent's {parent_vocab}")
+    own, inherited = model.state_dict(), parent.state_dict()
+    if own.keys() != inherited.keys():
+        raise ValueError(
+            f"the parent's tensors differ: {sorted(own.keys() ^ inherited.keys())}; "
+            "warm start needs the same model options (e.g. model.use_event_ages)"
+        )
+    for name, tensor in own.items():
+        if name not in ITEM_ROWS and tensor.shape != inherited[name].shape:
+            raise ValueError(
+                f"{name}: the parent's shape {tuple(inherited[name].shape)} differs from "
+                f"{tuple(tensor.shape)}; warm start needs the same model shape and max_len"
+            )
+        if name not in ITEM_ROWS:
+            tensor.copy_(inherited[name])
+    known = parent_rows >= 0
+    peers = {row: rows for row, rows in (peers or {}).items() if not known[row] and len(rows)}
+    for name in ITEM_ROWS:
+        own[name].copy_(_grown(inherited[name], parent_rows, peers))
+    new = int((~known[NUM_SPECIAL_TOKENS:]).sum())
+    return WarmStart(int(known[NUM_SPECIAL_TOKENS:].sum()), len(peers), new - len(peers))
+
+
+def _grown(rows: torch.Tensor, parent_rows: np.ndarray, peers: Mapping[int, np.ndarray]):
+    """``[V, ...]``: the parent's row of each known item, the peers' mean or the items' mean."""
+    items_mean = rows[NUM_SPECIAL_TOKENS:].mean(dim=0)
+    grown = items_mean.expand(len(parent_rows), *rows.shape[1:]).clone()
+    known = np.flatnonzero(parent_rows >= 0)
+    grown[torch.from_numpy(known)] = rows[torch.from_numpy(parent_rows[known])]
+    for row, members in peers.items():
+        grown[row] = rows[torch.from_numpy(np.asarray(members, np.int64))].mean(dim=0)
+    return grown
