@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys_dist import run_layout, schema
+from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import load_checkpoint
 from recsys_dist.config import EvalConfig, load_config
 from recsys_dist.data.prepared import read_split
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import UserInputError
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import (
@@ -48,12 +49,14 @@ def evaluate_run(
     loaded = load_checkpoint(run_layout.model_dir(run_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
-    popularity = loaded.vocab.popularity().astype(np.float64)
+    # The data's own vocabulary: an appended dataset may know items the model never saw.
+    vocab = Vocabulary.load(storage.join(data_dir, schema.VOCAB_FILE))
+    popularity = vocab.popularity().astype(np.float64)
     rows = read_split(data_dir, split)
     config = model.config
     results = {}
     for name, scorer in (
-        ("model", model_scorer(model, device)),
+        ("model", model_scorer(model, device, vocab.size)),
         ("popularity", popularity_scorer(popularity, device)),
     ):
         batches = rows.iter_batches(batch_size=eval_config.batch_size, batch_format="numpy")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from recsys_dist import schema
 from recsys_dist.config import EvalConfig
@@ -22,6 +23,7 @@ from recsys_dist.evaluation.metrics import (
     target_ranks,
 )
 from recsys_dist.model import Bert4Rec
+from recsys_dist.schema import PAD_INDEX
 
 
 def protocol(eval_config: EvalConfig) -> str:
@@ -40,8 +42,15 @@ def protocol(eval_config: EvalConfig) -> str:
 Scorer = Callable[[ModelInputs], torch.Tensor]  # model inputs -> [B, vocab] scores
 
 
-def model_scorer(model: Bert4Rec, device: torch.device) -> Scorer:
-    """Score with a model in eval mode (the caller restores training mode)."""
+def model_scorer(model: Bert4Rec, device: torch.device, vocab_size: int = 0) -> Scorer:
+    """Score with a model in eval mode (the caller restores training mode).
+
+    ``vocab_size``: the data's, when it is larger than the model's (a dataset appended to
+    since the model was trained, as the retraining gate scores the current model on): items
+    the model never saw are left out of its inputs (PAD, which attention ignores) and get
+    ``-inf`` scores, so it is judged on the same rows, unable to recommend them.
+    """
+    known = model.config.vocab_size
 
     def score(inputs: ModelInputs) -> torch.Tensor:
         model.eval()
@@ -49,7 +58,8 @@ def model_scorer(model: Bert4Rec, device: torch.device) -> Scorer:
         buckets = torch.as_tensor(inputs.time_buckets, device=device)
         ages = inputs.age_buckets
         ages = None if ages is None else torch.as_tensor(ages, device=device)
-        return model.score_next(items, buckets, ages).float()
+        scores = model.score_next(items.masked_fill(items >= known, PAD_INDEX), buckets, ages)
+        return F.pad(scores.float(), (0, max(0, vocab_size - known)), value=float("-inf"))
 
     return score
 
