@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report,
         _add_config,
         _add_models,
+        _add_retrain,
     ):
         add(commands, flags)
     return parser
@@ -737,3 +738,38 @@ def _version_row(version, current: str | None) -> dict:
         "current": version.id == current,
         "metrics": record["metrics"],
     }
+
+
+def _add_retrain(commands, flags):
+    sub = commands.add_parser(
+        "retrain",
+        help="one turn of the loop: new events -> warm-started candidate -> gate -> promote",
+        parents=[flags],
+    )
+    sub.add_argument("--registry", required=True, help="the registry (its current version)")
+    sub.add_argument(
+        "--events",
+        required=True,
+        action="append",
+        help="an event-log folder (repeatable); only files not taken before are read",
+    )
+    sub.add_argument(
+        "--output", help="the loop's dataset and runs (default: retraining/ beside the registry)"
+    )
+    sub.add_argument("--workers", type=int)
+    sub.add_argument("overrides", nargs="*", help="section.key=value on the parent's settings")
+    sub.set_defaults(handler=_run_retrain)
+    return sub
+
+
+def _run_retrain(args):
+    for events in args.events:
+        _require(storage.exists(events), f"--events {events}: no such directory")
+    from recsys_dist.registry import Registry
+    from recsys_dist.retrain import retrain
+
+    Registry(args.registry).current()  # a bad registry fails before Ray starts
+    overrides = [*args.overrides, *([f"train.workers={args.workers}"] if args.workers else [])]
+    load_config(None, overrides)  # a bad override fails before Ray starts
+    init_ray(args.address, min_cpus=4)
+    return retrain(args.registry, args.events, args.output, overrides)

@@ -235,6 +235,29 @@ class InterestConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """One turn of the retraining loop (``retrain``): new events -> candidate -> gate."""
+
+    # The candidate is warm-started from the current version and trains this many epochs
+    # (optimizer state and schedule start afresh: warm-up, then decay over these epochs).
+    epochs: int = 10
+    # Promote unless the candidate's test metric is below the current version's by more
+    # than this (both ranked on the same newest held-out events, same protocol).
+    metric: str = "ndcg@10"
+    tolerance: float = 0.005
+
+    def __post_init__(self) -> None:
+        _check_positive("retrain.epochs", self.epochs)
+        if self.tolerance < 0:
+            raise ConfigError(f"retrain.tolerance must be >= 0, got {self.tolerance}")
+        measure, _, k = self.metric.partition("@")
+        if measure not in ("hr", "ndcg", "mrr") or not k.isdigit():
+            raise ConfigError(
+                f"retrain.metric must look like ndcg@10, hr@20 or mrr@5; got {self.metric!r}"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs, passed down as one object."""
 
@@ -244,6 +267,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     interests: InterestConfig = field(default_factory=InterestConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -432,6 +432,21 @@ def _versions_table(r: dict) -> list[str]:
     return [*lines, "* current"]
 
 
+def _retrain_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    growth = (
+        f"took {r['new_files']} new file(s): {_n(r['events'])} events, {_n(r['new_items'])} new "
+        f"item(s)"
+    )
+    if r["candidate"] is None:
+        return [f"{r['reason']}; {r['parent']} stays current"]
+    verdict = "promoted" if r["promoted"] else "NOT promoted"
+    return [
+        growth,
+        f"candidate {r['candidate']} (from {r['parent']}) {verdict}: {r['reason']}",
+        f"next:   recsys-dist models list --registry {args.registry}",
+    ]
+
+
 _SUMMARIES = {
     "import": _import_summary,
     "generate": _generate_summary,
@@ -445,4 +460,5 @@ _SUMMARIES = {
     "serve": _serve_summary,
     "config": _config_summary,
     "models": _models_summary,
+    "retrain": _retrain_summary,
 }

@@ -18,6 +18,7 @@ STAGE = {
     "inference": 5,
     "interests": 6,
     "registry": 6,  # trained runs -> versions; serving and retraining read it
+    "retrain": 7,  # one turn of the loop: data, training, evaluation, registry
     "serving": 7,
     "report": 8,
     "console": 8,  # the CLI's terminal output: summaries of every stage's results

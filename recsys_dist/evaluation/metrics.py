@@ -55,7 +55,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: Seen = None)
             ``[B, V]`` bool mask. The target itself is never dropped (re-consumption counts).
 
     Returns:
-        ``[B]`` int64 ranks. Ties are resolved in the target's favour.
+        ``[B]`` int64 ranks. Ties are resolved in the target's favour, except that a target
+        the model cannot score (NaN, or ``-inf``: an item it never saw) ranks last: a model
+        whose scores went NaN, or one judged on items it does not know, must never look good.
     """
     batch, vocab_size = _check_scores(scores, targets)
     targets = targets.to(scores.device)
@@ -65,7 +67,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: Seen = None)
     excluded[rows, targets] = False
     target_scores = scores[rows, targets][:, None]  # [B, 1]
     higher = (scores > target_scores) & ~excluded  # [B, V]
-    return 1 + higher.sum(dim=1)
+    unscorable = ~torch.isfinite(target_scores[:, 0]) & (target_scores[:, 0] != float("inf"))
+    last = (~excluded).sum(dim=1)  # every other candidate item above it
+    return torch.where(unscorable, last, 1 + higher.sum(dim=1))
 
 
 def sampled_target_ranks(

@@ -35,6 +35,19 @@ def test_target_ranks_hand_computed():
     assert target_ranks(SCORES, TARGETS).tolist() == [2, 6, 1, 1]
 
 
+def test_a_target_the_model_cannot_score_ranks_last():
+    """A diverged model (NaN everywhere) or an item the model never saw (-inf) is a miss,
+    never a tie won: the retraining gate must not promote a broken candidate."""
+    scores = SCORES.clone()
+    scores[0] = float("nan")  # every score NaN
+    scores[1, 7] = NEG_INF  # the target unknown to the model
+    scores[2, 2:] = NEG_INF  # nothing known at all
+    nothing = torch.tensor([], dtype=torch.long)
+    seen = [nothing, torch.tensor([2]), nothing, nothing]
+    assert target_ranks(scores, TARGETS).tolist() == [6, 6, 6, 1]
+    assert target_ranks(scores, TARGETS, seen).tolist() == [6, 5, 6, 1]
+
+
 def test_exclude_seen_lifts_the_target():
     seen = [
         torch.tensor([5, 3]),

@@ -1,0 +1,154 @@
+"""One turn of the retraining loop: new event files -> candidate -> gate -> registry.
+
+    WORKDIR/prepared/        the loop's dataset: the current version's, copied once, then
+                             appended to on every turn (its manifest's watermark takes each
+                             event file once, however often the log folder is read)
+    WORKDIR/runs/STAMP/      each turn's candidate run (warm-started from the current version)
+
+A turn, as a cron line or a Kubernetes CronJob runs it unattended (``jobs/retrain.py``):
+
+1. append the event files not taken before; none: stop, saying so (nothing is trained);
+2. train a candidate from the current version's weights (``train.init_from``), its item rows
+   grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule;
+3. the gate: rank the candidate and the current version on the same rows (the test split of
+   the grown dataset: each user's newest held-out events, which neither trained on) with the
+   same protocol; the current version cannot recommend items it never saw;
+4. register the candidate (parent: the current version; the gate's metrics in its record);
+   promote it unless its ``retrain.metric`` is below the current's by more than
+   ``retrain.tolerance``, and say why either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from recsys_dist import run_layout, storage
+from recsys_dist.config import DataConfig, load_config
+from recsys_dist.data.prepare import prepare_dataset
+from recsys_dist.data.prepared import load_manifest
+from recsys_dist.errors import MissingInputError
+from recsys_dist.evaluation.evaluate import evaluate_run
+from recsys_dist.registry import Registry, Version
+from recsys_dist.train.trainer import train
+
+log = logging.getLogger(__name__)
+
+PREPARED_DIR = "prepared"
+RUNS_DIR = "runs"
+SETTINGS = ("model", "train", "eval", "serve", "interests", "retrain")  # taken from the parent
+
+
+def default_workdir(registry: str) -> str:
+    """Where a registry's retraining keeps its dataset and candidate runs: beside it."""
+    return storage.join(storage.parent(storage.absolute(registry)), "retraining")
+
+
+def retrain(
+    registry_root: str,
+    event_dirs: Sequence[str],
+    workdir: str | None = None,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Run one turn; returns what happened (see the module docstring), JSON-ready.
+
+    Args:
+        registry_root: The registry whose current version is the parent.
+        event_dirs: Event-log folders (the service's ``event_log/``, or import outputs).
+        workdir: The loop's dataset and runs; default: :func:`default_workdir`.
+        overrides: ``section.key=value`` on top of the parent's own settings.
+    """
+    registry = Registry(registry_root)
+    current = registry.current()
+    if current is None:
+        raise MissingInputError(
+            f"{registry.root}: no current version to retrain from "
+            "(recsys-dist models register, then models promote)"
+        )
+    workdir = storage.absolute(workdir or default_workdir(registry_root))
+    prepared = _loop_dataset(current, workdir)
+    before = load_manifest(prepared)
+    taken = _append(event_dirs, prepared, before)
+    after = load_manifest(prepared)
+    growth = {
+        "new_files": taken,
+        "new_items": after["num_items"] - before["num_items"],
+        "events": after["counts"]["events"] - before["counts"]["events"],
+    }
+    if not taken:
+        reason = "nothing new: every event file was taken before"
+        log.info("%s; %s stays current", reason, current.id)
+        return _result(None, current, False, reason, {}, {}, growth)
+    config = load_config(None, [*run_layout.saved_settings(current.path, SETTINGS), *overrides])
+    config = dataclasses.replace(
+        config,
+        train=dataclasses.replace(
+            config.train, init_from=current.model_dir, epochs=config.retrain.epochs
+        ),
+    )
+    run_dir = storage.join(workdir, RUNS_DIR, f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    train(prepared, run_dir, config)
+    candidate_metrics = evaluate_run(run_dir, "test", config.eval, prepared)
+    current_metrics = evaluate_run(current.path, "test", config.eval, prepared)
+    promote, reason = gate(candidate_metrics, current_metrics, config.retrain)
+    version = registry.register(
+        run_dir,
+        parent=current.id,
+        metrics={"gate": {"candidate": candidate_metrics, "current": current_metrics}},
+    )
+    if promote:
+        registry.promote(version.id)
+    log.info("candidate %s %s: %s", version.id, "promoted" if promote else "kept out", reason)
+    return _result(version.id, current, promote, reason, candidate_metrics, current_metrics, growth)
+
+
+def gate(candidate: dict, current: dict, retrain_config) -> tuple[bool, str]:
+    """Promote unless the candidate is worse than current by more than the tolerance."""
+    metric, tolerance = retrain_config.metric, retrain_config.tolerance
+    if metric not in candidate:
+        raise MissingInputError(
+            f"retrain.metric {metric!r} is not among the evaluated metrics "
+            f"({sorted(k for k in candidate if '@' in k)}); set eval.ks to include it"
+        )
+    new, old = candidate[metric], current[metric]
+    verdict = f"candidate {metric} {new:.4f} vs current {old:.4f} (tolerance {tolerance})"
+    return new >= old - tolerance, verdict
+
+
+def _loop_dataset(current: Version, workdir: str) -> str:
+    """The loop's own growing dataset; started as a copy of the current version's, so the
+    runs already trained on that one keep their data."""
+    prepared = storage.join(workdir, PREPARED_DIR)
+    if not storage.is_dir(prepared):
+        source = run_layout.prepared_dir_of(current.path)
+        log.info("starting the retraining dataset from %s", source)
+        storage.copy_dir(source, prepared)
+    return prepared
+
+
+def _append(event_dirs: Sequence[str], prepared: str, manifest: dict) -> int:
+    """Append every folder's new files with the dataset's own settings; files taken."""
+    settings = DataConfig(**manifest["config"])
+    taken = 0
+    for events in event_dirs:
+        taken += prepare_dataset(events, prepared, settings, append=True)["taken"]["files"]
+    return taken
+
+
+def _result(candidate, current, promoted, reason, candidate_metrics, current_metrics, growth):
+    return {
+        "candidate": candidate,
+        "parent": current.id,
+        "promoted": promoted,
+        "reason": reason,
+        "candidate_metrics": _headline(candidate_metrics),
+        "current_metrics": _headline(current_metrics),
+        **growth,
+    }
+
+
+def _headline(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if "@" in k and k.split("@")[0] in ("hr", "ndcg")}
