@@ -1,0 +1,26 @@
+"""The retraining gate's rule (the whole turn runs in tests/e2e/test_retrain.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_dist.config import ConfigError, RetrainConfig
+from recsys_dist.errors import MissingInputError
+from recsys_dist.retrain import gate
+
+
+@pytest.mark.parametrize(
+    ("candidate", "current", "promoted"),
+    [(0.30, 0.30, True), (0.296, 0.30, True), (0.294, 0.30, False), (0.40, 0.30, True)],
+)
+def test_the_gate_tolerates_a_small_loss_and_no_more(candidate, current, promoted):
+    decision, reason = gate({"ndcg@10": candidate}, {"ndcg@10": current}, RetrainConfig())
+    assert decision is promoted
+    assert f"candidate ndcg@10 {candidate:.4f} vs current {current:.4f}" in reason
+
+
+def test_the_gate_names_a_metric_that_was_not_evaluated():
+    with pytest.raises(MissingInputError, match="eval.ks"):
+        gate({"ndcg@10": 0.3}, {"ndcg@10": 0.3}, RetrainConfig(metric="ndcg@50"))
+    with pytest.raises(ConfigError, match="retrain.metric"):
+        RetrainConfig(metric="auc")
