@@ -766,9 +766,9 @@ def _run_retrain(args):
     for events in args.events:
         _require(storage.exists(events), f"--events {events}: no such directory")
     from recsys_dist.registry import Registry
-    from recsys_dist.retrain import retrain
+    from recsys_dist.retrain import parent_version, retrain
 
-    Registry(args.registry).current()  # a bad registry fails before Ray starts
+    parent_version(Registry(args.registry))  # no version to start from: fail before Ray
     overrides = [*args.overrides, *([f"train.workers={args.workers}"] if args.workers else [])]
     load_config(None, overrides)  # a bad override fails before Ray starts
     init_ray(args.address, min_cpus=4)

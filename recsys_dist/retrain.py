@@ -62,12 +62,7 @@ def retrain(
         overrides: ``section.key=value`` on top of the parent's own settings.
     """
     registry = Registry(registry_root)
-    current = registry.current()
-    if current is None:
-        raise MissingInputError(
-            f"{registry.root}: no current version to retrain from "
-            "(recsys-dist models register, then models promote)"
-        )
+    current = parent_version(registry)
     workdir = storage.absolute(workdir or default_workdir(registry_root))
     prepared = _loop_dataset(current, workdir)
     before = load_manifest(prepared)
@@ -103,6 +98,17 @@ def retrain(
         registry.promote(version.id)
     log.info("candidate %s %s: %s", version.id, "promoted" if promote else "kept out", reason)
     return _result(version.id, current, promote, reason, candidate_metrics, current_metrics, growth)
+
+
+def parent_version(registry: Registry) -> Version:
+    """The current version, which a turn starts from; ``MissingInputError`` without one."""
+    current = registry.current()
+    if current is None:
+        raise MissingInputError(
+            f"{registry.root}: no current version to retrain from "
+            "(recsys-dist models register, then models promote)"
+        )
+    return current
 
 
 def gate(candidate: dict, current: dict, retrain_config) -> tuple[bool, str]:

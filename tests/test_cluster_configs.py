@@ -88,12 +88,14 @@ def ray_requirement() -> Requirement:
 ALL = [pytest.param(path, id=str(path.relative_to(ROOT))) for path in yaml_files()]
 DOCS = [(path, doc) for path in yaml_files() for doc in documents(path, strict=False)]
 RAY_JOBS = [doc for _, doc in DOCS if isinstance(doc, dict) and doc.get("kind") == "RayJob"]
+CRON_JOBS = [doc for _, doc in DOCS if isinstance(doc, dict) and doc.get("kind") == "CronJob"]
 
 
 def test_cluster_folder_has_configs():
     names = {path.name for path in yaml_files()}
     assert {"ray-cluster.yaml", "kuberay-rayjob.yaml", "kuberay-raycluster.yaml"} <= names
     assert RAY_JOBS, "no RayJob under cluster/"
+    assert CRON_JOBS, "no scheduled retraining under cluster/"
 
 
 @pytest.mark.parametrize("path", ALL)
@@ -114,6 +116,18 @@ def test_rayjob_entrypoint_is_a_real_command(job: dict):
     else:  # python SCRIPT ...: the script must exist in the repository
         assert argv[0].startswith("python"), argv
         assert (ROOT / argv[1]).is_file(), f"{argv[1]} not in the repository"
+
+
+@pytest.mark.parametrize("job", CRON_JOBS, ids=lambda job: job["metadata"]["name"])
+def test_a_scheduled_job_submits_a_real_command(job: dict):
+    """A CronJob's container runs `ray job submit ... -- ENTRYPOINT`; the entrypoint parses."""
+    (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    argv = shlex.split(" ".join(container["args"]))
+    assert argv[:3] == ["ray", "job", "submit"], argv
+    entrypoint = argv[argv.index("--") + 1 :]
+    assert entrypoint[0] == "recsys-dist", entrypoint
+    args = build_parser().parse_args(entrypoint[1:])  # exits (fails the test) on a bad flag
+    assert args.command == "retrain" and job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 @pytest.mark.parametrize("job", RAY_JOBS, ids=lambda job: job["metadata"]["name"])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from recsys_dist.config import ConfigError, RetrainConfig
@@ -24,3 +28,16 @@ def test_the_gate_names_a_metric_that_was_not_evaluated():
         gate({"ndcg@10": 0.3}, {"ndcg@10": 0.3}, RetrainConfig(metric="ndcg@50"))
     with pytest.raises(ConfigError, match="retrain.metric"):
         RetrainConfig(metric="auc")
+
+
+def test_the_job_script_is_the_retrain_command_with_one_json_line(tmp_path):
+    """jobs/retrain.py exits as the command does: a registry without a current version is
+    bad input, one line, exit 2."""
+    events = tmp_path / "events"
+    events.mkdir()
+    job = Path(__file__).resolve().parents[1] / "jobs" / "retrain.py"
+    argv = [sys.executable, str(job), "--registry", str(tmp_path / "r"), "--events", str(events)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: ") and "no current version" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
