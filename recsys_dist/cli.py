@@ -146,13 +146,17 @@ def _require(condition: bool, message: str) -> None:
         raise UserInputError(message)
 
 
-def _add_model_source(sub) -> None:
-    """``--run RUN``, or ``--registry R [--version V]`` (default: R's current version)."""
+def _add_model_source(sub, pick_version: bool = True) -> None:
+    """``--run RUN``, or ``--registry R [--version V]`` (default: R's current version).
+
+    ``pick_version=False`` where the command follows the current version (``serve``).
+    """
     source = sub.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a trained run directory")
     source.add_argument("--registry", help="a model registry (directory or s3:// prefix)")
-    sub.add_argument("--version", help="with --registry: this version (default: the current)")
-    sub.set_defaults(model_source=True)
+    if pick_version:
+        sub.add_argument("--version", help="with --registry: this version (default: the current)")
+    sub.set_defaults(model_source=True, version=None)
 
 
 def _resolve_model_source(args) -> None:
@@ -163,6 +167,7 @@ def _resolve_model_source(args) -> None:
     if args.registry is None:
         _require(args.version is None, "--version needs --registry")
         return
+    _require(getattr(args, "model", None) is None, "--model goes with --run, not --registry")
     from recsys_dist.registry import Registry
 
     registry = Registry(args.registry)
@@ -351,8 +356,8 @@ def _add_serve(commands, flags):
         help="online recommendations over HTTP (Ray Serve), real-time interest updates",
         parents=[flags],
     )
-    sub.add_argument("--run", required=True, help="run directory (its model/ is served)")
-    sub.add_argument("--model", help="another export to serve (default: RUN/model)")
+    _add_model_source(sub, pick_version=False)  # --registry: follow its current version
+    sub.add_argument("--model", help="with --run: another export to serve (default: RUN/model)")
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--host", default="127.0.0.1")
     _add_config_args(sub)
@@ -556,7 +561,9 @@ def _run_serve(args):
     use_haproxy_ingress()  # effective when init_ray starts a local Ray
     init_ray(args.address, min_cpus=2)
     url = run_service(
-        args.run, config.serve, args.host, args.port, args.model, interests=config.interests
+        *(args.run, config.serve, args.host, args.port, args.model),
+        interests=config.interests,
+        registry=args.registry,
     )
     started = {"url": url, "docs": f"{url}/docs"}
     print(json.dumps(started, separators=(",", ":")) if args.json else f"serving on {url}")

@@ -187,6 +187,7 @@ class ServeConfig:
     event_log_dir: str = ""  # acknowledged events (local or s3://); "" = event_log/ beside RUN
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
     items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
+    registry_poll_s: float = 2.0  # serving a registry: check for a promotion this often
     flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
     flush_seconds: float = 5.0  # ... or sooner, after this many seconds
     max_history: int = 2000  # events kept per user online (the most recent)
@@ -200,6 +201,8 @@ class ServeConfig:
         _check_choice("serve.store", self.store, ("embedded", "redis"))
         for name in ("flush_rows", "max_history", "max_k", "max_request_events", "batch_size"):
             _check_positive(f"serve.{name}", getattr(self, name))
+        if not self.registry_poll_s > 0:
+            raise ConfigError(f"serve.registry_poll_s must be > 0, got {self.registry_poll_s}")
 
 
 @dataclass(frozen=True)

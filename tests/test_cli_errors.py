@@ -103,6 +103,10 @@ CASES = {
     "evaluate-version-without-registry": ("evaluate --run {run} --version v1", "--version needs"),
     "evaluate-empty-registry": ("evaluate --registry {out}", "no current version"),
     "evaluate-run-and-registry": ("evaluate --run {run} --registry {out}", "--registry"),
+    "retrain-empty-registry": ("retrain --registry {out} --events {raw}", "no current version"),
+    "retrain-missing-events": ("retrain --registry {out} --events {missing}", "{missing}"),
+    "serve-version": ("serve --registry {out} --version v1", "--version"),
+    "serve-model-with-registry": ("serve --registry {out} --model {missing}", "--model"),
     "no-command": ("", "command"),
 }
 

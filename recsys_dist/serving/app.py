@@ -20,7 +20,8 @@ import asyncio
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+import threading
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
+from recsys_dist.registry import Registry, Version
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
@@ -219,6 +221,39 @@ def default_wal_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "recsys_dist", "wal")
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """Everything one model version serves with, swapped as a whole: a request reads it once,
+    so its items, scores, interests, filters and ``model_version`` all come from one version."""
+
+    recommender: Recommender
+    analyzer: InterestAnalyzer
+    items_in: dict[str, list[str]] | None  # category -> its items, for category filters
+    version: str  # the model's own version (the registry's id for a registered one)
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str,
+        calibration_run: str,
+        categories: dict[str, list[str]] | None,
+        interests: InterestConfig,
+    ) -> "ServedModel":
+        recommender = Recommender(model_dir)
+        calibration = Calibration.of_run(calibration_run, interests)
+        analyzer = InterestAnalyzer(recommender, categories, interests, calibration)
+        items_in = items_by_category(categories) if categories else None
+        return cls(recommender, analyzer, items_in, recommender.model_version)
+
+    @classmethod
+    def of_version(
+        cls, version: Version, settings: ServeConfig, interests: InterestConfig
+    ) -> "ServedModel":
+        """A registered version with its own calibration and catalogue snapshot."""
+        categories = read_categories(settings.items_dir or version.items_dir)
+        return cls.load(version.model_dir, version.path, categories, interests)
+
+
 @serve.deployment(
     name="recommender",
     max_ongoing_requests=32,
@@ -245,10 +280,8 @@ class RecommenderService:
             self.settings.flush_seconds,
             name=f"{self.settings.instance}_event_log",
         )
-        self.recommender: Recommender | None = None
-        self.analyzer: InterestAnalyzer | None = None
-        self.categories = load_categories(self.settings, run_dir)  # item -> its categories
-        self.items_in = items_by_category(self.categories) if self.categories else None
+        self.served: ServedModel | None = None
+        self._following: threading.Event | None = None  # set: stop following a registry
         # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
@@ -256,16 +289,63 @@ class RecommenderService:
         self._score.set_batch_wait_timeout_s(self.settings.batch_wait_s)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load the model named in ``user_config``: a new model without a redeploy."""
+        """Load the model ``user_config`` names, without a redeploy: ``{"model_dir": DIR}`` (an
+        export, with the run's calibration and catalogue) or ``{"registry": R}`` (R's current
+        version, with its own; then every ``serve.registry_poll_s`` seconds this replica
+        checks R and moves to whatever version is current)."""
+        self._stop_following()
+        registry = user_config.get("registry")
+        if registry:
+            self._serve(self._current_of(Registry(registry)))
+            self._follow(Registry(registry))
+            return
         model_dir = user_config.get("model_dir") or run_layout.model_dir(self.run_dir)
-        loaded = Recommender(model_dir)
-        calibration = Calibration.of_run(self.run_dir, self.interest_config)
-        self.analyzer = InterestAnalyzer(loaded, self.categories, self.interest_config, calibration)
-        self.recommender = loaded  # requests in flight finish on the model they started with
-        logger.info("serving model %s from %s", loaded.model_version, model_dir)
+        categories = load_categories(self.settings, self.run_dir)
+        self._serve(ServedModel.load(model_dir, self.run_dir, categories, self.interest_config))
+
+    def _serve(self, served: ServedModel) -> None:
+        self.served = served  # one assignment: requests in flight keep the one they read
+        logger.info("serving model %s", served.version)
+
+    def _current_of(self, registry: Registry) -> ServedModel:
+        current = registry.current()
+        if current is None:
+            raise RuntimeError(f"{registry.root}: no current version to serve")
+        return ServedModel.of_version(current, self.settings, self.interest_config)
+
+    def _follow(self, registry: Registry) -> None:
+        """Poll the registry's pointer in a thread; load a newly promoted (or rolled back to)
+        version off the request path, then swap it in. A failed check or load is logged and
+        retried at the next poll: the replica keeps serving the version it has."""
+        stop = self._following = threading.Event()
+
+        def follow() -> None:
+            while not stop.wait(self.settings.registry_poll_s):
+                try:
+                    current = registry.current()
+                    if current is not None and current.id != self._version():
+                        self._serve(
+                            ServedModel.of_version(current, self.settings, self.interest_config)
+                        )
+                except Exception:  # noqa: BLE001 — keep serving; try again next poll
+                    logger.exception(
+                        "following %s failed; still serving %s", registry.root, self._version()
+                    )
+
+        threading.Thread(target=follow, name="registry-follower", daemon=True).start()
+
+    def _stop_following(self) -> None:
+        if self._following is not None:
+            self._following.set()
+
+    def _version(self) -> str | None:
+        return self.served.version if self.served is not None else None
+
+    def __del__(self) -> None:
+        self._stop_following()
 
     async def check_health(self) -> None:
-        if self.recommender is None:
+        if self.served is None:
             raise RuntimeError("no model loaded")
         await self.store.num_users()  # the store must answer too
 
@@ -276,7 +356,7 @@ class RecommenderService:
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:
-        model = self._model()
+        model = self._served().recommender
         return {
             "model_version": model.model_version,
             "vocab_size": model.vocab.size,
@@ -305,9 +385,7 @@ class RecommenderService:
         found = await self.store.get(user_id)
         if found is None:
             raise HTTPException(404, f"user {user_id!r} has no history")
-        analyzer = self.analyzer
-        if analyzer is None:
-            raise HTTPException(503, "no model loaded yet")
+        analyzer = self._served().analyzer
         return await asyncio.to_thread(analyse_history, analyzer, user_id, found)
 
     @api.post("/v1/events", response_model=EventsResponse)
@@ -318,7 +396,7 @@ class RecommenderService:
         events = [Event(**e.model_dump()) for e in body.events]
         await self.event_log.append.remote(events)
         await self.store.append(events)
-        known = self._model().vocab.lookup([e.item_id for e in events])
+        known = self._served().recommender.vocab.lookup([e.item_id for e in events])
         return EventsResponse(
             accepted=len(events), unknown_items=int((known < schema.NUM_SPECIAL_TOKENS).sum())
         )
@@ -329,10 +407,11 @@ class RecommenderService:
             raise HTTPException(422, f"k must be at most {self.settings.max_k}")
         if len(body.history) > self.settings.max_request_events:
             raise HTTPException(413, f"history longer than {self.settings.max_request_events}")
-        allow = self._allowed(body)
+        served = self._served()
+        allow = self._allowed(body, served)
         history = await self._history_of(body)
         if not len(history):
-            return self._popular(body, allow, unknown=0)
+            return self._popular(body, allow, 0, served)
         query = _Query(
             history.item_ids,
             history.timestamps,
@@ -342,27 +421,27 @@ class RecommenderService:
             allow,
             body.deny_items,
         )
-        items, scores, unknown = await self._score(query)
+        items, scores, unknown, version = await self._score(query)
         if unknown == len(history):  # nothing the model knows: as good as no history
-            return self._popular(body, allow, unknown)
-        return self._response(items, scores, fallback=False, unknown=unknown)
+            return self._popular(body, allow, unknown, served)
+        return self._response(items, scores, False, unknown, version)
 
-    def _popular(self, body: RecommendRequest, allow, unknown: int) -> RecommendResponse:
+    def _popular(self, body, allow, unknown: int, served: ServedModel) -> RecommendResponse:
         """The cold-start answer, flagged as a fallback, under the request's filters."""
-        model = self._model()
+        model = served.recommender
         items, scores = model.popular(body.k, exclude=body.deny_items or (), allow=allow)
-        return self._response(items, scores, fallback=True, unknown=unknown)
+        return self._response(items, scores, True, unknown, served.version)
 
-    def _allowed(self, body: RecommendRequest) -> list[str] | None:
+    def _allowed(self, body: RecommendRequest, served: ServedModel) -> list[str] | None:
         """``allow_items`` narrowed to the requested categories (``None``: no restriction)."""
         if body.categories is None:
             return body.allow_items
-        if self.items_in is None:
+        if served.items_in is None:
             raise HTTPException(422, "categories: this service has no item catalogue")
-        unknown = [c for c in body.categories if c not in self.items_in]
+        unknown = [c for c in body.categories if c not in served.items_in]
         if unknown:
             raise HTTPException(422, f"categories: unknown {unknown[:5]}")
-        in_categories = {i for c in body.categories for i in self.items_in[c]}
+        in_categories = {i for c in body.categories for i in served.items_in[c]}
         if body.allow_items is None:
             return sorted(in_categories)
         return [i for i in body.allow_items if i in in_categories]
@@ -376,8 +455,8 @@ class RecommenderService:
         return merge_events(stored or History(), extra, self.settings.max_history)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _score(self, queries: list[_Query]) -> list[tuple[list[str], np.ndarray, int]]:
-        model = self._model()
+    async def _score(self, queries: list[_Query]) -> list[tuple[list[str], np.ndarray, int, str]]:
+        model = self._served().recommender  # the whole batch on one version
         found = await asyncio.to_thread(
             model.recommend,
             [q.item_ids for q in queries],
@@ -389,19 +468,21 @@ class RecommenderService:
             deny=[q.deny for q in queries],
         )
         return [
-            (found.item_ids[i], found.scores[i], int(found.unknown_items[i]))
+            (found.item_ids[i], found.scores[i], int(found.unknown_items[i]), model.model_version)
             for i in range(len(queries))
         ]
 
-    def _model(self) -> Recommender:
-        if self.recommender is None:
+    def _served(self) -> ServedModel:
+        served = self.served
+        if served is None:
             raise HTTPException(503, "no model loaded yet")
-        return self.recommender
+        return served
 
-    def _response(self, items, scores, fallback: bool, unknown: int) -> RecommendResponse:
+    @staticmethod
+    def _response(items, scores, fallback: bool, unknown: int, version: str) -> RecommendResponse:
         return RecommendResponse(
             items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(items, scores)],
-            model_version=self._model().model_version,
+            model_version=version,
             fallback=fallback,
             unknown_items=unknown,
         )
@@ -456,16 +537,23 @@ def run_service(
     model_dir: str | None = None,
     deployment: dict[str, Any] | None = None,
     interests: InterestConfig | None = None,
+    registry: str | None = None,
 ) -> str:
     """Start the service on this Ray cluster (``recsys-dist serve``); returns its base URL.
 
-    ``deployment`` overrides the decorator's Serve options (e.g. ``num_replicas`` or an
-    ``autoscaling_config``); ``serve deploy`` with ``serve/recommender.yaml`` sets them on a
-    cluster.
+    With ``registry``, ``run_dir`` is its current version's directory: the service serves
+    that version and follows the registry's promotions by itself, and its event log defaults
+    to ``event_log/`` beside the registry. ``deployment`` overrides the decorator's Serve
+    options (e.g. ``num_replicas`` or an ``autoscaling_config``); ``serve deploy`` with
+    ``serve/recommender.yaml`` sets them on a cluster.
     """
+    if registry and not settings.event_log_dir:
+        settings = replace(settings, event_log_dir=run_layout.event_log_dir(registry))
     serve.start(http_options={"host": host, "port": port})
     seed_store(settings, run_dir)
     model = {"model_dir": model_dir or run_layout.model_dir(run_dir)}
+    if registry:
+        model = {"registry": storage.absolute(registry)}
     options = {"user_config": model, **(deployment or {})}
     interest_settings = asdict(interests or InterestConfig())
     app = RecommenderService.options(**options).bind(asdict(settings), run_dir, interest_settings)
