@@ -764,6 +764,13 @@ def _add_retrain(commands, flags):
         "--output", help="the loop's dataset and runs (default: retraining/ beside the registry)"
     )
     sub.add_argument("--workers", type=int)
+    sub.add_argument(
+        "--when-drift",
+        type=float,
+        metavar="SHARE",
+        help="train only when this share of the users active since the parent's data drifted "
+        "(retrain.when_drift; drift above retrain.drift_threshold)",
+    )
     sub.add_argument("overrides", nargs="*", help="section.key=value on the parent's settings")
     sub.set_defaults(handler=_run_retrain)
     return sub
@@ -775,8 +782,10 @@ def _run_retrain(args):
     from recsys_dist.registry import Registry
     from recsys_dist.retrain import parent_version, retrain
 
-    parent_version(Registry(args.registry))  # no version to start from: fail before Ray
     overrides = [*args.overrides, *([f"train.workers={args.workers}"] if args.workers else [])]
+    if args.when_drift is not None:
+        overrides.append(f"retrain.when_drift={args.when_drift}")
     load_config(None, overrides)  # a bad override fails before Ray starts
+    parent_version(Registry(args.registry))  # no version to start from: fail before Ray
     init_ray(args.address, min_cpus=4)
     return retrain(args.registry, args.events, args.output, overrides)

@@ -248,11 +248,29 @@ class RetrainConfig:
     # than this (both ranked on the same newest held-out events, same protocol).
     metric: str = "ndcg@10"
     tolerance: float = 0.005
+    # ... and unless it fails to beat the most-popular list on those rows by this share: on
+    # events whose order carries no signal (a corrupted or shuffled log) popularity is the
+    # best any model can do, and the current version cannot tell, as its score falls too.
+    min_lift: float = 0.1
+    # Drift-triggered turns (retrain --when-drift SHARE): train only when at least this share
+    # of the users active since the parent's data ended have drifted, i.e. their recent
+    # interests (interests.recent_windows) are more than drift_threshold (JS divergence,
+    # bits, 0-1) from their whole history's. 0: train on every turn with new events.
+    when_drift: float = 0.0
+    drift_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         _check_positive("retrain.epochs", self.epochs)
+        if not 0.0 <= self.when_drift <= 1.0:
+            raise ConfigError(f"retrain.when_drift must be in [0, 1], got {self.when_drift}")
+        if not 0.0 < self.drift_threshold < 1.0:
+            raise ConfigError(
+                f"retrain.drift_threshold must be in (0, 1), got {self.drift_threshold}"
+            )
         if self.tolerance < 0:
             raise ConfigError(f"retrain.tolerance must be >= 0, got {self.tolerance}")
+        if self.min_lift < 0:
+            raise ConfigError(f"retrain.min_lift must be >= 0, got {self.min_lift}")
         measure, _, k = self.metric.partition("@")
         if measure not in ("hr", "ndcg", "mrr") or not k.isdigit():
             raise ConfigError(

@@ -181,6 +181,11 @@ def local_ray_environment(num_cpus: int) -> None:
     """Settings a local Ray's raylet reads from this process's environment when it starts."""
     concurrency = max(STARTUP_CONCURRENCY, num_cpus)
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(concurrency))
+    # Ray Data reads Parquet footers on a pool of actors, 32 by default, started for every
+    # read: on a small machine that start costs seconds per read (a 60-user dataset's split:
+    # 4-6 s, 1.2 s with 2 actors, on 2 cores; docs/benchmarks.md). One per two CPUs here.
+    footer_actors = max(1, min(32, num_cpus // 2))
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(footer_actors))
 
 
 def quiet_ray_data() -> None:

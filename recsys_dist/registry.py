@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys_dist import run_layout, storage
+from recsys_dist import run_layout, storage, tracking
 from recsys_dist.checkpoint import STATE_FILE
 from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.prepared import load_manifest
@@ -135,6 +135,7 @@ class Registry:
         }
         storage.write_json_atomic(storage.join(path, RECORD_FILE), record)  # now it exists
         log.info("registered %s from %s", version_id, run_dir)
+        tracking.log_version(record)
         return Version(version_id, record, path)
 
     def versions(self) -> list[Version]:

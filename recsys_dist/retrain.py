@@ -4,15 +4,20 @@
                              appended to on every turn (its manifest's watermark takes each
                              event file once, however often the log folder is read)
     WORKDIR/runs/STAMP/      each turn's candidate run (warm-started from the current version)
+    WORKDIR/drift/STAMP/     a drift-triggered turn's interests of the active users
 
 A turn, as a cron line or a Kubernetes CronJob runs it unattended (``jobs/retrain.py``):
 
 1. append the event files not taken before; none: stop, saying so (nothing is trained);
+   with ``--when-drift SHARE``: measure the drift of the users active since the parent's data
+   ended (``WORKDIR/drift/STAMP``); below SHARE, stop, saying so (the events stay taken: the
+   next turn measures them again, with whatever came after);
 2. train a candidate from the current version's weights (``train.init_from``), its item rows
    grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule;
 3. the gate: rank the candidate and the current version on the same rows (the test split of
    the grown dataset: each user's newest held-out events, which neither trained on) with the
-   same protocol; the current version cannot recommend items it never saw;
+   same protocol; the current version cannot recommend items it never saw; a candidate that
+   does not beat the most-popular list by ``retrain.min_lift`` on those rows is kept out too;
 4. register the candidate (parent: the current version; the gate's metrics in its record);
    promote it unless its ``retrain.metric`` is below the current's by more than
    ``retrain.tolerance``, and say why either way.
@@ -26,12 +31,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from recsys_dist import run_layout, storage
-from recsys_dist.config import DataConfig, load_config
+import numpy as np
+import pyarrow.parquet as pq
+
+from recsys_dist import run_layout, storage, tracking
+from recsys_dist.config import Config, DataConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.errors import MissingInputError
 from recsys_dist.evaluation.evaluate import evaluate_run
+from recsys_dist.interests.offline import INTERESTS_PARQUET, analyse_users
 from recsys_dist.registry import Registry, Version
 from recsys_dist.train.trainer import train
 
@@ -39,7 +48,10 @@ log = logging.getLogger(__name__)
 
 PREPARED_DIR = "prepared"
 RUNS_DIR = "runs"
-SETTINGS = ("model", "train", "eval", "serve", "interests", "retrain")  # taken from the parent
+DRIFT_DIR = "drift"
+# Taken from the parent; the turn's own `retrain` section is the command's (defaults, then
+# overrides and flags), so a one-off --when-drift or gate setting never sticks to later turns.
+SETTINGS = ("model", "train", "eval", "serve", "interests")
 
 
 def default_workdir(registry: str) -> str:
@@ -84,7 +96,19 @@ def retrain(
             config.train, init_from=current.model_dir, epochs=config.retrain.epochs
         ),
     )
-    run_dir = storage.join(workdir, RUNS_DIR, f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}")
+    stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    if config.retrain.when_drift > 0:
+        drift = measure_drift(current, prepared, storage.join(workdir, DRIFT_DIR, stamp), config)
+        growth["drift"] = drift
+        if drift["share"] < config.retrain.when_drift:
+            reason = (
+                f"too little drift: {drift['drifted_users']} of {drift['active_users']} users "
+                f"active since the parent's data drifted (share {drift['share']:.4f} < "
+                f"{config.retrain.when_drift})"
+            )
+            log.info("%s; %s stays current", reason, current.id)
+            return _result(None, current, False, reason, {}, {}, growth)
+    run_dir = storage.join(workdir, RUNS_DIR, stamp)
     train(prepared, run_dir, config)
     candidate_metrics = evaluate_run(run_dir, "test", config.eval, prepared)
     current_metrics = evaluate_run(current.path, "test", config.eval, prepared)
@@ -111,8 +135,30 @@ def parent_version(registry: Registry) -> Version:
     return current
 
 
+def measure_drift(current: Version, prepared: str, output: str, config: Config) -> dict:
+    """How many of the users active since the parent's data ended have drifted: their
+    interests (the parent's model, ``config.interests``) written to ``output``, and the share
+    whose drift score is above ``retrain.drift_threshold``."""
+    span = current.record["data"]["event_time_range"]
+    since = span[1] if span else None
+    analyse_users(current.path, prepared, output, config.interests, active_since=since)
+    with storage.open_input(storage.join(output, INTERESTS_PARQUET)) as source:
+        scores = pq.read_table(source, columns=["drift"]).column("drift").to_numpy()
+    threshold = config.retrain.drift_threshold
+    drifted = int(np.sum(scores > threshold))
+    share = drifted / len(scores) if len(scores) else 0.0
+    return {
+        "active_users": len(scores),
+        "drifted_users": drifted,
+        "share": round(share, 4),
+        "threshold": threshold,
+        "interests": output,
+    }
+
+
 def gate(candidate: dict, current: dict, retrain_config) -> tuple[bool, str]:
-    """Promote unless the candidate is worse than current by more than the tolerance."""
+    """Promote unless the candidate is worse than current by more than the tolerance, or
+    does not beat the most-popular list on the same rows by ``retrain.min_lift``."""
     metric, tolerance = retrain_config.metric, retrain_config.tolerance
     if metric not in candidate:
         raise MissingInputError(
@@ -121,6 +167,13 @@ def gate(candidate: dict, current: dict, retrain_config) -> tuple[bool, str]:
         )
     new, old = candidate[metric], current[metric]
     verdict = f"candidate {metric} {new:.4f} vs current {old:.4f} (tolerance {tolerance})"
+    popular = (candidate.get("baseline_popularity") or {}).get(metric)
+    if popular is not None and new < (1 + retrain_config.min_lift) * popular:
+        return False, (
+            f"{verdict}; but the most-popular list scores {popular:.4f} on the same rows and "
+            f"the candidate does not beat it by {retrain_config.min_lift:.0%}: the newest "
+            "events carry no sequential signal (a corrupted or shuffled log?)"
+        )
     return new >= old - tolerance, verdict
 
 
@@ -145,7 +198,7 @@ def _append(event_dirs: Sequence[str], prepared: str, manifest: dict) -> int:
 
 
 def _result(candidate, current, promoted, reason, candidate_metrics, current_metrics, growth):
-    return {
+    result = {
         "candidate": candidate,
         "parent": current.id,
         "promoted": promoted,
@@ -154,6 +207,8 @@ def _result(candidate, current, promoted, reason, candidate_metrics, current_met
         "current_metrics": _headline(current_metrics),
         **growth,
     }
+    tracking.log_turn(result)
+    return result
 
 
 def _headline(metrics: dict) -> dict:

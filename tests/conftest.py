@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from recsys_dist import console
+
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 S3_BUCKET = "recsys-test"
 S3_SECRET = "moto-secret-never-logged-5f3c"  # tests assert this string never reaches output
@@ -25,6 +27,10 @@ S3_SECRET = "moto-secret-never-logged-5f3c"  # tests assert this string never re
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The session's Ray (and the clusters and drivers tests start) get the settings a local
+# `recsys-dist` Ray gets on this many CPUs (ray_session below), e.g. a small Parquet footer pool.
+RAY_SESSION_CPUS = 4
+console.local_ray_environment(RAY_SESSION_CPUS)
 
 
 def _free_port() -> int:
@@ -140,7 +146,7 @@ def ray_session(s3_endpoint):
     # default); HAProxy here runs on the same node and learns it at once.
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=RAY_SESSION_CPUS, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

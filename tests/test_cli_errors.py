@@ -105,6 +105,10 @@ CASES = {
     "evaluate-run-and-registry": ("evaluate --run {run} --registry {out}", "--registry"),
     "retrain-empty-registry": ("retrain --registry {out} --events {raw}", "no current version"),
     "retrain-missing-events": ("retrain --registry {out} --events {missing}", "{missing}"),
+    "retrain-drift-share": (
+        "retrain --registry {out} --events {raw} --when-drift 2",
+        "retrain.when_drift must be in [0, 1]",
+    ),
     "serve-version": ("serve --registry {out} --version v1", "--version"),
     "serve-model-with-registry": ("serve --registry {out} --model {missing}", "--model"),
     "no-command": ("", "command"),

@@ -1,4 +1,4 @@
-"""The retraining gate's rule (the whole turn runs in tests/e2e/test_retrain.py)."""
+"""The retraining gate's rule (the whole loop runs in tests/e2e/test_loop.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def test_the_gate_tolerates_a_small_loss_and_no_more(candidate, current, promote
     decision, reason = gate({"ndcg@10": candidate}, {"ndcg@10": current}, RetrainConfig())
     assert decision is promoted
     assert f"candidate ndcg@10 {candidate:.4f} vs current {current:.4f}" in reason
+
+
+@pytest.mark.parametrize(("candidate", "promoted"), [(0.109, False), (0.111, True)])
+def test_the_gate_keeps_out_a_candidate_that_barely_beats_popularity(candidate, promoted):
+    """Even against a current version that scores worse (the newest rows are noise for
+    both), a candidate must beat the most-popular list by retrain.min_lift (10 %)."""
+    scored = {"ndcg@10": candidate, "baseline_popularity": {"ndcg@10": 0.1}}
+    decision, reason = gate(scored, {"ndcg@10": 0.05}, RetrainConfig())
+    assert decision is promoted
+    assert ("most-popular list scores 0.1000" in reason) is not promoted
+    with pytest.raises(ConfigError, match="retrain.min_lift"):
+        RetrainConfig(min_lift=-0.1)
 
 
 def test_the_gate_names_a_metric_that_was_not_evaluated():

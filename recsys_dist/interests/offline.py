@@ -72,13 +72,19 @@ def analyse_users(
     output: str,
     config: InterestConfig,
     users: Sequence[str] | None = None,
+    active_since: int | None = None,
 ) -> InterestsSummary:
-    """Interests of every user of ``prepared_dir`` (or only ``users``) → ``output``/."""
+    """Interests of every user of ``prepared_dir`` (or only ``users``, or only those whose
+    last event is later than ``active_since``, in seconds) → ``output``/."""
     started = time.perf_counter()
     dataset = read_users(prepared_dir)
     if users is not None:
         wanted = pa.array(sorted(set(users)), pa.string())
         dataset = dataset.map_batches(_only, batch_format="pyarrow", fn_kwargs={"wanted": wanted})
+    if active_since is not None:
+        dataset = dataset.map_batches(
+            _active_since, batch_format="pyarrow", fn_kwargs={"since": active_since}
+        )
     rows = dataset.map_batches(
         InterestRows,
         fn_constructor_args=(run_dir, prepared_dir, config),
@@ -115,3 +121,11 @@ def analyse_users(
 
 def _only(batch: pa.Table, wanted: pa.Array) -> pa.Table:
     return batch.filter(pc.is_in(batch.column(schema.USER_ID), value_set=wanted))
+
+
+def _active_since(batch: pa.Table, since: int) -> pa.Table:
+    """The users whose newest event (the last of their time-ordered sequence) is after
+    ``since``."""
+    times = batch.column(schema.TIMESTAMPS).combine_chunks()
+    ends = np.asarray(times.offsets)[1:] - 1  # into .values; prepared sequences are never empty
+    return batch.filter(pc.greater(times.values.take(pa.array(ends)), since))

@@ -20,7 +20,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from recsys_dist import checkpoint, run_layout, schema, storage
+from recsys_dist import checkpoint, run_layout, schema, storage, tracking
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.prepared import load_manifest, read_split
@@ -139,6 +139,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     with best.as_directory() as directory:  # a local copy when the run lives on S3
         checkpoint.export(directory, model_dir)
     state = storage.read_json(storage.join(model_dir, checkpoint.STATE_FILE))
+    tracking.log_training(run_dir)
     return TrainSummary(
         run_dir=run_dir,
         model_dir=model_dir,
