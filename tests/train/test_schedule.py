@@ -91,7 +91,7 @@ def test_a_budgeted_run_ends_annealed_at_the_epoch_that_fits(tiny_run, tmp_path)
     config = load_config(
         tiny_run.run / "config.yaml",
         [
-            *("train.workers=1", "train.epochs=1000", "train.time_budget_s=20"),
+            *("train.workers=1", "train.epochs=1000", "train.time_budget_s=12"),
             *("train.eval_every=1", "train.warmup_steps=2"),
         ],
     )
