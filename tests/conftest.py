@@ -161,14 +161,14 @@ def ml100k_dir() -> Path:
 
 # The one tiny model the full suite trains for its end-to-end tests (the CLI, the service,
 # batch scoring, interests and the report share it): a generated log whose users prefer
-# categories and drift between them, 2 Ray Train workers with DeepSpeed, 20 epochs.
+# categories and drift between them, 2 Ray Train workers with DeepSpeed, 30 epochs.
 SHARED_RUN_MODEL = (
     "model.hidden_size=32",
     "model.intermediate_size=64",
     "model.num_layers=1",
     "model.dropout=0.1",
     "model.attention_dropout=0.1",
-    "train.epochs=20",
+    "train.epochs=30",
     "train.eval_every=10",
     "train.batch_size=32",
     "train.lr=0.003",

@@ -20,7 +20,7 @@ def test_the_shared_run_trained_on_two_workers_and_exported(trained_run):
     assert trained_run.summary["workers"] == 2
     assert (trained_run.run / "model" / "model.safetensors").exists()
     lines = (trained_run.run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [10, 20]
+    assert [json.loads(line)["epoch"] for line in lines] == [10, 20, 30]
 
 
 def test_evaluate_full_catalogue_beats_popularity_and_sampled_is_labelled(trained_run, cli_json):

@@ -148,13 +148,17 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
         ]
         post(url, with_new)
         wait_until(lambda: logged_rows(event_log) == len(recent) + len(with_new))
-        promoted = cli_json(*turn, "--when-drift", "0.05", "retrain.epochs=2")
+        # Two warm epochs land within noise of v1 (CI, 2026-12-02: 0.5328 vs 0.5382 on the
+        # same rows): the tolerance rule has its own unit tests; here the loop must promote.
+        promoted = cli_json(
+            *turn, "--when-drift", "0.05", *("retrain.epochs=2", "retrain.tolerance=0.05")
+        )
         v2 = promoted["candidate"]
         assert promoted["promoted"] and promoted["parent"] == v1, promoted
         assert promoted["new_files"] >= 1 and promoted["new_items"] == len(NEW_ITEMS)
         assert promoted["drift"]["active_users"] == 80
         # The warm start kept what v1 learned (within 10 % on the same rows): two epochs from
-        # random weights with a fresh warm-up are far from a 20-epoch model's figure.
+        # random weights with a fresh warm-up are far from a 30-epoch model's figure.
         kept = promoted["candidate_metrics"]["ndcg@10"] / promoted["current_metrics"]["ndcg@10"]
         assert kept > 0.9, promoted
         wait_until(lambda: load.versions()[-20:] == [v2] * 20)
