@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO / "bench"))  # serve_load, beside this file
 
 import serve_load  # noqa: E402
 
-from recsys_dist import cli, run_layout, schema, storage  # noqa: E402
+from recsys_dist import cli, run_layout, schema  # noqa: E402
 from recsys_dist.config import Config, load_config  # noqa: E402
 
 ML1M_CANDIDATES = (  # ../shared beside the checkout; a copy inside it (the device machine's)
@@ -272,7 +272,7 @@ def _train(prepared: Path, run_dir: Path, config: Config, args, vocab: int, gpu:
     _log(f"training on {'1 GPU, bf16' if gpu else 'CPU'} for at most {args.time_budget_s} s")
     with GpuMemorySampler() as memory:
         summary = train(str(prepared), str(run_dir), config)
-    history = read_metrics(run_dir)
+    history = run_layout.read_metrics(run_dir)
     seq_per_s = history[-1]["train_seq_per_s"]  # cumulative over the whole run
     seconds, epoch = time_to_target(history, args.target)
     flops = train_flops_per_sequence(config, vocab)
@@ -295,12 +295,6 @@ def _train(prepared: Path, run_dir: Path, config: Config, args, vocab: int, gpu:
         "peak_tflops": args.peak_tflops if gpu else None,
         "mfu": round(achieved / args.peak_tflops, 6) if gpu else None,
     }
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The run's validation lines (``RUN/metrics.jsonl``), oldest first."""
-    text = storage.read_text(run_layout.metrics_file(run_dir))
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def time_to_target(history: list[dict], target: float) -> tuple[float | None, int | None]:

@@ -155,7 +155,7 @@ def warm_vs_scratch(folder: Path, work: Path, config, registry: Registry, overri
     scratch_run = work / "runs" / "scratch"
     scratch = train(str(grown), str(scratch_run), config)
     scratch_test = evaluate_run(str(scratch_run), "test", data_dir=str(grown))
-    warm_run = next(p for p in (work / "retraining" / "runs").iterdir())
+    warm_run = registry.get(turn["candidate"]).record["source_run"]  # the turn's own run
     warm_curve, scratch_curve = curve(warm_run), curve(scratch_run)
     target = scratch_curve[-1][1]
     return {
@@ -178,10 +178,9 @@ def warm_vs_scratch(folder: Path, work: Path, config, registry: Registry, overri
     }
 
 
-def curve(run: Path) -> list[tuple[float, float]]:
+def curve(run: str | Path) -> list[tuple[float, float]]:
     """(seconds since training started, validation NDCG@10) after every epoch."""
-    lines = run_layout.metrics_file(str(run))
-    rows = [json.loads(line) for line in Path(lines).read_text().splitlines() if line.strip()]
+    rows = run_layout.read_metrics(run)
     return [(round(r["elapsed_s"], 1), round(r[f"valid_{METRIC}"], 4)) for r in rows]
 
 

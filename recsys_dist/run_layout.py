@@ -63,6 +63,19 @@ def model_dir(run: str | Path) -> str:
     return storage.join(run, MODEL_DIR)
 
 
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The run's validation lines (``metrics.jsonl``), oldest first; none before the first."""
+    path = metrics_file(run)
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def read_settings(run: str | Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` as a plain mapping (section -> key -> value)."""
+    return _yaml_mapping(config_file(run))
+
+
 def interests_file(run: str | Path) -> str:
     return storage.join(run, INTERESTS_FILE)
 
@@ -111,7 +124,7 @@ def saved_settings(
     and the overrides and flags applied after these, win.
     """
     record = run_record(run)
-    saved = _yaml_mapping(config_file(run))
+    saved = read_settings(run)
     if DATA_SETTINGS in record:
         saved["data"] = record[DATA_SETTINGS]
     given = _yaml_mapping(unless_in) if unless_in is not None else {}

@@ -24,9 +24,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import yaml
-
-from recsys_dist import run_layout, storage
+from recsys_dist import run_layout
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +61,8 @@ def best_effort(fn: F) -> F:
 @best_effort
 def log_training(run_dir: str) -> str | None:
     """Log a finished run (its settings and per-epoch metrics); the MLflow run id."""
-    settings = yaml.safe_load(storage.read_text(run_layout.config_file(run_dir))) or {}
-    text = storage.read_text(run_layout.metrics_file(run_dir))
-    epochs = [json.loads(line) for line in text.splitlines() if line.strip()]
+    settings = run_layout.read_settings(run_dir)
+    epochs = run_layout.read_metrics(run_dir)
     with _start(
         "train", run_name=run_dir.rstrip("/").rsplit("/", 1)[-1], tags={"recsys_dist.run": run_dir}
     ):

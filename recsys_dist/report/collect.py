@@ -44,20 +44,13 @@ def collect_report(
         title=Path(str(run_dir).rstrip("/")).name or str(run_dir),
         model_version=model_version(state, model_dir),
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        training_curves=_training_curves(run_dir),
+        training_curves=run_layout.read_metrics(run_dir),
         ranking_metrics=evaluate_run(run_dir, schema.TEST_SPLIT, config.eval, prepared_dir),
         interest_metrics=interest_metrics,
         groups=groups,
         users=users,
         drift_scores=drift,
     )
-
-
-def _training_curves(run_dir: str) -> list[dict]:
-    path = run_layout.metrics_file(run_dir)
-    if not storage.exists(path):
-        return []
-    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def _interest_metrics(run_dir: str, prepared_dir: str, config: Config) -> dict:

@@ -9,7 +9,6 @@ directory's layout: :mod:`recsys_dist.run_layout`). The run directory may be loc
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -145,7 +144,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
         model_dir=model_dir,
         best_metrics=state["metrics"],
         best_epoch=state["metrics"]["epoch"],
-        epochs=_last_epoch(run_dir),
+        epochs=run_layout.read_metrics(run_dir)[-1]["epoch"],
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
@@ -209,8 +208,3 @@ def _warn_if_no_cpu_for_data(config: Config) -> None:
             config.train.cpus_per_worker,
             needed,
         )
-
-
-def _last_epoch(run_dir: str) -> int:
-    lines = storage.read_text(run_layout.metrics_file(run_dir)).splitlines()
-    return json.loads(lines[-1])["epoch"]

@@ -23,14 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
-from ray import serve
 
 from recsys_dist import schema
 from recsys_dist.config import RetrainConfig, ServeConfig
 from recsys_dist.serving import app
 
-from .test_serve import free_port
+from .test_serve import free_port, stop
 
 pytestmark = pytest.mark.slow
 THRESHOLD = RetrainConfig().drift_threshold
@@ -180,9 +178,7 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
     finally:
         load.stop.set()
         load.thread.join()
-        serve.shutdown()
-        for name in (f"{instance}_event_log", f"{instance}_user_store"):
-            ray.kill(ray.get_actor(name, namespace="recsys_dist"))
+        stop(settings)
     statuses = {status for status, _ in load.answers}
     assert statuses == {200}, statuses
     versions = load.versions()[:switched_at]

@@ -63,9 +63,15 @@ def service(request, trained):
     extra = {"redis_url": request.getfixturevalue("redis_url")} if request.param == "redis" else {}
     url, config = start(root, store=request.param, **extra)
     yield url, config
+    stop(config)
+
+
+def stop(config: ServeConfig) -> None:
+    """Shut the application down, and the detached actors it started (the event log, and the
+    user store when it is the embedded one)."""
     serve.shutdown()
     names = [f"{config.instance}_event_log"]
-    if request.param == "embedded":
+    if config.store == "embedded":
         names.append(f"{config.instance}_user_store")
     for name in names:
         ray.kill(ray.get_actor(name, namespace="recsys_dist"))
