@@ -1,12 +1,14 @@
 """Retraining benchmark: a warm-started candidate vs a model trained from scratch.
 
-A generated log (``recsys-dist generate``: users whose interests drift) is cut by event time:
-the first period is the first model's data; the second is what arrives after it, where the
-users whose interests shift after the cut shift, and ``--new-items`` of the catalogue (items
-with no event in the first period) appear. Then one ``retrain`` turn: the candidate starts
-from the first model (warm start, ``retrain.epochs``), passes the gate or not; beside it, a
-model with the first model's settings is trained from scratch on the same grown dataset.
-Both are ranked on the same newest held-out events (the test split, full catalogue).
+A generated log (``recsys-dist generate``: users whose interests drift) is cut by event time,
+at ``--cut`` of its events: the first period is the first model's data; the second is what
+arrives after it, where the users whose interests shift after the cut shift, and
+``--new-items`` of the catalogue (items with no event in the first period) appear. Then one
+``retrain`` turn: the candidate starts from the first model (warm start, ``retrain.epochs``),
+passes the gate or not; beside it, a model with the first model's settings is trained from
+scratch on the same grown dataset.
+Both are ranked on the same newest held-out events (the test split's events after the cut,
+full catalogue), and both validate on the newest window too (``eval.targets_after``).
 
 Reported: NDCG@10 vs training seconds for both (validation after every epoch), the seconds
 each needs to reach the scratch model's final validation NDCG@10, both test figures, the new
@@ -20,6 +22,7 @@ must refuse. One JSON object, then Markdown rows for ``docs/benchmarks.md``::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -38,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recsys_dist import cli, run_layout, schema  # noqa: E402
-from recsys_dist.config import load_config  # noqa: E402
+from recsys_dist.config import RetrainConfig, load_config  # noqa: E402
 from recsys_dist.data.prepare import prepare_dataset  # noqa: E402
 from recsys_dist.data.synthetic import SHIFT_START, generate_dataset  # noqa: E402
 from recsys_dist.data.vocab import Vocabulary  # noqa: E402
@@ -56,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="keep outputs here (default: temp)")
     parser.add_argument("--users", type=int, default=3000)
     parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--cut", type=float, default=0.7, help="first period: this share of time")
+    parser.add_argument(
+        "--cut", type=float, default=0.8, help="first period: this share of the events, oldest"
+    )
     parser.add_argument("--new-items", type=float, default=0.1)
-    parser.add_argument("--warm-epochs", type=int, default=5, help="retrain.epochs")
+    parser.add_argument(
+        "--warm-epochs", type=int, default=RetrainConfig().epochs, help="retrain.epochs"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="section.key=value for both full trainings")
     args = parser.parse_args(argv)
@@ -72,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     periods = two_periods(work, args)
     registry = Registry(str(work / "registry"))
     first = train_first(periods["first"], work, config, registry)
-    turn_overrides = [f"retrain.epochs={args.warm_epochs}", "train.eval_every=1"]
-    second = warm_vs_scratch(periods["second"], work, config, registry, turn_overrides)
-    corrupted = retrain(registry.root, [str(periods["corrupted"])], str(work / "retraining"))
+    # Both curves on the newest window: the validation events after the cut, as the gate.
+    cut = periods["facts"]["cut"]
+    window = dataclasses.replace(config, eval=dataclasses.replace(config.eval, targets_after=cut))
+    turn_overrides = [f"retrain.epochs={args.warm_epochs}", f"eval.targets_after={cut}"]
+    second = warm_vs_scratch(periods["second"], work, window, registry, turn_overrides)
+    corrupted = retrain(
+        registry.root, [str(periods["corrupted"])], str(work / "retraining"), turn_overrides
+    )
     grown = str(work / "retraining" / PREPARED_DIR)
     popularity = evaluate_run(registry.current().path, "test", data_dir=grown)
     corrupted["current_metrics"]["popularity"] = popularity["baseline_popularity"][METRIC]
@@ -102,7 +114,7 @@ def two_periods(work: Path, args) -> dict:
     generate_dataset(str(generated), users=args.users, items=args.items, seed=1, start_days=30)
     events = pq.read_table(generated / schema.EVENTS_DIR).sort_by(schema.TIMESTAMP)
     times = events.column(schema.TIMESTAMP).to_numpy()
-    cut = int(times[0] + args.cut * (times[-1] - times[0]))
+    cut = int(times[int(args.cut * (len(times) - 1))])
     rng = np.random.default_rng(0)
     item_ids = pq.read_table(generated / schema.ITEMS_DIR).column(schema.ITEM_ID)
     new = pa.array(rng.choice(item_ids.to_numpy(False), int(args.new_items * len(item_ids)), False))
@@ -126,6 +138,7 @@ def two_periods(work: Path, args) -> dict:
     folders["facts"] = {
         "users": args.users,
         "items": args.items,
+        "cut": cut,
         "first_events": first.num_rows,
         "second_events": second.num_rows,
         "second_active_users": active,
@@ -174,7 +187,12 @@ def warm_vs_scratch(folder: Path, work: Path, config, registry: Registry, overri
         "scratch_s_to_scratch_valid": seconds_to(scratch_curve, target),
         "warm_curve": warm_curve,
         "scratch_curve": scratch_curve,
-        "new_item_share_of_top10": new_item_share(turn["candidate"], registry, grown, known, work),
+        "new_item_share_of_top10": new_item_share(
+            registry.get(turn["candidate"]).model_dir, grown, known, work
+        ),
+        "scratch_new_item_share_of_top10": new_item_share(
+            run_layout.model_dir(scratch_run), grown, known, work
+        ),
     }
 
 
@@ -188,10 +206,10 @@ def seconds_to(points: list[tuple[float, float]], target: float) -> float | None
     return next((s for s, value in points if value >= target), None)
 
 
-def new_item_share(version: str, registry: Registry, grown: Path, known, work: Path) -> float:
-    """The share of the candidate's top-10 (every user of the grown data) that are new items."""
+def new_item_share(model_dir: str, grown: Path, known, work: Path) -> float:
+    """The share of a model's top-10 (every user of the grown data) that are new items."""
     out = str(work / "recommendations.parquet")
-    score_prepared(registry.get(version).model_dir, str(grown), out, k=10)
+    score_prepared(model_dir, str(grown), out, k=10)
     recommended = pq.read_table(out, columns=[schema.ITEM_ID])[schema.ITEM_ID]
     return round(pc.mean(pc.invert(pc.is_in(recommended, value_set=known))).as_py(), 4)
 
@@ -205,7 +223,9 @@ def markdown_row(r: dict) -> str:
         f"| {s[f'warm_test_{METRIC}']} ({s['warm_train_s']} s) "
         f"| {s[f'scratch_test_{METRIC}']} ({s['scratch_train_s']} s) "
         f"| {s['warm_s_to_scratch_valid']} s vs {s['scratch_s_to_scratch_valid']} s "
-        f"| {s['new_item_share_of_top10']:.1%} | {'promoted' if s['promoted'] else 'kept out'}; "
+        f"| {s['new_item_share_of_top10']:.1%} "
+        f"(scratch {s['scratch_new_item_share_of_top10']:.1%}) "
+        f"| {'promoted' if s['promoted'] else 'kept out'}; "
         f"corrupted: {'promoted' if r['corrupted']['promoted'] else 'refused'} |"
     )
 

@@ -169,11 +169,18 @@ class EvalConfig:
     sampling: str = "uniform"  # "uniform" or "popularity" (only with sampled_negatives > 0)
     batch_size: int = 512
     seed: int = 0
+    # Rank only the held-out events later than this (Unix seconds); 0 = every row. The
+    # retraining gate sets it to the parent version's last event: the newest window.
+    targets_after: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("eval.sampling", self.sampling, ("uniform", "popularity"))
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ConfigError(f"eval.ks must be positive, got {self.ks}")
+        if self.targets_after < 0:
+            raise ConfigError(
+                f"eval.targets_after must be >= 0 (seconds), got {self.targets_after}"
+            )
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,9 @@ class ServeConfig:
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
     items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
     registry_poll_s: float = 2.0  # serving a registry: check for a promotion this often
+    # ... and every replica switches to it at one instant, this long after the promotion (each
+    # loads it first), so no client sees the new version and then the old one again.
+    registry_switch_s: float = 10.0
     flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
     flush_seconds: float = 5.0  # ... or sooner, after this many seconds
     max_history: int = 2000  # events kept per user online (the most recent)
@@ -203,6 +213,10 @@ class ServeConfig:
             _check_positive(f"serve.{name}", getattr(self, name))
         if not self.registry_poll_s > 0:
             raise ConfigError(f"serve.registry_poll_s must be > 0, got {self.registry_poll_s}")
+        if not self.registry_switch_s >= 0:
+            raise ConfigError(
+                f"serve.registry_switch_s must be >= 0 (seconds), got {self.registry_switch_s}"
+            )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
     REGISTRY/versions/VERSION/items/           the item catalogue the run's data came with
     REGISTRY/versions/VERSION/config.yaml      the resolved config the run was trained with
     REGISTRY/versions/VERSION/version.json     the record (lineage, metrics, code); written LAST
-    REGISTRY/current.json                      {"version": V, "history": [earlier currents]}
+    REGISTRY/current.json                      {"version": V, "previous": the one it replaced,
+                                                "history": [earlier currents], "updated_at"}
 
 A version directory is laid out as a run (``run_layout``), so every command that reads a run
 reads a version (``--registry R [--version V]``); nothing ever writes into one again.
@@ -52,6 +53,15 @@ INTERESTS_FILE = run_layout.INTERESTS_FILE
 CONFIG_FILE = run_layout.CONFIG_FILE
 ITEMS_DIR = "items"
 PACKAGE = "recsys-dist"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What ``current.json`` says: the current version, the one it replaced, and when."""
+
+    version: str
+    previous: str | None
+    updated_at: float  # Unix seconds, the promoter's clock
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,15 @@ class Registry:
         pointer = self._pointer()
         return self.get(pointer["version"]) if pointer else None
 
+    def pointer(self) -> Pointer | None:
+        """The pointer itself (``None`` before the first promotion): a server that switches
+        its replicas at one instant needs when it moved and from what."""
+        pointer = self._pointer()
+        if pointer is None:
+            return None
+        updated = dt.datetime.fromisoformat(pointer["updated_at"]).timestamp()
+        return Pointer(pointer["version"], pointer.get("previous"), updated)
+
     def promote(self, version: str) -> dict[str, Any]:
         """Make ``version`` current; the one it replaces goes to the head of the history."""
         self.get(version)
@@ -173,7 +192,7 @@ class Registry:
         if previous == version:
             return {"current": version, "previous": previous, "changed": False}
         history = [previous, *pointer["history"]] if previous else pointer["history"]
-        self._write_pointer(version, history)
+        self._write_pointer(version, previous, history)
         log.info("promoted %s (was %s)", version, previous)
         return {"current": version, "previous": previous, "changed": True}
 
@@ -183,7 +202,7 @@ class Registry:
         if not pointer or not pointer["history"]:
             raise UserInputError(f"{self.root}: no earlier current version to roll back to")
         previous, *rest = pointer["history"]
-        self._write_pointer(previous, rest)
+        self._write_pointer(previous, pointer["version"], rest)
         log.info("rolled back to %s (was %s)", previous, pointer["version"])
         return {"current": previous, "previous": pointer["version"], "changed": True}
 
@@ -191,8 +210,13 @@ class Registry:
         path = storage.join(self.root, CURRENT_FILE)
         return storage.read_json(path) if storage.is_file(path) else None
 
-    def _write_pointer(self, version: str, history: list[str]) -> None:
-        pointer = {"version": version, "history": history, "updated_at": _now().isoformat()}
+    def _write_pointer(self, version: str, previous: str | None, history: list[str]) -> None:
+        pointer = {
+            "version": version,
+            "previous": previous,
+            "history": history,
+            "updated_at": _now().isoformat(),
+        }
         storage.write_json_atomic(storage.join(self.root, CURRENT_FILE), pointer)
 
 

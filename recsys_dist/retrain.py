@@ -14,10 +14,11 @@ A turn, as a cron line or a Kubernetes CronJob runs it unattended (``jobs/retrai
    next turn measures them again, with whatever came after);
 2. train a candidate from the current version's weights (``train.init_from``), its item rows
    grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule;
-3. the gate: rank the candidate and the current version on the same rows (the test split of
-   the grown dataset: each user's newest held-out events, which neither trained on) with the
-   same protocol; the current version cannot recommend items it never saw; a candidate that
-   does not beat the most-popular list by ``retrain.min_lift`` on those rows is kept out too;
+3. the gate: rank the candidate and the current version on the same rows (the newest
+   window: the test split's held-out events later than the current version's data, which
+   neither trained on) with the same protocol; the current version cannot recommend items
+   it never saw; a candidate that does not beat the most-popular list by
+   ``retrain.min_lift`` on those rows is kept out too;
 4. register the candidate (parent: the current version; the gate's metrics in its record);
    promote it unless its ``retrain.metric`` is below the current's by more than
    ``retrain.tolerance``, and say why either way.
@@ -34,10 +35,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from recsys_dist import run_layout, storage, tracking
-from recsys_dist.config import Config, DataConfig, load_config
+from recsys_dist import run_layout, schema, storage, tracking
+from recsys_dist.config import Config, DataConfig, EvalConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
-from recsys_dist.data.prepared import load_manifest
+from recsys_dist.data.prepared import load_manifest, read_split
 from recsys_dist.errors import MissingInputError
 from recsys_dist.evaluation.evaluate import evaluate_run
 from recsys_dist.interests.offline import INTERESTS_PARQUET, analyse_users
@@ -110,9 +111,11 @@ def retrain(
             return _result(None, current, False, reason, {}, {}, growth)
     run_dir = storage.join(workdir, RUNS_DIR, stamp)
     train(prepared, run_dir, config)
-    candidate_metrics = evaluate_run(run_dir, "test", config.eval, prepared)
-    current_metrics = evaluate_run(current.path, "test", config.eval, prepared)
+    gate_eval, window = newest_window(current, prepared, config.eval)
+    candidate_metrics = evaluate_run(run_dir, schema.TEST_SPLIT, gate_eval, prepared)
+    current_metrics = evaluate_run(current.path, schema.TEST_SPLIT, gate_eval, prepared)
     promote, reason = gate(candidate_metrics, current_metrics, config.retrain)
+    reason = f"{reason}; {window}"
     version = registry.register(
         run_dir,
         parent=current.id,
@@ -135,12 +138,33 @@ def parent_version(registry: Registry) -> Version:
     return current
 
 
+def data_end(version: Version) -> int | None:
+    """The time of the last event a version's data held (None: unrecorded)."""
+    span = version.record["data"]["event_time_range"]
+    return span[1] if span else None
+
+
+def newest_window(
+    current: Version, prepared: str, eval_config: EvalConfig
+) -> tuple[EvalConfig, str]:
+    """The gate's protocol: only the held-out events after the current version's data, so
+    the users the new events are about judge the turn, not everyone's stale last event.
+    Every held-out event when none is that new (only older events were appended)."""
+    since = data_end(current)
+    if since is not None:
+        newest = dataclasses.replace(eval_config, targets_after=since)
+        users = read_split(prepared, schema.TEST_SPLIT, since).count()
+        if users:
+            start = f"{dt.datetime.fromtimestamp(since, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+            return newest, f"judged on the {users} users with held-out events after {start}"
+    return eval_config, "judged on every user's held-out events (none newer than the parent)"
+
+
 def measure_drift(current: Version, prepared: str, output: str, config: Config) -> dict:
     """How many of the users active since the parent's data ended have drifted: their
     interests (the parent's model, ``config.interests``) written to ``output``, and the share
     whose drift score is above ``retrain.drift_threshold``."""
-    span = current.record["data"]["event_time_range"]
-    since = span[1] if span else None
+    since = data_end(current)
     analyse_users(current.path, prepared, output, config.interests, active_since=since)
     with storage.open_input(storage.join(output, INTERESTS_PARQUET)) as source:
         scores = pq.read_table(source, columns=["drift"]).column("drift").to_numpy()

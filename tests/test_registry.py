@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,8 +55,13 @@ def test_promote_and_rollback_move_one_pointer(tiny_run, tmp_path):
     assert registry.promote(v2.id)["previous"] == v1.id
     assert registry.promote(v2.id)["changed"] is False  # promoting current again: no history
     assert registry.current().id == v2.id
+    promoted = registry.pointer()
+    assert (promoted.version, promoted.previous) == (v2.id, v1.id)
     assert registry.rollback() == {"current": v1.id, "previous": v2.id, "changed": True}
     assert registry.current().id == v1.id
+    rolled_back = registry.pointer()  # what the replicas switch from, and from when
+    assert (rolled_back.version, rolled_back.previous) == (v1.id, v2.id)
+    assert promoted.updated_at <= rolled_back.updated_at <= time.time()
     with pytest.raises(UserInputError, match="no earlier current version"):
         registry.rollback()
     with pytest.raises(MissingInputError, match="no version '../x'"):

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from recsys_dist import schema, storage
 from recsys_dist.data.sequences import SplitSpec, split_rows
 
@@ -51,12 +54,22 @@ def read_users(prepared_dir: str) -> ray.data.Dataset:
     )
 
 
-def read_split(prepared_dir: str, split: str) -> ray.data.Dataset:
+def read_split(prepared_dir: str, split: str, targets_after: int = 0) -> ray.data.Dataset:
     """A lazy Ray Dataset of ``split``'s rows (:data:`schema.SEQUENCE_SCHEMA`, plus the target
-    for ``valid``/``test``), cut from ``users/`` in parallel as it is read."""
+    for ``valid``/``test``), cut from ``users/`` in parallel as it is read; with
+    ``targets_after``, only the valid/test rows whose held-out event is later than that."""
     if split not in schema.SPLITS:
         raise ValueError(f"split must be one of {schema.SPLITS}, got {split!r}")
     spec = split_spec(load_manifest(prepared_dir))
-    return read_users(prepared_dir).map_batches(
+    rows = read_users(prepared_dir).map_batches(
         split_rows, batch_format="pyarrow", fn_kwargs={"spec": spec, "which": split}
     )
+    if targets_after and split != schema.TRAIN_SPLIT:
+        rows = rows.map_batches(
+            _targets_after, batch_format="pyarrow", fn_kwargs={"since": targets_after}
+        )
+    return rows
+
+
+def _targets_after(rows: pa.Table, since: int) -> pa.Table:
+    return rows.filter(pc.greater(rows.column(schema.TARGET_TIMESTAMP), since))

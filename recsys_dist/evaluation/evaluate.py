@@ -52,7 +52,7 @@ def evaluate_run(
     # The data's own vocabulary: an appended dataset may know items the model never saw.
     vocab = Vocabulary.load(storage.join(data_dir, schema.VOCAB_FILE))
     popularity = vocab.popularity().astype(np.float64)
-    rows = read_split(data_dir, split)
+    rows = read_split(data_dir, split, eval_config.targets_after)
     config = model.config
     results = {}
     for name, scorer in (

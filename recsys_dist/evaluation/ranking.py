@@ -6,6 +6,7 @@ function serves validation inside training and the ``evaluate`` command.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -36,7 +37,11 @@ def protocol(eval_config: EvalConfig) -> str:
         )
     else:
         ranking = "full-catalogue ranking"
-    return f"{ranking}, {seen}"
+    window = ""
+    if eval_config.targets_after:
+        since = dt.datetime.fromtimestamp(eval_config.targets_after, dt.UTC)
+        window = f", held-out events after {since:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{ranking}, {seen}{window}"
 
 
 Scorer = Callable[[ModelInputs], torch.Tensor]  # model inputs -> [B, vocab] scores

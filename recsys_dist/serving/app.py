@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, Any
 
@@ -42,7 +43,7 @@ from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
-from recsys_dist.registry import Registry, Version
+from recsys_dist.registry import Pointer, Registry, Version
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
@@ -291,12 +292,11 @@ class RecommenderService:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Load the model ``user_config`` names, without a redeploy: ``{"model_dir": DIR}`` (an
         export, with the run's calibration and catalogue) or ``{"registry": R}`` (R's current
-        version, with its own; then every ``serve.registry_poll_s`` seconds this replica
-        checks R and moves to whatever version is current)."""
+        version, with its own; then this replica follows R, see :meth:`_follow`)."""
         self._stop_following()
         registry = user_config.get("registry")
         if registry:
-            self._serve(self._current_of(Registry(registry)))
+            self._serve(self._live_of(Registry(registry)))
             self._follow(Registry(registry))
             return
         model_dir = user_config.get("model_dir") or run_layout.model_dir(self.run_dir)
@@ -307,32 +307,60 @@ class RecommenderService:
         self.served = served  # one assignment: requests in flight keep the one they read
         logger.info("serving model %s", served.version)
 
-    def _current_of(self, registry: Registry) -> ServedModel:
-        current = registry.current()
-        if current is None:
+    def _live_of(self, registry: Registry) -> ServedModel:
+        """The version the fleet serves now: the current one, or, before its switch instant,
+        the one it replaced (a replica that starts mid-switch must not run ahead of the
+        others)."""
+        pointer = registry.pointer()
+        if pointer is None:
             raise RuntimeError(f"{registry.root}: no current version to serve")
-        return ServedModel.of_version(current, self.settings, self.interest_config)
+        live = pointer.version
+        if pointer.previous and time.time() < self._switch_instant(pointer):
+            live = pointer.previous
+        return ServedModel.of_version(registry.get(live), self.settings, self.interest_config)
+
+    def _switch_instant(self, pointer: Pointer) -> float:
+        return pointer.updated_at + self.settings.registry_switch_s
 
     def _follow(self, registry: Registry) -> None:
-        """Poll the registry's pointer in a thread; load a newly promoted (or rolled back to)
-        version off the request path, then swap it in. A failed check or load is logged and
-        retried at the next poll: the replica keeps serving the version it has."""
+        """Poll the registry's pointer in a thread. A newly promoted (or rolled back to)
+        version is loaded off the request path, then swapped in at the fleet's switch instant
+        (``serve.registry_switch_s`` after the promotion, by each replica's clock), so every
+        replica moves at once. A failed check or load is logged and retried at the next poll:
+        the replica keeps serving the version it has."""
         stop = self._following = threading.Event()
 
         def follow() -> None:
             while not stop.wait(self.settings.registry_poll_s):
                 try:
-                    current = registry.current()
-                    if current is not None and current.id != self._version():
-                        self._serve(
-                            ServedModel.of_version(current, self.settings, self.interest_config)
-                        )
+                    self._catch_up(registry, stop)
                 except Exception:  # noqa: BLE001 — keep serving; try again next poll
                     logger.exception(
                         "following %s failed; still serving %s", registry.root, self._version()
                     )
 
         threading.Thread(target=follow, name="registry-follower", daemon=True).start()
+
+    def _catch_up(self, registry: Registry, stop: threading.Event) -> None:
+        pointer = registry.pointer()
+        if pointer is None or pointer.version == self._version():
+            return
+        staged = ServedModel.of_version(
+            registry.get(pointer.version), self.settings, self.interest_config
+        )
+        wait = self._switch_instant(pointer) - time.time()
+        if wait > 0 and stop.wait(wait):
+            return
+        if registry.pointer() != pointer:  # moved again while waiting: the next poll decides
+            return
+        if self.settings.registry_switch_s and wait < 0:
+            logger.warning(
+                "switched to %s %.1f s after the fleet's instant (loading took too long: "
+                "raise serve.registry_switch_s)",
+                pointer.version,
+                -wait,
+            )
+        self._serve(staged)
 
     def _stop_following(self) -> None:
         if self._following is not None:

@@ -63,7 +63,8 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
-        split: read_split(prepared_dir, split) for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
+        split: read_split(prepared_dir, split, config.eval.targets_after)
+        for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
     }
     results_fs, results_path = storage.resolve(run_layout.ray_results_dir(run_dir))
     return TorchTrainer(

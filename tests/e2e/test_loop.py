@@ -1,11 +1,12 @@
 """The retraining loop, whole, through the real CLI and a real Serve application.
 
-v1 (the shared trained run) is registered and served from the registry under a steady load.
+v1 (the shared trained run) is registered and served from the registry by two replicas under
+a steady load.
 Events posted to the service land in its event log; a drift-triggered turn over that folder
 waits (too little drift); more events, with items v1 never saw, arrive; the next turn takes
 only the new file, trains v2 for two epochs from v1's weights (it keeps what v1 learned)
-and promotes it; the live service moves to v2
-with no failed request and never back, and v2 can recommend the new items; a file of
+and promotes it; both replicas move to v2 at one instant, with no failed request and never
+back, and v2 can recommend the new items; a file of
 corrupted events (items shuffled) lands in the same folder, and the candidate trained on it
 is kept out, v2 staying; a rollback restores v1; a turn with nothing new trains nothing.
 """
@@ -123,9 +124,15 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
         event_log_dir=str(event_log),
         flush_rows=1,  # every acknowledged request becomes a Parquet file at once
         registry_poll_s=0.2,
+        registry_switch_s=3.0,  # both replicas load a version well within this, then switch
     )
+    two_replicas = {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
     url = app.run_service(
-        str(root / "versions" / v1), settings, port=free_port(), registry=str(root)
+        str(root / "versions" / v1),
+        settings,
+        port=free_port(),
+        registry=str(root),
+        deployment=two_replicas,
     )
     load = Load(url, user=users[-1])
     load.thread.start()

@@ -9,6 +9,7 @@ import pytest
 
 from recsys_dist import schema
 from recsys_dist.config import EvalConfig
+from recsys_dist.data.prepared import read_split
 from recsys_dist.errors import UserInputError
 from recsys_dist.evaluation.evaluate import evaluate_run
 
@@ -52,6 +53,18 @@ def test_keeping_seen_items_changes_the_protocol(tiny_run, test_metrics):
     assert kept["users"] == test_metrics["users"]
     check_metrics(kept)
     assert kept["baseline_popularity"] != test_metrics["baseline_popularity"]
+
+
+def test_a_window_ranks_only_the_held_out_events_after_its_start(tiny_run, test_metrics):
+    """``eval.targets_after``: the users whose test event is later than the median one."""
+    times = sorted(
+        read_split(str(tiny_run.prepared), schema.TEST_SPLIT).to_pandas()[schema.TARGET_TIMESTAMP]
+    )
+    since = int(times[len(times) // 2])
+    newest = evaluate_run(str(tiny_run.run), schema.TEST_SPLIT, EvalConfig(targets_after=since))
+    assert newest["users"] == sum(t > since for t in times) < test_metrics["users"]
+    assert newest["protocol"].startswith("full-catalogue ranking, seen items excluded, held-out")
+    check_metrics(newest)
 
 
 def test_a_sampled_protocol_says_so(tiny_run):
