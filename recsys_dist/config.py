@@ -204,6 +204,10 @@ class ServeConfig:
     max_k: int = 1000  # largest k a request may ask for
     max_request_events: int = 2000  # events in one request body (history or events): else 413
     max_body_bytes: int = 1_000_000  # request bodies above this size get 413
+    # Event and query times outside this range (Unix seconds; default 1970 to 2200) get 422:
+    # a time far in the future would sort after every real event for good.
+    min_timestamp: int = 0
+    max_timestamp: int = 7_258_118_400
     batch_size: int = 32  # requests scored together by @serve.batch
     batch_wait_s: float = 0.005  # how long a batch waits to fill
 
@@ -213,6 +217,11 @@ class ServeConfig:
             _check_positive(f"serve.{name}", getattr(self, name))
         if not self.registry_poll_s > 0:
             raise ConfigError(f"serve.registry_poll_s must be > 0, got {self.registry_poll_s}")
+        if not 0 <= self.min_timestamp < self.max_timestamp < 2**62:
+            raise ConfigError(
+                "serve.min_timestamp and serve.max_timestamp must satisfy 0 <= min < max < 2**62,"
+                f" got {self.min_timestamp} and {self.max_timestamp}"
+            )
         if not self.registry_switch_s >= 0:
             raise ConfigError(
                 f"serve.registry_switch_s must be >= 0 (seconds), got {self.registry_switch_s}"
@@ -256,8 +265,13 @@ class RetrainConfig:
     """One turn of the retraining loop (``retrain``): new events -> candidate -> gate."""
 
     # The candidate is warm-started from the current version and trains this many epochs
-    # (optimizer state and schedule start afresh: warm-up, then decay over these epochs).
+    # (optimizer state and schedule start afresh, decaying over these epochs) ...
     epochs: int = 10
+    # ... at the parent's train.lr times this, after this many warm-up steps: trained weights
+    # need no warm-up, and a higher rate reaches the from-scratch model's quality sooner
+    # (docs/benchmarks.md, "Retraining": 2x without warm-up got there in 8 epochs, 1x in >15).
+    lr_scale: float = 2.0
+    warmup_steps: int = 0
     # Promote unless the candidate's test metric is below the current version's by more
     # than this (both ranked on the same newest held-out events, same protocol).
     metric: str = "ndcg@10"
@@ -275,6 +289,9 @@ class RetrainConfig:
 
     def __post_init__(self) -> None:
         _check_positive("retrain.epochs", self.epochs)
+        _check_positive("retrain.lr_scale", self.lr_scale)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"retrain.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.when_drift <= 1.0:
             raise ConfigError(f"retrain.when_drift must be in [0, 1], got {self.when_drift}")
         if not 0.0 < self.drift_threshold < 1.0:

@@ -13,7 +13,8 @@ A turn, as a cron line or a Kubernetes CronJob runs it unattended (``jobs/retrai
    ended (``WORKDIR/drift/STAMP``); below SHARE, stop, saying so (the events stay taken: the
    next turn measures them again, with whatever came after);
 2. train a candidate from the current version's weights (``train.init_from``), its item rows
-   grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule;
+   grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule, at
+   ``retrain.lr_scale`` times the parent's rate after ``retrain.warmup_steps``;
 3. the gate: rank the candidate and the current version on the same rows (the newest
    window: the test split's held-out events later than the current version's data, which
    neither trained on) with the same protocol; the current version cannot recommend items
@@ -36,7 +37,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from recsys_dist import run_layout, schema, storage, tracking
-from recsys_dist.config import Config, DataConfig, EvalConfig, load_config
+from recsys_dist.config import Config, DataConfig, EvalConfig, TrainConfig, load_config
 from recsys_dist.data.prepare import prepare_dataset
 from recsys_dist.data.prepared import load_manifest, read_split
 from recsys_dist.errors import MissingInputError
@@ -91,12 +92,7 @@ def retrain(
         log.info("%s; %s stays current", reason, current.id)
         return _result(None, current, False, reason, {}, {}, growth)
     config = load_config(None, [*run_layout.saved_settings(current.path, SETTINGS), *overrides])
-    config = dataclasses.replace(
-        config,
-        train=dataclasses.replace(
-            config.train, init_from=current.model_dir, epochs=config.retrain.epochs
-        ),
-    )
+    config = dataclasses.replace(config, train=fine_tuning(config, current.model_dir))
     stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     if config.retrain.when_drift > 0:
         drift = measure_drift(current, prepared, storage.join(workdir, DRIFT_DIR, stamp), config)
@@ -125,6 +121,19 @@ def retrain(
         registry.promote(version.id)
     log.info("candidate %s %s: %s", version.id, "promoted" if promote else "kept out", reason)
     return _result(version.id, current, promote, reason, candidate_metrics, current_metrics, growth)
+
+
+def fine_tuning(config: Config, parent_model: str) -> TrainConfig:
+    """The candidate's training: the parent's settings, from the parent's weights, for the
+    ``retrain`` section's epochs, rate and warm-up."""
+    turn = config.retrain
+    return dataclasses.replace(
+        config.train,
+        init_from=parent_model,
+        epochs=turn.epochs,
+        lr=config.train.lr * turn.lr_scale,
+        warmup_steps=turn.warmup_steps,
+    )
 
 
 def parent_version(registry: Registry) -> Version:

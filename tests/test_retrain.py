@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys_dist.config import ConfigError, RetrainConfig
+from recsys_dist.config import ConfigError, RetrainConfig, load_config
 from recsys_dist.errors import MissingInputError
-from recsys_dist.retrain import gate
+from recsys_dist.retrain import fine_tuning, gate
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,11 @@ def test_the_job_script_is_the_retrain_command_with_one_json_line(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("error: ") and "no current version" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_candidate_fine_tunes_from_the_parent_at_the_turns_rate():
+    config = load_config(None, ["train.lr=0.001", "train.warmup_steps=50", "retrain.epochs=3"])
+    tuned = fine_tuning(config, "/registry/versions/v1/model")
+    assert (tuned.init_from, tuned.epochs) == ("/registry/versions/v1/model", 3)
+    assert tuned.lr == 0.001 * RetrainConfig().lr_scale and tuned.warmup_steps == 0
+    assert tuned.batch_size == config.train.batch_size  # the rest is the parent's

@@ -22,6 +22,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 from fastapi import FastAPI, HTTPException
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
@@ -58,20 +60,30 @@ api = FastAPI(
 
 # --- request and response bodies --------------------------------------------------------------
 
+# Bounds every request is held to, in the OpenAPI schema too: ids and names this long at most,
+# and at most this many entries in an item or category list (event lists: serve.max_request_events;
+# times: serve.min_timestamp..serve.max_timestamp, checked per request).
+MAX_ID_CHARS = 256
+MAX_LIST_ITEMS = 10_000
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+IdList = Annotated[list[Id], Field(max_length=MAX_LIST_ITEMS)]
+UserPath = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS)]
+
 
 class HistoryEvent(BaseModel):
-    item_id: str = Field(min_length=1)
+    item_id: Id
     timestamp: int = Field(ge=0, description="seconds since the epoch")
 
 
 class RecommendRequest(BaseModel):
-    user_id: str | None = Field(default=None, min_length=1)
+    user_id: Id | None = None
     history: list[HistoryEvent] = Field(default_factory=list, description="recent events")
     k: int = Field(default=10, ge=1)
     exclude_seen: bool = True
-    allow_items: list[str] | None = Field(default=None, description="recommend only these")
-    deny_items: list[str] | None = Field(default=None, description="never recommend these")
-    categories: list[str] | None = Field(
+    allow_items: IdList | None = Field(default=None, description="recommend only these")
+    deny_items: IdList | None = Field(default=None, description="never recommend these")
+    categories: IdList | None = Field(
         default=None, description="recommend only items in one of these catalogue categories"
     )
     query_time: int | None = Field(default=None, ge=0, description="default: last event")
@@ -90,10 +102,10 @@ class RecommendResponse(BaseModel):
 
 
 class EventIn(BaseModel):
-    user_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
-    timestamp: int = Field(ge=0)
-    event_type: str | None = None
+    user_id: Id
+    item_id: Id
+    timestamp: int = Field(ge=0, description="seconds since the epoch")
+    event_type: Id | None = None
     rating: float | None = None
 
     @field_validator("rating")
@@ -130,21 +142,52 @@ class InterestsResponse(InterestRecord):
 
 
 class BodyLimit:
-    """413 before reading a body whose ``Content-Length`` is over ``app.state.max_body_bytes``
-    (the server holds the body to that length). Plain ASGI: Starlette's ``BaseHTTPMiddleware``
-    would cost every request a task group on the hot path."""
+    """413 for a body over ``app.state.max_body_bytes``: at once when ``Content-Length`` says
+    so, and for a body without one (chunked) by counting the bytes as they are read, so no
+    body is ever held beyond the limit. Plain ASGI: Starlette's ``BaseHTTPMiddleware`` would
+    cost every request a task group on the hot path."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
         limit = getattr(scope["app"].state, "max_body_bytes", None) if "app" in scope else None
-        if scope["type"] == "http" and limit:
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > limit:
-                response = JSONResponse({"detail": f"request body over {limit} bytes"}, 413)
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or not limit:
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit():  # the server reads no more than this
+            if int(length) > limit:
+                return await self._too_large(limit, scope, receive, send)
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await self._too_large(limit, scope, receive, send)
+        return await self.app(scope, _replay(bytes(body), receive), send)
+
+    @staticmethod
+    async def _too_large(limit: int, scope, receive, send) -> None:
+        response = JSONResponse({"detail": f"request body over {limit} bytes"}, 413)
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """A ``receive`` that hands the app the body read already, then the connection's own."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 api.add_middleware(BodyLimit)
@@ -202,6 +245,9 @@ def analyse_history(
         groups=list(analyzer.groups.names),
     )
 
+
+# What /v1/model reports of the event log: its backlog and what it could not publish.
+EVENT_LOG_COUNTERS = ("pending", "files_written", "segments_quarantined", "torn_records")
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
 # replicas that answer HTTP themselves, instead of the Python proxy actor relaying each request
@@ -384,17 +430,21 @@ class RecommenderService:
 
     @api.get("/v1/model")
     async def model(self) -> dict[str, Any]:
+        """The served version, and the event log's backlog and failures (a quarantined
+        segment holds acknowledged events that need a person)."""
         model = self._served().recommender
+        stats = await self.event_log.stats.remote()
         return {
             "model_version": model.model_version,
             "vocab_size": model.vocab.size,
             "num_items": model.vocab.num_items,
             "metrics": model.state.get("metrics", {}),
             "data_hash": model.state.get("data_hash"),
+            "event_log": {key: stats[key] for key in EVENT_LOG_COUNTERS},
         }
 
     @api.get("/v1/users/{user_id}/history", response_model=HistoryResponse)
-    async def history(self, user_id: str) -> HistoryResponse:
+    async def history(self, user_id: UserPath) -> HistoryResponse:
         found = await self.store.get(user_id)
         if found is None:
             raise HTTPException(404, f"user {user_id!r} has no history")
@@ -407,7 +457,7 @@ class RecommenderService:
         )
 
     @api.get("/v1/users/{user_id}/interests", response_model=InterestsResponse)
-    async def interests(self, user_id: str) -> InterestsResponse:
+    async def interests(self, user_id: UserPath) -> InterestsResponse:
         """Trajectory, current profile, drift, change points and forecast, from the user's
         online history: events posted a moment ago count."""
         found = await self.store.get(user_id)
@@ -421,6 +471,9 @@ class RecommenderService:
         """Durable first (the event log), visible next (the store), then acknowledged."""
         if len(body.events) > self.settings.max_request_events:
             raise HTTPException(413, f"more than {self.settings.max_request_events} events")
+        self._check_times(
+            (f"events[{i}].timestamp", e.timestamp) for i, e in enumerate(body.events)
+        )
         events = [Event(**e.model_dump()) for e in body.events]
         await self.event_log.append.remote(events)
         await self.store.append(events)
@@ -435,6 +488,10 @@ class RecommenderService:
             raise HTTPException(422, f"k must be at most {self.settings.max_k}")
         if len(body.history) > self.settings.max_request_events:
             raise HTTPException(413, f"history longer than {self.settings.max_request_events}")
+        times = [(f"history[{i}].timestamp", e.timestamp) for i, e in enumerate(body.history)]
+        if body.query_time is not None:
+            times.append(("query_time", body.query_time))
+        self._check_times(times)
         served = self._served()
         allow = self._allowed(body, served)
         history = await self._history_of(body)
@@ -453,6 +510,17 @@ class RecommenderService:
         if unknown == len(history):  # nothing the model knows: as good as no history
             return self._popular(body, allow, unknown, served)
         return self._response(items, scores, False, unknown, version)
+
+    def _check_times(self, times: Iterable[tuple[str, int]]) -> None:
+        """422 naming the first time outside ``serve.min_timestamp..serve.max_timestamp``."""
+        low, high = self.settings.min_timestamp, self.settings.max_timestamp
+        for field, value in times:
+            if not low <= value <= high:
+                raise HTTPException(
+                    422,
+                    f"{field}: {value} is outside {low}..{high} seconds "
+                    "(serve.min_timestamp, serve.max_timestamp)",
+                )
 
     def _popular(self, body, allow, unknown: int, served: ServedModel) -> RecommendResponse:
         """The cold-start answer, flagged as a fallback, under the request's filters."""

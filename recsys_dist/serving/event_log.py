@@ -55,9 +55,16 @@ EVENT_LOG_ACTOR = "recsys_dist_event_log"
 WAL_MAGIC = b"RSDWAL1\n"
 WAL_SUFFIX = ".wal"
 LOCK_FILE = "LOCK"
+QUARANTINE_DIR = "quarantine"  # in the WAL directory: segments that cannot become Parquet
 LOCK_WAIT_S = 30.0  # a crashed predecessor's lock goes with its process; wait that long at most
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 _MAX_RETRY_S = 60.0
+_INT64 = range(-(2**63), 2**63)
+
+
+class UnconvertibleSegment(ValueError):
+    """A WAL segment whose complete records cannot become rows of the event schema. Retrying
+    cannot help, so it is quarantined rather than left blocking every segment after it."""
 
 
 @dataclass
@@ -79,11 +86,13 @@ def encode_record(events: Sequence[Event]) -> bytes:
 def _row(event: Event) -> list:
     """The event as the WAL stores it, in the schema's types: a value that does not fit fails
     the ``append`` call here, never the Parquet conversion of a whole segment later."""
-    kind, rating = event.event_type, event.rating
+    kind, rating, timestamp = event.event_type, event.rating, int(event.timestamp)
+    if timestamp not in _INT64:
+        raise ValueError(f"timestamp {timestamp} does not fit the event schema's int64")
     return [
         str(event.user_id),
         str(event.item_id),
-        int(event.timestamp),
+        timestamp,
         None if kind is None else str(kind),
         None if rating is None else float(rating),
     ]
@@ -94,6 +103,7 @@ def read_segment(path: str) -> tuple[pa.Table, int]:
     number of torn records after them (0 or 1: a crash can only tear the last one).
 
     Raises:
+        UnconvertibleSegment: For complete records that do not fit the schema.
         ValueError: For a file that is not a WAL segment (it is left alone, never deleted).
     """
     data = Path(path).read_bytes()
@@ -110,7 +120,10 @@ def read_segment(path: str) -> tuple[pa.Table, int]:
             break
         rows.extend(json.loads(payload))
         offset += _HEADER.size + length
-    return _to_table(rows), int(offset < len(data))
+    try:
+        return _to_table(rows), int(offset < len(data))
+    except (ValueError, TypeError, OverflowError, pa.ArrowException) as error:
+        raise UnconvertibleSegment(f"{path}: {error}") from error
 
 
 def _to_table(rows: list[list]) -> pa.Table:
@@ -204,6 +217,7 @@ class EventLog:
         self._last_id = 0
         self._tasks: list[asyncio.Task] = []
         counters = ("appended", "files_written", "segments_recovered", "segments_unreadable")
+        counters += ("segments_quarantined",)
         self._counts = dict.fromkeys((*counters, "torn_records"), 0)
         self._recover()
         self._start_tasks()
@@ -348,23 +362,38 @@ class EventLog:
                 written += self._published(path, *result)
         return written
 
-    def _publish(self, path: str) -> tuple[str | None, int]:
+    def _publish(self, path: str) -> tuple[str | None, int, bool]:
         """Write a sealed segment's Parquet file, then delete the segment; returns the file
-        (``None`` when the segment held no complete record or was already published) and the
-        torn records dropped."""
+        (``None`` when the segment held no complete record, was already published or was
+        quarantined), the torn records dropped, and whether it was quarantined."""
         if not os.path.exists(path):
-            return None, 0
-        table, torn = read_segment(path)
+            return None, 0, False
+        try:
+            table, torn = read_segment(path)
+        except UnconvertibleSegment as error:
+            self._quarantine(path, error)
+            return None, 0, True
         target = None
         if table.num_rows:
             segment_id = os.path.basename(path).removesuffix(WAL_SUFFIX)
             target = storage.join(self._log_dir, schema.EVENTS_DIR, f"part-{segment_id}.parquet")
             _write_parquet(table, target)
         os.remove(path)
-        return target, torn
+        return target, torn, False
 
-    def _published(self, path: str, target: str | None, torn: int) -> list[str]:
+    def _quarantine(self, path: str, error: Exception) -> None:
+        """Move an unconvertible segment aside (``WAL_DIR/quarantine/``), kept for a person to
+        look at, so the segments after it are published."""
+        folder = os.path.join(self._wal_dir, QUARANTINE_DIR)
+        os.makedirs(folder, exist_ok=True)
+        os.replace(path, os.path.join(folder, os.path.basename(path)))
+        _fsync_path(folder, directory=True)
+        _fsync_path(self._wal_dir, directory=True)
+        logger.error("event log: quarantined %s in %s (%s)", path, folder, error)
+
+    def _published(self, path: str, target: str | None, torn: int, quarantined: bool) -> list[str]:
         self._sealed.pop(path, None)
+        self._counts["segments_quarantined"] += quarantined
         self._counts["torn_records"] += torn
         if torn:
             logger.warning(
@@ -383,6 +412,9 @@ class EventLog:
             try:
                 self._sealed[path] = read_segment(path)[0].num_rows
                 leftovers.append(path)
+            except UnconvertibleSegment as error:
+                self._quarantine(path, error)
+                self._counts["segments_quarantined"] += 1
             except ValueError:  # kept for a person to look at; never deleted unread
                 logger.error("event log: %s is not a WAL segment; left in place", path)
                 self._counts["segments_unreadable"] += 1

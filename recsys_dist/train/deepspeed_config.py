@@ -14,7 +14,8 @@ def build_deepspeed_config(
 
     ``torch_adam`` keeps the optimizer portable: DeepSpeed's fused Adam needs CUDA.
     """
-    warmup = min(train.warmup_steps, max(1, total_steps // 2))
+    # DeepSpeed needs at least one warm-up step (and takes two): 0 means "start at full rate".
+    warmup = max(1, min(train.warmup_steps, total_steps // 2))
     return {
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": 1,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
+import struct
 import time
 import uuid
+import zlib
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -241,6 +244,42 @@ def test_a_torn_last_record_is_dropped_and_counted(start_log, tmp_path, tail):
     assert (stats["segments_recovered"], stats["torn_records"]) == (1, 1)
     assert all_rows(read_log(log_dir)) == as_rows([e for batch in complete for e in batch])
     assert wal_files(wal_dir) == []
+
+
+def raw_record(rows: list[list]) -> bytes:
+    """A WAL record as the format allows, bypassing the checks ``append`` makes."""
+    payload = json.dumps(rows).encode()
+    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_an_event_that_does_not_fit_the_schema_is_refused_before_the_wal():
+    with pytest.raises(ValueError, match="int64"):
+        encode_record([Event("a", "x", 10**30)])
+
+
+def test_a_segment_that_cannot_become_parquet_is_quarantined_not_blocking(start_log, tmp_path):
+    """A segment written before the checks existed (or by a bug), with a timestamp no int64
+    holds: moved aside and counted, and the segments after it are still published."""
+    log_dir, wal_dir = str(tmp_path / "log"), tmp_path / "wal"
+    log = start_log(log_dir, wal_dir)
+    before = make_events("a", 2)
+    ray.get(log.append.remote(before))
+    ray.kill(log)
+    [good] = wal_files(wal_dir)
+    poison = os.path.join(os.path.dirname(good), "00000000000000000001-bad.wal")
+    with open(poison, "wb") as stream:  # the oldest segment: it would block every other
+        stream.write(event_log.WAL_MAGIC + raw_record([["u", "i", 10**30, None, None]]))
+    fresh = start_log(log_dir, os.path.dirname(good), exact_wal=True)
+    after = make_events("b", 3)
+    ray.get(fresh.append.remote(after))
+    ray.get(fresh.flush.remote())
+    stats = ray.get(fresh.stats.remote())
+    assert (stats["segments_quarantined"], stats["segments_recovered"]) == (1, 1)
+    assert all_rows(read_log(log_dir)) == as_rows(before + after)
+    quarantined = os.path.join(
+        os.path.dirname(good), event_log.QUARANTINE_DIR, "00000000000000000001-bad.wal"
+    )
+    assert os.path.exists(quarantined) and not os.path.exists(poison)
 
 
 def test_every_truncation_of_a_segment_keeps_exactly_the_complete_records(tmp_path):

@@ -26,3 +26,9 @@ def test_cpu_runs_fp32_and_short_runs_keep_a_valid_schedule():
     assert ds["bf16"]["enabled"] is False
     params = ds["scheduler"]["params"]
     assert params["warmup_num_steps"] < params["total_num_steps"]
+
+
+def test_no_warm_up_is_the_least_deepspeed_takes():
+    """A warm-started candidate trains without warm-up (``retrain.warmup_steps=0``)."""
+    ds = build_deepspeed_config(TrainConfig(warmup_steps=0), 1, total_steps=10, bf16=False)
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 1
