@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config,
         _add_models,
         _add_retrain,
+        _add_keys,
     ):
         add(commands, flags)
     return parser
@@ -360,6 +361,11 @@ def _add_serve(commands, flags):
     sub.add_argument("--model", help="with --run: another export to serve (default: RUN/model)")
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--host", default="127.0.0.1")
+    sub.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a --host beyond loopback without API keys (serve.api_keys_file)",
+    )
     _add_config_args(sub)
     sub.set_defaults(handler=_run_serve)
     return sub
@@ -558,6 +564,12 @@ def _run_serve(args):
     from recsys_dist.serving.app import run_service, use_haproxy_ingress
 
     config = _config(args)
+    _require(
+        _is_loopback(args.host) or config.serve.api_keys_file or args.insecure,
+        f"--host {args.host}: the service would answer beyond this machine without "
+        "authentication; create keys (recsys-dist keys create --file KEYS ...) and give "
+        "serve.api_keys_file=KEYS, or pass --insecure",
+    )
     use_haproxy_ingress()  # effective when init_ray starts a local Ray
     init_ray(args.address, min_cpus=2)
     url = run_service(
@@ -570,6 +582,17 @@ def _run_serve(args):
     sys.stdout.flush()
     _wait_for_interrupt()
     return {"url": url, "stopped": True}
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _wait_for_interrupt() -> None:
@@ -676,15 +699,19 @@ def _run_config_show(args):
     return _config(args).to_dict()
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _add_action_group(commands, flags, command: str, text: str, helps: dict, handler) -> dict:
+    """``recsys-dist COMMAND ACTION``: one sub-parser per action (``args.action``), all run
+    by ``handler``; returns them by name for their own arguments."""
+    sub = commands.add_parser(command, help=text)
+    actions = sub.add_subparsers(dest="action", required=True)
+    parsers = {}
+    for name, action_help in helps.items():
+        parsers[name] = actions.add_parser(name, help=action_help, parents=[flags])
+        parsers[name].set_defaults(handler=handler)
+    return parsers
 
 
 def _add_models(commands, flags):
-    sub = commands.add_parser(
-        "models", help="the model registry: register, list, show, promote, roll back"
-    )
-    actions = sub.add_subparsers(dest="models_command", required=True)
     helps = {
         "register": "copy a trained run into a new immutable version",
         "list": "every version, oldest first, and which is current",
@@ -692,23 +719,21 @@ def _add_models(commands, flags):
         "promote": "make a version current (what `serve --registry` serves)",
         "rollback": "make the previous current version current again",
     }
-    for name, text in helps.items():
-        action = actions.add_parser(name, help=text, parents=[flags])
+    text = "the model registry: register, list, show, promote, roll back"
+    parsers = _add_action_group(commands, flags, "models", text, helps, _run_models)
+    for action in parsers.values():
         action.add_argument("--registry", required=True, help="registry directory or s3:// prefix")
-        if name == "register":
-            action.add_argument("--run", required=True, help="a trained run directory")
-            action.add_argument("--parent", help="the version it was warm-started from")
-        if name in ("show", "promote"):
-            action.add_argument("version")
-        action.set_defaults(handler=_run_models)
-    return sub
+    parsers["register"].add_argument("--run", required=True, help="a trained run directory")
+    parsers["register"].add_argument("--parent", help="the version it was warm-started from")
+    for name in ("show", "promote"):
+        parsers[name].add_argument("version")
 
 
 def _run_models(args):
     from recsys_dist.registry import Registry
 
     registry = Registry(args.registry)
-    action = args.models_command
+    action = args.action
     if action == "register":
         _check_run(args.run)
         version = registry.register(args.run, parent=args.parent)
@@ -789,3 +814,38 @@ def _run_retrain(args):
     parent_version(Registry(args.registry))  # no version to start from: fail before Ray
     init_ray(args.address, min_cpus=4)
     return retrain(args.registry, args.events, args.output, overrides)
+
+
+def _add_keys(commands, flags):
+    helps = {
+        "create": "add a key; its secret is printed once and stored only as a SHA-256",
+        "list": "every key: name, scopes, created, revoked (never a secret)",
+        "revoke": "revoke a key by name (the service stops taking it within a reload)",
+    }
+    text = "API keys for the service: create, list, revoke"
+    parsers = _add_action_group(commands, flags, "keys", text, helps, _run_keys)
+    for action in parsers.values():
+        action.add_argument("--file", required=True, help="the keys file (local or s3://)")
+    parsers["create"].add_argument("--name", required=True)
+    parsers["create"].add_argument(
+        "--scopes", required=True, help="comma-separated: recommend, events:write, users:read"
+    )
+    parsers["revoke"].add_argument("name")
+
+
+def _run_keys(args):
+    from recsys_dist.serving.auth import KeysFile
+
+    keys = KeysFile(args.file)
+    action = args.action
+    if action == "create":
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        secret = keys.create(args.name, scopes)
+        return {"action": action, "name": args.name, "scopes": scopes, "secret": secret}
+    if action == "list":
+        return {"action": action, "file": keys.path, "keys": [k.public() for k in keys.keys()]}
+    return {"action": action, **keys.revoke(args.name).public()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

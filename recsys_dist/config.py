@@ -204,6 +204,12 @@ class ServeConfig:
     max_k: int = 1000  # largest k a request may ask for
     max_request_events: int = 2000  # events in one request body (history or events): else 413
     max_body_bytes: int = 1_000_000  # request bodies above this size get 413
+    # API keys (recsys-dist keys create): "" = no authentication, for loopback only (serve
+    # refuses another --host without keys unless --insecure). Reloaded this often.
+    api_keys_file: str = ""
+    api_keys_reload_s: float = 5.0
+    rate_limit_per_s: float = 0.0  # per key and replica; 0 = no limit; over it: 429
+    rate_limit_burst: float = 20.0
     # Event and query times outside this range (Unix seconds; default 1970 to 2200) get 422:
     # a time far in the future would sort after every real event for good.
     min_timestamp: int = 0

@@ -452,6 +452,28 @@ def _retrain_summary(r: dict, args: Any, seconds: float) -> list[str]:
     ]
 
 
+def _keys_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    action = r["action"]
+    if action == "create":
+        return [
+            f"created key {r['name']!r} ({', '.join(r['scopes'])}) in {args.file}",
+            f"secret: {r['secret']}",
+            "it is shown this once (the file keeps only its SHA-256): store it now",
+            f"use:    Authorization: Bearer <secret>; the service: serve.api_keys_file={args.file}",
+        ]
+    if action == "revoke":
+        return [f"revoked key {r['name']!r} at {r['revoked_at']}"]
+    if not r["keys"]:
+        return [f"{r['file']}: no keys yet (recsys-dist keys create)"]
+    lines = [f"  {'name':20}{'scopes':36}{'created (UTC)':27}revoked"]
+    for key in r["keys"]:
+        lines.append(
+            f"  {key['name']:20}{','.join(key['scopes']):36}{key['created_at']:27}"
+            f"{key['revoked_at'] or '-'}"
+        )
+    return lines
+
+
 _SUMMARIES = {
     "import": _import_summary,
     "generate": _generate_summary,
@@ -466,4 +488,5 @@ _SUMMARIES = {
     "config": _config_summary,
     "models": _models_summary,
     "retrain": _retrain_summary,
+    "keys": _keys_summary,
 }

@@ -204,3 +204,125 @@ def test_every_serving_node_starts_ray_with_the_haproxy_ingress():
         for container in group["template"]["spec"]["containers"]:
             env = {item["name"]: item.get("value") for item in container.get("env", [])}
             assert env.get(name) == value, f"{container['name']}: {name} not {value}"
+
+
+TOKEN_SECRET = {"name": "recsys-dist-ray-token", "key": "auth_token"}
+RAY_CLUSTER_NAME = "recsys-dist"
+RAY_CONTROL_PORTS = {6379, 8265, 10001}  # GCS, dashboard/job API, Ray client
+
+
+def ray_pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
+    """(where, pod spec) of every Ray pod a RayCluster or RayJob starts."""
+    spec = doc["spec"]
+    cluster = spec["rayClusterSpec"] if doc["kind"] == "RayJob" else spec
+    yield "head", cluster["headGroupSpec"]["template"]["spec"]
+    for group in cluster.get("workerGroupSpecs", []):
+        yield group["groupName"], group["template"]["spec"]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+def assert_token_from_secret(env: dict[str, dict], where: str) -> None:
+    token = env.get("RAY_AUTH_TOKEN")
+    assert token is not None, f"{where}: no RAY_AUTH_TOKEN"
+    assert "value" not in token, f"{where}: RAY_AUTH_TOKEN written inline"
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert {k: ref[k] for k in TOKEN_SECRET} == TOKEN_SECRET and not ref.get("optional"), where
+
+
+KUBERAY = [
+    pytest.param(path, doc, id=path.name)
+    for path, doc in DOCS
+    if isinstance(doc, dict) and doc.get("kind") in ("RayCluster", "RayJob")
+]
+
+
+@pytest.mark.parametrize("path, doc", KUBERAY)
+def test_every_ray_container_on_kubernetes_uses_token_auth_from_the_secret(path: Path, doc: dict):
+    """Head, every worker group, the autoscaler sidecar and a RayJob's submitter: a Ray process
+    without the token cannot join or submit, so each one gets RAY_AUTH_MODE=token and the
+    token from the Secret, never a literal."""
+    containers = [
+        (f"{where}/{c['name']}", c) for where, pod in ray_pod_specs(doc) for c in pod["containers"]
+    ]
+    spec = doc["spec"]
+    if "autoscalerOptions" in spec:
+        containers.append(("autoscaler", spec["autoscalerOptions"]))
+    if "submitterPodTemplate" in spec:
+        containers += [
+            (f"submitter/{c['name']}", c)
+            for c in spec["submitterPodTemplate"]["spec"]["containers"]
+        ]
+    assert len(containers) >= 2, containers
+    for where, container in containers:
+        env = env_of(container)
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{path.name} {where}"
+        assert_token_from_secret(env, f"{path.name} {where}")
+
+
+@pytest.mark.parametrize("job", CRON_JOBS, ids=lambda job: job["metadata"]["name"])
+def test_a_scheduled_submitter_sends_the_token_from_the_secret(job: dict):
+    """`ray job submit` sends RAY_AUTH_TOKEN only in token mode; the NetworkPolicy admits the
+    submitter by its pod label."""
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    env = env_of(container)
+    assert env.get("RAY_AUTH_MODE", {}).get("value") == "token"
+    assert_token_from_secret(env, job["metadata"]["name"])
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "recsys-dist-retrain"
+
+
+def test_every_vm_node_starts_ray_with_token_auth_and_a_private_dashboard():
+    """On the launcher's machines the token is a file copied to every node (never a value in
+    the YAML), each `ray start` runs in token mode, and the dashboard is not on 0.0.0.0."""
+    vm = documents(ROOT / "cluster" / "ray-cluster.yaml")[0]
+    starts = [
+        c
+        for key in ("head_start_ray_commands", "worker_start_ray_commands")
+        for c in vm[key]
+        if "ray start" in c
+    ]
+    assert len(starts) == 2, starts
+    for command in starts:
+        assert "RAY_AUTH_MODE=token" in command, command
+        token_path = re.search(r"RAY_AUTH_TOKEN_PATH=(\S+)", command)
+        assert token_path, command
+        assert "RAY_AUTH_TOKEN=" not in command, f"token written inline: {command}"
+        assert "0.0.0.0" not in command, f"dashboard on every interface: {command}"
+    (head,) = (c for c in starts if "--head" in c)
+    assert "--dashboard-host=" in head, "the dashboard host must be chosen, not defaulted"
+    # The token file arrives by file_mounts at the path every node's start reads.
+    remote = token_path.group(1).replace("$HOME", "~")
+    assert remote in vm["file_mounts"], (remote, vm["file_mounts"])
+
+
+def test_network_policy_admits_ray_ports_only_from_named_pods():
+    """The policy selects the RayCluster's pods; every rule that opens GCS, the job API or the
+    Ray client names the pods it admits (no empty `from`, no address block), so no other pod
+    and nothing outside the namespace reaches them."""
+    (policy,) = documents(ROOT / "cluster" / "kuberay-networkpolicy.yaml")
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"ray.io/cluster": RAY_CLUSTER_NAME}}
+    assert "Ingress" in spec["policyTypes"]
+    (cluster,) = documents(ROOT / "cluster" / "kuberay-raycluster.yaml")
+    assert cluster["metadata"]["name"] == RAY_CLUSTER_NAME, "the policy selects another cluster"
+    opened = set()
+    for rule in spec["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if ports and not ports & RAY_CONTROL_PORTS:
+            continue  # e.g. Serve HTTP (8000) for labelled client pods
+        sources = rule.get("from")
+        assert sources, f"a rule opens {ports or 'every port'} to everyone: {rule}"
+        for source in sources:
+            assert set(source) == {"podSelector"}, f"not a pod selector: {source}"
+            assert source["podSelector"].get("matchLabels"), f"selects every pod: {source}"
+        opened |= ports or RAY_CONTROL_PORTS
+    assert RAY_CONTROL_PORTS <= opened, "Ray's own pods must reach each other"
+    labels = [
+        s["podSelector"]["matchLabels"] for rule in spec["ingress"] for s in rule.get("from", [])
+    ]
+    assert {"ray.io/cluster": RAY_CLUSTER_NAME} in labels
+    assert {"app.kubernetes.io/name": "recsys-dist-retrain"} in labels

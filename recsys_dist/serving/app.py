@@ -46,6 +46,7 @@ from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
 from recsys_dist.registry import Pointer, Registry, Version
+from recsys_dist.serving.auth import KeyRing
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
@@ -190,7 +191,45 @@ def _replay(body: bytes, receive):
     return replay
 
 
+# Open without a key: the health check for load balancers, and the API's own description.
+OPEN_PATHS = frozenset(("/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"))
+
+
+def required_scope(path: str) -> str | None:
+    """The scope a path needs (:data:`auth.SCOPES`); None: any live key."""
+    if path == "/v1/recommend":
+        return "recommend"
+    if path == "/v1/events":
+        return "events:write"
+    if path.startswith("/v1/users/"):
+        return "users:read"
+    return None
+
+
+class Authenticate:
+    """401/403/429 before anything else runs, when ``app.state.key_ring`` is set
+    (``serve.api_keys_file``): no body is read and no handler runs for a refused caller."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        ring = getattr(scope["app"].state, "key_ring", None) if "app" in scope else None
+        if scope["type"] != "http" or ring is None or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        verdict = ring.check(header, required_scope(scope["path"]))
+        if not verdict.status:
+            return await self.app(scope, receive, send)
+        headers = {"WWW-Authenticate": "Bearer"} if verdict.status == 401 else {}
+        if verdict.retry_after_s:
+            headers["Retry-After"] = str(verdict.retry_after_s)
+        response = JSONResponse({"detail": verdict.detail}, verdict.status, headers=headers)
+        await response(scope, receive, send)
+
+
 api.add_middleware(BodyLimit)
+api.add_middleware(Authenticate)  # added last: runs first
 
 
 # --- the deployment ---------------------------------------------------------------------------
@@ -319,6 +358,14 @@ class RecommenderService:
         self.interest_config = InterestConfig(**(interests or {}))
         self.run_dir = run_dir
         api.state.max_body_bytes = self.settings.max_body_bytes
+        api.state.key_ring = None
+        if self.settings.api_keys_file:
+            api.state.key_ring = KeyRing(
+                self.settings.api_keys_file,
+                self.settings.api_keys_reload_s,
+                self.settings.rate_limit_per_s,
+                self.settings.rate_limit_burst,
+            )
         self.store = make_store(self.settings)
         self.event_log = event_log_actor(
             self.settings.event_log_dir or run_layout.event_log_dir(run_dir),

@@ -12,6 +12,7 @@ import json
 import socket
 import time
 import uuid
+from dataclasses import replace
 
 import httpx
 import pyarrow.parquet as pq
@@ -327,3 +328,47 @@ def test_no_generated_request_gets_a_server_error(service, mode):
             continue
         fuzzed.append(operation.label)
     assert len(fuzzed) >= 4, fuzzed  # recommend, events, a user's history and interests
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_api_keys_guard_every_endpoint_but_the_health_check(trained, service, tmp_path, cli_json):
+    """``serve.api_keys_file``: 401 without a live key, 403 without the scope, 429 over a
+    key's rate, and a revoked key stops working within a reload, without a restart. Last in
+    the module: the service stays secured (the next store's fixture starts its own)."""
+    url, config = service
+    if config.store != "embedded":
+        pytest.skip("the guard is the ingress's, whatever the store")
+    root, _, events = trained
+    user = events.user_id.iloc[0]
+    keys = str(tmp_path / "keys.json")
+    create = ("keys", "create", "--file", keys, "--name")
+    web = cli_json(*create, "web", "--scopes", "recommend")["secret"]
+    ingest = cli_json(*create, "ingest", "--scopes", "events:write,users:read")["secret"]
+    secured = replace(
+        config, api_keys_file=keys, api_keys_reload_s=0.2, rate_limit_per_s=1.0, rate_limit_burst=4
+    )
+    port = int(url.rsplit(":", 1)[1])
+    app.run_service(str(root / "run"), secured, port=port)
+    recommend = f"{url}/v1/recommend"
+    assert httpx.get(f"{url}/healthz").status_code == 200
+    anonymous = httpx.post(recommend, json={"user_id": user})
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+    assert httpx.post(recommend, json={}, headers=bearer("rsd_guess")).status_code == 401
+    assert httpx.post(recommend, json={"user_id": user}, headers=bearer(web)).status_code == 200
+    event = {"events": [{"user_id": user, "item_id": "x", "timestamp": 5}]}
+    forbidden = httpx.post(f"{url}/v1/events", json=event, headers=bearer(web))
+    assert forbidden.status_code == 403 and "events:write" in forbidden.text
+    history = httpx.get(f"{url}/v1/users/{user}/history", headers=bearer(ingest))
+    assert history.status_code == 200
+    assert httpx.get(f"{url}/v1/users/{user}/history", headers=bearer(web)).status_code == 403
+    answers = [httpx.post(recommend, json={}, headers=bearer(web)) for _ in range(8)]
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited and int(limited[0].headers["retry-after"]) >= 1, answers
+    cli_json("keys", "revoke", "--file", keys, "web")
+    deadline = time.monotonic() + 30  # each replica re-reads the file every 0.2 s
+    while httpx.post(recommend, json={}, headers=bearer(web)).status_code != 401:
+        assert time.monotonic() < deadline, "the revoked key still works"
+        time.sleep(0.1)

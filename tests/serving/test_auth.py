@@ -1,0 +1,82 @@
+"""API keys: a keys file that never holds a secret, scopes, revocation, a rate per key."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_dist.errors import UserInputError
+from recsys_dist.serving.auth import KeyRing, KeysFile, TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_keys_file_keeps_hashes_names_and_scopes_never_the_secret(tmp_path):
+    keys = KeysFile(str(tmp_path / "keys.json"))
+    secret = keys.create("web", ["recommend"])
+    other = keys.create("ingest", ["events:write", "users:read"])
+    assert secret.startswith("rsd_") and secret != other and len(secret) > 40
+    stored = (tmp_path / "keys.json").read_text()
+    assert secret not in stored and other not in stored
+    assert [(k.name, k.scopes) for k in keys.keys()] == [
+        ("web", ("recommend",)),
+        ("ingest", ("events:write", "users:read")),
+    ]
+    with pytest.raises(UserInputError, match="already used"):
+        keys.create("web", ["recommend"])
+    with pytest.raises(UserInputError, match="admin"):
+        keys.create("root", ["admin"])
+    revoked = keys.revoke("web")
+    assert revoked.revoked_at is not None and "sha256" not in revoked.public()
+    with pytest.raises(UserInputError, match="no live key"):
+        keys.revoke("web")
+    assert keys.create("web", ["recommend"]) != secret  # the name is free again
+
+
+def test_a_request_needs_a_live_key_with_the_scope(tmp_path):
+    keys = KeysFile(str(tmp_path / "keys.json"))
+    web = keys.create("web", ["recommend"])
+    ring = KeyRing(keys.path, reload_s=3600)
+    try:
+        assert ring.check("", "recommend").status == 401
+        assert ring.check(f"Basic {web}", "recommend").status == 401
+        assert ring.check("Bearer rsd_guessed", "recommend").status == 401
+        assert ring.check(f"Bearer {web}", "recommend").status == 0
+        assert ring.check(f"bearer {web}", None).status == 0  # any live key
+        forbidden = ring.check(f"Bearer {web}", "events:write")
+        assert forbidden.status == 403 and "events:write" in forbidden.detail
+        keys.revoke("web")
+        assert ring.check(f"Bearer {web}", "recommend").status == 0  # until the next reload
+        ring.reload()
+        assert ring.check(f"Bearer {web}", "recommend").status == 401
+    finally:
+        ring.close()
+
+
+def test_each_key_has_its_own_token_bucket(tmp_path):
+    keys = KeysFile(str(tmp_path / "keys.json"))
+    a, b = keys.create("a", ["recommend"]), keys.create("b", ["recommend"])
+    ring = KeyRing(keys.path, reload_s=3600, rate=2.0, burst=3)
+    try:
+        statuses = [ring.check(f"Bearer {a}", "recommend") for _ in range(4)]
+        assert [v.status for v in statuses] == [0, 0, 0, 429]
+        assert statuses[-1].retry_after_s >= 1 and "over its rate" in statuses[-1].detail
+        assert ring.check(f"Bearer {b}", "recommend").status == 0  # another key's bucket
+    finally:
+        ring.close()
+
+
+def test_a_token_bucket_refills_at_its_rate():
+    clock = Clock()
+    bucket = TokenBucket(rate=2.0, burst=2.0, clock=clock)
+    assert [bucket.take(), bucket.take()] == [0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)  # one token comes back in 1/rate s
+    clock.now += 0.5
+    assert bucket.take() == 0.0
+    clock.now += 10  # never more than the burst
+    assert [bucket.take() for _ in range(3)][-1] > 0
