@@ -32,11 +32,12 @@ import importlib.metadata
 import logging
 import secrets
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recsys_dist import run_layout, storage, tracking
+from recsys_dist import checkpoint, run_layout, storage, tracking
 from recsys_dist.checkpoint import STATE_FILE
 from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.prepared import load_manifest
@@ -122,8 +123,7 @@ class Registry:
             self.get(parent)
         version_id = _new_version_id()
         path = storage.join(self.root, VERSIONS_DIR, version_id)
-        storage.copy_dir(model_dir, storage.join(path, MODEL_DIR))
-        _name_the_model(storage.join(path, MODEL_DIR, STATE_FILE), version_id)
+        _copy_named_model(model_dir, storage.join(path, MODEL_DIR), version_id)
         _copy_file(storage.join(run_dir, run_layout.RUN_RECORD), path, run_layout.RUN_RECORD)
         has_interests = _copy_file(run_layout.interests_file(run_dir), path, INTERESTS_FILE)
         _copy_file(run_layout.config_file(run_dir), path, CONFIG_FILE)
@@ -260,11 +260,18 @@ def data_lineage(prepared_dir: str) -> dict[str, Any]:
     }
 
 
-def _name_the_model(state_file: str, version_id: str) -> None:
-    """Responses and logs name the model by its version (``predictor.model_version``), so two
-    versions trained on the same data never share a name."""
-    state = storage.read_json(state_file)
-    storage.write_json(state_file, {**state, "model_version": version_id})
+def _copy_named_model(model_dir: str, target: str, version_id: str) -> None:
+    """Copy an export, named by its version (responses and logs name the model by
+    ``predictor.model_version``, so two versions trained on the same data never share a
+    name), and sealed again: its ``sha256.json`` covers the renamed state."""
+    with tempfile.TemporaryDirectory(prefix="recsys-dist-version-") as local:
+        storage.copy_dir(model_dir, local)
+        checkpoint.verify(local, model_dir)  # never re-seal what was tampered with
+        state_file = storage.join(local, STATE_FILE)
+        state = storage.read_json(state_file)
+        storage.write_json(state_file, {**state, "model_version": version_id})
+        checkpoint.seal(local)
+        storage.copy_dir(local, target)
 
 
 def _validation_metrics(model_dir: str) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -10,10 +11,17 @@ import pytest
 import torch
 
 from recsys_dist import schema
-from recsys_dist.checkpoint import STATE_FILE, export, load_checkpoint, save_checkpoint
+from recsys_dist.checkpoint import (
+    HASHES_FILE,
+    STATE_FILE,
+    TamperedModelError,
+    export,
+    load_checkpoint,
+    save_checkpoint,
+)
 from recsys_dist.config import ModelConfig
 from recsys_dist.data.vocab import Vocabulary
-from recsys_dist.model import Bert4Rec, Bert4RecConfig
+from recsys_dist.model import WEIGHTS_FILE, Bert4Rec, Bert4RecConfig
 
 
 @pytest.fixture
@@ -66,3 +74,36 @@ def test_vocabulary_size_must_match_the_weights(tmp_path, vocab_file):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a recsys_dist checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_a_swapped_weight_file_or_a_planted_file_is_refused_before_loading(tmp_path, vocab_file):
+    """``sha256.json`` lists every file: the real weights of another model, a flipped byte, a
+    pickle planted beside the files, or a missing list each refuse the whole directory."""
+    save_checkpoint(tmp_path / "good", trained_tiny_model(22), str(vocab_file), {})
+    save_checkpoint(tmp_path / "other", trained_tiny_model(22), str(vocab_file), {})
+
+    def tampered(name: str, change) -> str:
+        target = tmp_path / name
+        shutil.copytree(tmp_path / "good", target)
+        change(target)
+        return str(target)
+
+    swapped = tampered("swapped", lambda d: shutil.copy(tmp_path / "other" / WEIGHTS_FILE, d))
+    flipped = tampered("flipped", lambda d: _flip_last_byte(d / WEIGHTS_FILE))
+    planted = tampered("planted", lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x04."))
+    unlisted = tampered("unlisted", lambda d: (d / HASHES_FILE).unlink())
+    for directory, message in (
+        (swapped, WEIGHTS_FILE),
+        (flipped, WEIGHTS_FILE),
+        (planted, "pytorch_model.bin"),
+        (unlisted, f"no {HASHES_FILE}"),
+    ):
+        with pytest.raises(TamperedModelError, match=message):
+            load_checkpoint(directory)
+    assert load_checkpoint(tmp_path / "good").model is not None
+
+
+def _flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))

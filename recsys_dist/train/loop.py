@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from recsys_dist import run_layout, schema, storage
-from recsys_dist.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from recsys_dist.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, verify
 from recsys_dist.config import Config, config_from_dict
 from recsys_dist.data.batching import training_inputs
 from recsys_dist.data.catalogue import category_peers, read_categories
@@ -234,6 +234,7 @@ def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
     if checkpoint is None:
         return model, Progress()
     with checkpoint.as_directory() as directory:
+        verify(directory, directory)  # checkpoints live where an export does: same check
         restored = Bert4Rec.load(directory)
         state = storage.read_json(f"{directory}/{STATE_FILE}")
     model.load_state_dict(restored.state_dict())
