@@ -184,8 +184,10 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     paced = progress.recent_epochs_s[-window:]  # past the slow first epoch
     elapsed, pace = _max_over_ranks([progress.elapsed_s, sum(paced) / len(paced)], device)
     planned = planned_epochs(train.time_budget_s, train.epochs, progress.epoch, elapsed, pace)
-    if progress.decay_ends:  # once the rate decays, the run ends with it: never later
+    if progress.decay_ends:  # once the rate decays, the run ends with it: never later ...
         planned = min(planned, progress.decay_ends)
+        if progress.epoch < progress.decay_ends:  # ... nor before (a slower epoch must not
+            planned = max(planned, progress.epoch + 1)  # cut the decay at half the rate)
     else:  # never end before the rate has had an epoch to decay in (at most one over budget)
         planned = max(planned, min(progress.epoch + 1, train.epochs))
     progress.planned_epochs = planned
