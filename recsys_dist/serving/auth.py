@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from recsys_dist import storage
@@ -79,8 +79,7 @@ class KeysFile:
         if not name or any(k.name == name and k.revoked_at is None for k in keys):
             raise UserInputError(f"--name {name!r}: empty or already used by a live key")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        self._write([*keys, ApiKey(name, hash_secret(secret), tuple(scopes), created)])
+        self._write([*keys, ApiKey(name, hash_secret(secret), tuple(scopes), _now())])
         return secret
 
     def revoke(self, name: str) -> ApiKey:
@@ -88,12 +87,12 @@ class KeysFile:
         live = [k for k in keys if k.name == name and k.revoked_at is None]
         if not live:
             raise UserInputError(f"{self.path}: no live key named {name!r} (see `keys list`)")
-        revoked = ApiKey(**{**live[0].__dict__, "revoked_at": _now()})
+        revoked = replace(live[0], revoked_at=_now())
         self._write([revoked if k is live[0] else k for k in keys])
         return revoked
 
     def _write(self, keys: list[ApiKey]) -> None:
-        records = [{**k.__dict__, "scopes": list(k.scopes)} for k in keys]
+        records = [{**asdict(k), "scopes": list(k.scopes)} for k in keys]
         storage.write_json_atomic(self.path, {"keys": records})
 
 
