@@ -5,6 +5,9 @@
     DIR/vocab.parquet      the item vocabulary the weights were trained with
     DIR/state.json         what produced it: epoch, step, metrics, config, data hash
     DIR/sha256.json        the SHA-256 of every other file: checked before anything loads
+    DIR/resume.safetensors a training checkpoint only: the optimizer's tensors, and
+    DIR/resume.json        its other fields and the scheduler's (train/resume.py); an
+                           export leaves both out, as serving and warm starts never use them
 
 A checkpoint reported during training and the exported ``RUN/model`` (see
 :mod:`recsys_dist.run_layout`) share this layout, so the best checkpoint is exported by
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ from recsys_dist.model import Bert4Rec
 # vocab.parquet the schema's, and where a run keeps its export is run_layout's.
 STATE_FILE = "state.json"
 HASHES_FILE = "sha256.json"
+RESUME_TENSORS_FILE = "resume.safetensors"
+RESUME_STATE_FILE = "resume.json"
 
 
 class TamperedModelError(UserInputError):
@@ -124,6 +131,19 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> LoadedM
 
 
 def export(checkpoint_dir: str | Path, model_dir: str | Path) -> None:
-    """Copy a checkpoint to ``model_dir`` (local or ``s3://``), replacing what it holds."""
-    storage.delete_dir(model_dir)
-    storage.copy_dir(checkpoint_dir, model_dir)
+    """Copy a local checkpoint, less its training-only files, to ``model_dir`` (local or
+    ``s3://``), replacing what it holds; its ``sha256.json`` lists what was copied."""
+    checkpoint_dir = Path(checkpoint_dir)
+    verify(checkpoint_dir, checkpoint_dir)
+    left_out = {RESUME_TENSORS_FILE, RESUME_STATE_FILE, HASHES_FILE}
+    hashes = storage.read_json(checkpoint_dir / HASHES_FILE)["sha256"]
+    with tempfile.TemporaryDirectory(prefix="recsys-dist-export-") as staging:
+        for name in hashes:
+            if name not in left_out:
+                target = Path(staging, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint_dir / name, target)
+        kept = {name: digest for name, digest in hashes.items() if name not in left_out}
+        storage.write_json(Path(staging, HASHES_FILE), {"sha256": kept})
+        storage.delete_dir(model_dir)
+        storage.copy_dir(staging, model_dir)

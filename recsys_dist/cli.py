@@ -21,9 +21,10 @@ from typing import Any
 
 from recsys_dist import console, storage
 from recsys_dist.config import load_config, presets
-from recsys_dist.errors import MissingInputError, UserInputError
+from recsys_dist.errors import MissingInputError, RunFailed, UserInputError
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.handler(args)
     except Exception as error:  # noqa: BLE001 — a user error becomes one line, a bug is raised
         message = user_error(error)
-        if message is None:
-            raise
-        return _bad_input(message)
+        if message is not None:
+            return _bad_input(message)
+        if isinstance(error, RunFailed):  # not the input's fault: one line, exit 1
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
     console.print_result(args.command, result, args, time.perf_counter() - started, args.json)
     return 0
 

@@ -125,7 +125,9 @@ class TrainConfig:
     # ... decaying to zero over this last share of the planned epochs only; before it, the
     # configured schedule runs on (a short cool-down keeps the rate high for most of a budget).
     budget_cooldown: float = 0.2
-    max_failures: int = 0  # worker failures Ray Train recovers from (restarting at a checkpoint)
+    # Worker failures a run recovers from: Ray Train restarts the workers from the latest
+    # checkpoint, with its optimizer state; one more fails the run (a rerun resumes it).
+    max_failures: int = 1
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
     placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD
     cache_rows: int = 1_000_000  # a worker's shard up to this size is replayed from memory

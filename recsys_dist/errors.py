@@ -18,6 +18,12 @@ class UserInputError(ValueError):
     """
 
 
+class RunFailed(RuntimeError):
+    """A job that failed for a reason outside its input: workers lost more often than the
+    run may recover from, say. The CLI prints the message as one line (what happened, what
+    was kept, how to go on) and exits 1; the cause is logged with ``-v``."""
+
+
 class MissingInputError(UserInputError, FileNotFoundError):
     """An input path that does not exist, or lacks what it should hold (a run's ``run.json``,
     a prepared dataset's manifest). Also a ``FileNotFoundError`` for existing callers."""

@@ -13,6 +13,8 @@ import torch
 from recsys_dist import schema
 from recsys_dist.checkpoint import (
     HASHES_FILE,
+    RESUME_STATE_FILE,
+    RESUME_TENSORS_FILE,
     STATE_FILE,
     TamperedModelError,
     export,
@@ -63,6 +65,28 @@ def test_round_trip_is_exact(tmp_path, vocab_file):
     )
     assert loaded.vocab.to_item_ids(np.array([2, 21])).to_pylist() == ["i19", "i0"]
     assert loaded.state == json.loads((tmp_path / "model" / STATE_FILE).read_text())
+
+
+def test_an_export_leaves_the_optimizer_state_out_and_still_verifies(tmp_path, vocab_file):
+    """A training checkpoint carries resume state under its hashes; serving never needs it."""
+    (tmp_path / "ckpt").mkdir()
+    for name in (RESUME_TENSORS_FILE, RESUME_STATE_FILE):
+        (tmp_path / "ckpt" / name).write_text("{}")
+    save_checkpoint(tmp_path / "ckpt", trained_tiny_model(22), str(vocab_file), {"epoch": 1})
+    hashes = json.loads((tmp_path / "ckpt" / HASHES_FILE).read_text())["sha256"]
+    assert {RESUME_TENSORS_FILE, RESUME_STATE_FILE} <= set(hashes)
+    export(tmp_path / "ckpt", tmp_path / "model")
+    exported = {p.name for p in (tmp_path / "model").iterdir()}
+    assert not exported & {RESUME_TENSORS_FILE, RESUME_STATE_FILE}
+    assert load_checkpoint(tmp_path / "model").state == {"epoch": 1}  # its hashes check out
+
+
+def test_a_tampered_checkpoint_is_not_exported(tmp_path, vocab_file):
+    save_checkpoint(tmp_path / "ckpt", trained_tiny_model(22), str(vocab_file), {})
+    (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"\x80\x04.")
+    with pytest.raises(TamperedModelError, match="pytorch_model.bin"):
+        export(tmp_path / "ckpt", tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_vocabulary_size_must_match_the_weights(tmp_path, vocab_file):

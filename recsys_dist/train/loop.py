@@ -38,6 +38,7 @@ from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
 from recsys_dist.model import Bert4Rec, Bert4RecConfig, sample_negatives
 from recsys_dist.model.warm_start import warm_start
+from recsys_dist.train import resume
 from recsys_dist.train.batches import (
     CHECKSUM_MODULUS,
     ShardBatches,
@@ -65,6 +66,7 @@ class Progress:
     decay_ends: int = 0  # the epoch a budget's cool-down decays to zero at (0: not cooling)
     train_s: float = 0.0  # time in training steps only (no validation, no start-up)
     sequences: int = 0  # training sequences seen by all ranks
+    restarts: int = 0  # times Ray Train restarted the workers from a checkpoint
     best: float = -1.0
     evals_without_improvement: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -98,10 +100,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model_config = Bert4RecConfig.from_model_config(
         config.model, loop_config["vocab_size"], config.data.max_len
     )
-    model, progress = _restore(Bert4Rec(model_config))
+    model, progress, saved = _restore(Bert4Rec(model_config), rank, world)
     if not progress.step and config.train.init_from:  # a resumed run keeps its own weights
         _warm_start(model, config.train.init_from, loop_config, rank)
-    engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"], progress)
+    engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"])
+    if saved is not None:  # Adam's moments, master weights and the schedule, as they were
+        resume.apply(engine, saved)
+    elif progress.step:  # a checkpoint without them: the optimizer restarts
+        engine.lr_scheduler.step(progress.step)
     cache, agree = config.train.cache_rows, partial(_all_ranks, device=device)
     train_batches = ShardBatches(
         ray.train.get_dataset_shard("train"),
@@ -155,6 +161,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_seq_per_s=round(progress.sequences / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
             train_nodes=nodes,
+            train_restarts=progress.restarts,
             planned_epochs=progress.planned_epochs,
             lr=engine.lr_scheduler.get_last_lr()[0],
             worker_peak_rss_mib=round(_max_over_ranks([_peak_resident_mib()], device)[0]),
@@ -166,7 +173,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 *(progress.epoch, config.train.epochs, epoch.loss),
                 *(metrics[SELECTION_METRIC], speed),
             )
-        _report(engine.module, metrics, progress, loop_config, rank)
+        _report(engine, metrics, progress, loop_config, rank, world, device)
         if progress.evals_without_improvement >= config.train.patience or out_of_time:
             break
 
@@ -230,18 +237,25 @@ def _pace_window(config: Config) -> int:
     return max(PACE_EPOCHS, config.train.eval_every)
 
 
-def _restore(model: Bert4Rec) -> tuple[Bert4Rec, Progress]:
-    """Continue from the latest checkpoint when Ray Train restarts or resumes the run."""
+def _restore(
+    model: Bert4Rec, rank: int, world: int
+) -> tuple[Bert4Rec, Progress, resume.ResumeState | None]:
+    """Continue from the latest checkpoint when Ray Train restarts or resumes the run: its
+    weights, progress, and this rank's optimizer state (applied once the engine exists)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return model, Progress()
+        return model, Progress(), None
     with checkpoint.as_directory() as directory:
         verify(directory, directory)  # checkpoints live where an export does: same check
         restored = Bert4Rec.load(directory)
         state = storage.read_json(f"{directory}/{STATE_FILE}")
+        saved = resume.read(directory, rank, world)
     model.load_state_dict(restored.state_dict())
-    logger.info("resuming from epoch %d", state["progress"]["epoch"])
-    return model, Progress(**state["progress"])
+    progress = Progress(**state["progress"])
+    progress.restarts += 1
+    if rank == 0:
+        logger.info("resuming from epoch %d (restart %d)", progress.epoch, progress.restarts)
+    return model, progress, saved
 
 
 def _warm_start(model: Bert4Rec, init_from: str, loop_config: dict, rank: int) -> None:
@@ -263,7 +277,7 @@ def _warm_start(model: Bert4Rec, init_from: str, loop_config: dict, rank: int) -
         )
 
 
-def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, progress):
+def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int):
     ds_config = build_deepspeed_config(
         config.train, world, steps_per_epoch * config.train.epochs, bf16=config.train.use_gpu
     )
@@ -277,8 +291,6 @@ def _deepspeed_engine(model, config: Config, world: int, steps_per_epoch: int, p
         )
     for line in printed.getvalue().splitlines():
         logger.debug("deepspeed: %s", line)
-    if progress.step:
-        engine.lr_scheduler.step(progress.step)  # the schedule continues where it stopped
     return engine
 
 
@@ -306,7 +318,8 @@ def _train_epoch(
     """
     engine.train()
     seed = config.train.seed * 1_000_003 + progress.epoch * 1_009 + rank
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # masks and negatives
+    torch.manual_seed(seed)  # dropout: an epoch after a restart draws what it drew before
     batches_left = batches.epoch(seed)
     total_loss, steps, sequences, checksum = 0.0, 0, 0, 0
     while True:
@@ -449,8 +462,10 @@ def checkpoint_state(progress: Progress, config: dict, data_hash: str) -> dict[s
     }
 
 
-def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: int) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint and appends to metrics.jsonl."""
+def _report(engine, metrics: dict, progress: Progress, loop_config: dict, rank, world, device):
+    """Every rank reports; rank 0 attaches the checkpoint (every rank's optimizer state
+    gathered into it) and rewrites metrics.jsonl."""
+    optimizer_state = resume.gather(engine, rank, world, device)
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -458,5 +473,6 @@ def _report(model, metrics: dict, progress: Progress, loop_config: dict, rank: i
     write_metrics(loop_config["run_dir"], progress.history)
     state = checkpoint_state(progress, loop_config["config"], loop_config["data_hash"])
     with tempfile.TemporaryDirectory() as directory:
-        save_checkpoint(directory, model, loop_config["vocab_path"], state)
+        optimizer_state.save(directory)  # first: save_checkpoint's sha256.json covers it
+        save_checkpoint(directory, engine.module, loop_config["vocab_path"], state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

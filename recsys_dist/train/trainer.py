@@ -23,7 +23,7 @@ from recsys_dist import checkpoint, run_layout, schema, storage, tracking
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.prepared import load_manifest, read_split
-from recsys_dist.errors import MissingInputError, OutputExistsError
+from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
@@ -130,7 +130,10 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
     _warn_if_no_cpu_for_data(config)
     started = time.perf_counter()
-    result = build_trainer(prepared_dir, run_dir, config).fit()
+    try:
+        result = build_trainer(prepared_dir, run_dir, config).fit()
+    except ray.train.TrainingFailedError as error:
+        raise _failed(error, run_dir, config) from _first_worker_error(error)
     seconds = time.perf_counter() - started
     best = result.get_best_checkpoint(SELECTION_METRIC, "max")
     if best is None:
@@ -149,6 +152,30 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
+
+
+def _failed(error: ray.train.TrainingFailedError, run_dir: str, config: Config) -> RunFailed:
+    """What to tell a user whose run failed more often than it may recover from."""
+    cause = _first_worker_error(error) or error
+    reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    logger.debug("training failed", exc_info=error)
+    done = run_layout.read_metrics(run_dir)
+    kept = (
+        f"its latest checkpoint (up to epoch {done[-1]['epoch']}) is kept: rerun the same "
+        "command to resume from it"
+        if done
+        else "no checkpoint was reached: a rerun starts afresh"
+    )
+    return RunFailed(
+        f"training failed more often than train.max_failures={config.train.max_failures} "
+        f"allows ({type(cause).__name__}: {reason[:200]}); {run_dir}: {kept}"
+    )
+
+
+def _first_worker_error(error: ray.train.TrainingFailedError) -> BaseException | None:
+    """A worker's own exception (a user error raised in the loop is reported as such)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return next(iter(failures.values()), None)
 
 
 def start_run(prepared_dir: str, run_dir: str, config: Config) -> None:
