@@ -293,12 +293,15 @@ def _prepare_summary(r: dict, args: Any, seconds: float) -> list[str]:
     counts = r["counts"]
     rows = ", ".join(f"{s} {_n(counts.get(f'{s}_rows', 0))}" for s in ("train", "valid", "test"))
     skipped = counts.get("bad_rows_skipped", 0)
+    unreadable = counts.get("files_skipped", 0)
     return [
         f"prepared {_n(counts['users'])} users and {_n(r['num_items'])} items from "
         f"{_n(counts['events'])} events ({r['files']} file(s)) in {seconds:.1f} s",
         f"sequences: {rows} ({r['split']} split, max_len {r['max_len']})"
         + (f"; took {taken['files']} new file(s)" if taken.get("already_taken") else ""),
-        f"skipped: {_n(skipped)} bad row(s), {_n(counts.get('duplicates_dropped', 0))} "
+        f"skipped: {_n(skipped)} bad row(s)"
+        + (f", {unreadable} unreadable file(s)" if unreadable else "")
+        + f", {_n(counts.get('duplicates_dropped', 0))} "
         f"duplicate(s), {_n(counts.get('users_below_min_events', 0))} user(s) below "
         "min_user_events",
         *_preset_hint(counts, r["max_len"]),

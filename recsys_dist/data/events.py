@@ -33,6 +33,10 @@ class BadEventError(UserInputError):
     """A row of an event log that cannot be accepted; the message names file, row and field."""
 
 
+class UnreadableEventFile(BadEventError):
+    """An event file that is not readable Parquet: truncated, corrupted, or another format."""
+
+
 @dataclass
 class BadRowReport:
     """Bad rows skipped per file, with a few example reasons for the user."""
@@ -75,6 +79,36 @@ def event_file_stats(data_dir: str) -> list[storage.FileStat]:
     return stats
 
 
+def read_footer(path: str) -> pq.FileMetaData:
+    """An event file's Parquet footer; :class:`UnreadableEventFile` naming the file if it has
+    none (a truncated upload, a CSV named ``.parquet``): Arrow's own message names no file."""
+    try:
+        with storage.open_input(path) as handle:
+            return pq.ParquetFile(handle).metadata
+    except pa.ArrowInvalid as error:
+        raise UnreadableEventFile(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def readable(
+    stats: list[storage.FileStat], on_bad_rows: str
+) -> tuple[list[storage.FileStat], list[str]]:
+    """The files whose footer reads, and (``skip``) the paths of those that do not; with
+    ``error`` the first unreadable file stops the job. A skipped file is not taken: once
+    replaced by a whole one, the next ``prepare --append`` takes it."""
+    good, unreadable = [], []
+    for stat in stats:
+        try:
+            read_footer(stat.path)
+        except UnreadableEventFile as error:
+            if on_bad_rows == "error":
+                raise
+            logger.warning("skipped: %s", error)
+            unreadable.append(stat.path)
+            continue
+        good.append(stat)
+    return good, unreadable
+
+
 def validated_batches(
     path: str, file_index: int, on_bad_rows: str, tally=None
 ) -> Iterator[pa.Table]:
@@ -87,8 +121,15 @@ def validated_batches(
         raise ValueError("on_bad_rows='skip' needs a BadRowTally to count what is skipped")
     skipped, examples, offset = 0, [], 0
     with storage.open_input(path) as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=READ_BATCH_ROWS):
-            table = pa.Table.from_batches([batch])
+        parquet = pq.ParquetFile(handle)
+        batches = parquet.iter_batches(batch_size=READ_BATCH_ROWS)
+        while (table := _next_table(batches, path, offset)) is not None:
+            if isinstance(table, str):  # the rest of the file cannot be decoded
+                if on_bad_rows == "error":
+                    raise UnreadableEventFile(table)
+                skipped += parquet.metadata.num_rows - offset
+                examples = [*examples[:9], table]
+                break
             good, bad_reasons = validate_events(table, path, offset)
             if bad_reasons and on_bad_rows == "error":
                 raise BadEventError(bad_reasons[0])
@@ -98,6 +139,21 @@ def validated_batches(
             offset += table.num_rows
     if skipped:
         ray.get(tally.add.remote(path, skipped, examples))
+
+
+def _next_table(batches: Iterator[pa.RecordBatch], path: str, offset: int) -> pa.Table | str | None:
+    """The next batch as a table; None at the end; the reason, if the data cannot be decoded
+    (a corrupted page: Arrow raises ArrowInvalid or, for a bad page header or compressed
+    block, OSError). An object store's I/O error is raised as it is: it names no corruption,
+    and the job (or its retries) must not skip good data for it."""
+    try:
+        batch = next(batches, None)
+    except (pa.ArrowInvalid, OSError) as error:
+        if "AWS Error" in str(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        return f"{path}: unreadable Parquet after row {offset} ({first_line})"
+    return None if batch is None else pa.Table.from_batches([batch])
 
 
 @dataclass

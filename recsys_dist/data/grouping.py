@@ -73,10 +73,7 @@ def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) 
 
     The size comes from the Parquet footers, so no data is read to plan the shuffle.
     """
-    rows = 0
-    for path in files:
-        with storage.open_input(path) as handle:
-            rows += pq.ParquetFile(handle).metadata.num_rows
+    rows = sum(events_io.read_footer(path).num_rows for path in files)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     rounds = max(1, -(-rows // (bucket_rows * cpus)))  # whole rounds: no CPU idles at the end
     return GroupingSpec(rounds * cpus, max_history, dedup, bucket_rows)

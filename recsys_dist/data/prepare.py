@@ -96,6 +96,11 @@ def prepare_dataset(
         if not stats:
             logger.info("nothing new in %s: all %d file(s) taken before", data_dir, already_taken)
             return {**previous, "taken": {"files": 0, "already_taken": already_taken}}
+    stats, unreadable = events_io.readable(stats, config.on_bad_rows)
+    if not stats:
+        raise events_io.UnreadableEventFile(
+            f"{data_dir}: none of the {len(unreadable)} new event file(s) is readable Parquet"
+        )
     files = [stat.path for stat in stats]
     logger.info("preparing %d event file(s) from %s", len(files), data_dir)
     spec = _grouping_spec(files, config, previous)
@@ -121,6 +126,8 @@ def prepare_dataset(
     manifest = _manifest(
         data_dir, stats, config, vocab, split, gathered.totals, tally, scanned.accepted, previous
     )
+    manifest["bad_rows"]["unreadable_files"] = _still_unreadable(previous, files, unreadable)
+    manifest["counts"]["files_skipped"] = len(manifest["bad_rows"]["unreadable_files"])
     manifest.update(
         taken={"files": len(files), "already_taken": already_taken},
         num_buckets=spec.num_buckets,
@@ -130,6 +137,12 @@ def prepare_dataset(
     )
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
     return manifest
+
+
+def _still_unreadable(previous, taken: list[str], unreadable: list[str]) -> list[str]:
+    """Files skipped as unreadable and not taken since (a replaced file is taken once whole)."""
+    earlier = previous["bad_rows"].get("unreadable_files", []) if previous else []
+    return sorted((set(earlier) - set(taken)) | set(unreadable))
 
 
 def _check_append(output_dir: str, config: DataConfig) -> dict[str, Any]:

@@ -183,6 +183,53 @@ def test_skip_mode_counts_every_skipped_row(ray_session, tmp_path):
     assert any("row 2: field 'timestamp'" in e for e in manifest["bad_rows"]["examples"])
 
 
+def _corrupt_copies(raw, rows: int) -> tuple[str, str]:
+    """Beside a good file: one cut short (no footer) and one whose compressed pages are
+    overwritten in the middle (the footer reads, the data does not)."""
+    events = raw / schema.EVENTS_DIR
+    whole = pa.Table.from_pylist(user_log("c", [f"i{k}" for k in range(rows)]))
+    pq.write_table(whole, events / "c-whole.parquet", row_group_size=rows // 2)
+    data = (events / "c-whole.parquet").read_bytes()
+    (events / "c-whole.parquet").unlink()
+    (events / "b-truncated.parquet").write_bytes(data[:-100])
+    middle = bytearray(data)
+    middle[len(data) // 3 : len(data) // 3 + 64] = b"\xab" * 64
+    (events / "d-corrupt.parquet").write_bytes(bytes(middle))
+    return str(events / "b-truncated.parquet"), str(events / "d-corrupt.parquet")
+
+
+def test_an_unreadable_file_is_named_or_skipped_counted_and_taken_once_whole(ray_session, tmp_path):
+    from recsys_dist.cli import user_error
+
+    raw = write_events(tmp_path / "raw", user_log("a", ["x", "y", "z", "w"]))
+    truncated, corrupt = _corrupt_copies(raw, rows=400)
+    with pytest.raises(Exception) as info:
+        prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    assert user_error(info.value).startswith(f"{truncated}: not a readable Parquet file")
+    os.rename(truncated, truncated + ".aside")
+    with pytest.raises(Exception) as info:  # the footer reads, a page does not
+        prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    assert user_error(info.value).startswith(f"{corrupt}: unreadable Parquet after row 0")
+    os.rename(truncated + ".aside", truncated)
+
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig(on_bad_rows="skip"))
+    assert manifest["bad_rows"]["unreadable_files"] == [truncated]
+    assert manifest["counts"]["files_skipped"] == 1
+    assert manifest["counts"]["bad_rows_skipped"] == 400  # every row of the corrupt file
+    assert manifest["bad_rows"]["per_file"][corrupt] == 400
+    assert manifest["counts"]["events_accepted"] == 4
+    assert truncated not in manifest["input_files"]  # not taken: it may come back whole
+
+    os.remove(truncated)  # the upload, redone whole
+    write_events(raw, user_log("b", ["x", "y", "z"]), name="b-truncated.parquet")
+    again = prepare_dataset(
+        str(raw), str(tmp_path / "p"), DataConfig(on_bad_rows="skip"), append=True
+    )
+    assert again["taken"] == {"files": 1, "already_taken": 2}
+    assert again["counts"]["files_skipped"] == 0
+    assert again["counts"]["events_accepted"] == 4 + 3
+
+
 def test_missing_required_column_is_named(ray_session, tmp_path):
     raw = write_events(tmp_path / "raw", [{"user_id": "a", "item_id": "x"}])
     with pytest.raises(Exception, match="missing required field.*timestamp"):
