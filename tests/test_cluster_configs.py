@@ -184,6 +184,35 @@ def test_serve_config_is_a_valid_serve_deploy_config():
     assert deployment.max_queued_requests > 0
 
 
+def test_the_rayservice_deploys_a_valid_serve_config_with_keys_and_events_on_a_volume():
+    """Its serveConfigV2 is a Serve deploy config for our builder, authentication is on, and
+    the WAL and the event log are on a ReadWriteMany claim mounted on every pod at one path:
+    a lost pod takes no acknowledged event with it."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from recsys_dist.config import config_from_dict
+
+    service, _policy = documents(ROOT / "cluster" / "kuberay-rayservice.yaml")
+    assert service["kind"] == "RayService"
+    deploy = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (application,) = deploy.applications
+    assert application.import_path == "recsys_dist.serving.app:build_app"
+    assert "insecure" not in application.args
+    config = config_from_dict({"serve": application.args["serve"]})
+    assert config.serve.api_keys_file and config.serve.store == "redis"
+    for where, pod in ray_pod_specs(service):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        (container,) = pod["containers"]
+        mounted = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        for path in (config.serve.wal_dir, config.serve.event_log_dir):
+            mount = next((m for m in mounted if path.startswith(m + "/")), None)
+            assert mount and mounted[mount] in claims, f"{where}: {path} is not on a claim"
+
+
 def test_every_serving_node_starts_ray_with_the_haproxy_ingress():
     """Serve reads the ingress choice when Ray starts: each node's start must carry it."""
     from recsys_dist.serving.app import HAPROXY_INGRESS_ENV
@@ -212,9 +241,10 @@ RAY_CONTROL_PORTS = {6379, 8265, 10001}  # GCS, dashboard/job API, Ray client
 
 
 def ray_pod_specs(doc: dict) -> Iterator[tuple[str, dict]]:
-    """(where, pod spec) of every Ray pod a RayCluster or RayJob starts."""
+    """(where, pod spec) of every Ray pod a RayCluster, RayJob or RayService starts."""
     spec = doc["spec"]
-    cluster = spec["rayClusterSpec"] if doc["kind"] == "RayJob" else spec
+    cluster = {"RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}
+    cluster = cluster.get(doc["kind"]) or spec
     yield "head", cluster["headGroupSpec"]["template"]["spec"]
     for group in cluster.get("workerGroupSpecs", []):
         yield group["groupName"], group["template"]["spec"]
@@ -235,7 +265,7 @@ def assert_token_from_secret(env: dict[str, dict], where: str) -> None:
 KUBERAY = [
     pytest.param(path, doc, id=path.name)
     for path, doc in DOCS
-    if isinstance(doc, dict) and doc.get("kind") in ("RayCluster", "RayJob")
+    if isinstance(doc, dict) and doc.get("kind") in ("RayCluster", "RayJob", "RayService")
 ]
 
 
@@ -303,12 +333,36 @@ def test_network_policy_admits_ray_ports_only_from_named_pods():
     Ray client names the pods it admits (no empty `from`, no address block), so no other pod
     and nothing outside the namespace reaches them."""
     (policy,) = documents(ROOT / "cluster" / "kuberay-networkpolicy.yaml")
-    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
-    spec = policy["spec"]
-    assert spec["podSelector"] == {"matchLabels": {"ray.io/cluster": RAY_CLUSTER_NAME}}
-    assert "Ingress" in spec["policyTypes"]
+    own = {"ray.io/cluster": RAY_CLUSTER_NAME}
+    labels = assert_ray_ports_only_from_named_pods(policy, own)
     (cluster,) = documents(ROOT / "cluster" / "kuberay-raycluster.yaml")
     assert cluster["metadata"]["name"] == RAY_CLUSTER_NAME, "the policy selects another cluster"
+    assert {"app.kubernetes.io/name": "recsys-dist-retrain"} in labels
+
+
+def test_the_rayservice_policy_selects_its_pods_and_admits_only_named_pods():
+    """KubeRay names a RayService's clusters itself, so its pods carry our own label, which
+    the policy selects and admits."""
+    service, policy = documents(ROOT / "cluster" / "kuberay-rayservice.yaml")
+    labels = [pod_labels for pod_labels in _template_labels(service)]
+    assert labels and all(lab == labels[0] for lab in labels), labels
+    assert_ray_ports_only_from_named_pods(policy, labels[0])
+
+
+def _template_labels(doc: dict) -> Iterator[dict]:
+    cluster = doc["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        yield group["template"]["metadata"]["labels"]
+
+
+def assert_ray_ports_only_from_named_pods(policy: dict, own: dict) -> list[dict]:
+    """The policy selects the pods labelled ``own``; every rule that opens Ray's control ports
+    names the pods it admits by label (no empty `from`, no address block), and the cluster's
+    own pods reach each other. Returns every admitted pod label set."""
+    assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": own}
+    assert "Ingress" in spec["policyTypes"]
     opened = set()
     for rule in spec["ingress"]:
         ports = {p["port"] for p in rule.get("ports", [])}
@@ -324,5 +378,5 @@ def test_network_policy_admits_ray_ports_only_from_named_pods():
     labels = [
         s["podSelector"]["matchLabels"] for rule in spec["ingress"] for s in rule.get("from", [])
     ]
-    assert {"ray.io/cluster": RAY_CLUSTER_NAME} in labels
-    assert {"app.kubernetes.io/name": "recsys-dist-retrain"} in labels
+    assert own in labels
+    return labels

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field, field_validator
 from ray import serve
 
 from recsys_dist import run_layout, schema, storage
-from recsys_dist.config import InterestConfig, ServeConfig, config_from_dict
+from recsys_dist.config import ConfigError, InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
@@ -708,9 +708,20 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """The application builder ``serve deploy``/``serve run`` call with the config's ``args``:
     ``run`` (the run directory) and optional ``serve`` and ``interests`` settings (fields of
     ``ServeConfig`` and ``InterestConfig``, checked like every config). An empty store is
-    seeded from the run's prepared users first."""
+    seeded from the run's prepared users first.
+
+    Secure by default, as ``recsys-dist serve --host`` is: the builder cannot see where
+    ``http_options`` binds, so it refuses to start without ``serve.api_keys_file`` unless the
+    config says ``insecure: true`` (serve/local.yaml, bound to loopback, does)."""
     config = config_from_dict(
         {"serve": args.get("serve") or {}, "interests": args.get("interests") or {}}
     )
+    if not config.serve.api_keys_file and args.get("insecure") is not True:
+        raise ConfigError(
+            "serve: no serve.api_keys_file, so anyone who reaches the service could post events "
+            "and read histories; create keys (recsys-dist keys create --file KEYS ...) and set "
+            "serve.api_keys_file: KEYS, or add `insecure: true` to the application's args for a "
+            "service bound to loopback"
+        )
     seed_store(config.serve, args["run"])
     return RecommenderService.bind(asdict(config.serve), args["run"], asdict(config.interests))

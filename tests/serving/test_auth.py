@@ -80,3 +80,15 @@ def test_a_token_bucket_refills_at_its_rate():
     assert bucket.take() == 0.0
     clock.now += 10  # never more than the burst
     assert [bucket.take() for _ in range(3)][-1] > 0
+
+
+def test_a_deployed_config_without_keys_is_refused_unless_it_says_insecure(tmp_path):
+    """`serve deploy` goes through build_app, which cannot see the bind address: no keys file
+    and no `insecure: true` is refused before anything starts (no store, no Ray call)."""
+    from recsys_dist.config import ConfigError
+    from recsys_dist.serving.app import build_app
+
+    with pytest.raises(ConfigError, match="no serve.api_keys_file"):
+        build_app({"run": str(tmp_path / "run"), "serve": {"store": "embedded"}})
+    with pytest.raises(ConfigError, match="no serve.api_keys_file"):
+        build_app({"run": str(tmp_path / "run"), "insecure": "yes"})  # only `true` counts
