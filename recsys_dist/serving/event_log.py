@@ -191,7 +191,8 @@ class EventLog:
 
     Args:
         log_dir: Where the Parquet files go (``LOG_DIR/events/``); local or ``s3://``.
-        wal_dir: A local directory on the actor's node, for this log alone.
+        wal_dir: A directory for this log alone: node-local, or shared by every node (a
+            mounted volume) so that a restart on another node finds the segments.
         flush_rows: Seal a segment once it holds at least this many events.
         flush_seconds: ... or once it is this old.
     """
@@ -255,6 +256,7 @@ class EventLog:
             "sealed_segments": len(self._sealed),
             "log_dir": self._log_dir,
             "wal_dir": self._wal_dir,
+            "node_id": ray.get_runtime_context().get_node_id(),  # whose disk holds the WAL
         }
 
     # --- the WAL ----------------------------------------------------------------------------
@@ -436,6 +438,7 @@ def event_log_actor(
     flush_rows: int,
     flush_seconds: float,
     name: str = EVENT_LOG_ACTOR,
+    scheduling_strategy=None,
 ) -> ray.actor.ActorHandle:
     """The named event-log actor, created by the first caller and shared by every replica.
 
@@ -444,8 +447,12 @@ def event_log_actor(
     acknowledge, and the client sends again. Its WAL lives in ``wal_dir/<name>``, so service
     instances may share ``wal_dir``. It reserves no CPU (it mostly waits on the disk).
 
-    The WAL is on the node the actor runs on: if that node is lost and the actor restarts
-    elsewhere, the segments wait on the old node's disk until a log starts there again.
+    If the node it runs on is lost, Ray restarts it on another node, which recovers the WAL
+    only if ``wal_dir`` is shared storage mounted at the same path on every node (a
+    ReadWriteMany volume: cluster/kuberay-rayservice.yaml); on a node-local disk the segments
+    wait there until a log starts on that node again. ``scheduling_strategy`` (one of Ray's,
+    e.g. a soft ``NodeAffinitySchedulingStrategy``) places it; by default Ray does (a
+    zero-CPU detached actor goes to the head node).
     """
     return (
         ray.remote(EventLog)
@@ -457,6 +464,7 @@ def event_log_actor(
             max_restarts=-1,
             max_task_retries=0,
             num_cpus=0,
+            scheduling_strategy=scheduling_strategy,
         )
         .remote(
             storage.absolute(log_dir),
