@@ -9,13 +9,17 @@ block and costs far less than reading the same rows stored five times over (wind
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
 from recsys_dist.data.sequences import SplitSpec, split_rows
+from recsys_dist.data.vocab import Vocabulary
 
 if TYPE_CHECKING:  # Ray Data costs a worker ~0.7 s to import; prepare's tasks never need it
     import ray.data
@@ -69,6 +73,21 @@ def read_split(prepared_dir: str, split: str, targets_after: int = 0) -> ray.dat
             _targets_after, batch_format="pyarrow", fn_kwargs={"since": targets_after}
         )
     return rows
+
+
+def stored_histories(prepared_dir: str) -> Iterator[tuple[str, list[str], list[int]]]:
+    """Every user's stored history as raw item ids and times (user id, items, times), one
+    bucket file at a time, so memory does not grow with the dataset: what the online store
+    is seeded with."""
+    vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+    for path in storage.list_files(storage.join(prepared_dir, schema.USERS_DIR), ".parquet"):
+        with storage.open_input(path) as handle:
+            users = pq.read_table(handle, columns=_SPLIT_COLUMNS)
+        items = vocab.to_item_ids(pc.list_flatten(users.column(schema.ITEMS)).to_numpy())
+        offsets = np.r_[0, np.cumsum(pc.list_value_length(users.column(schema.ITEMS)))]
+        ids, times = items.to_pylist(), users.column(schema.TIMESTAMPS).to_pylist()
+        for i, user in enumerate(users.column(schema.USER_ID).to_pylist()):
+            yield user, ids[offsets[i] : offsets[i + 1]], times[i]
 
 
 def _targets_after(rows: pa.Table, since: int) -> pa.Table:

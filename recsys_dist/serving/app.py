@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Annotated, Any
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 from fastapi import FastAPI, HTTPException
@@ -41,13 +39,13 @@ from recsys_dist import run_layout, schema, storage
 from recsys_dist.config import ConfigError, InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
-from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
 from recsys_dist.registry import Pointer, Registry, Version
 from recsys_dist.serving.auth import KeyRing
 from recsys_dist.serving.event_log import event_log_actor
+from recsys_dist.serving.seeding import SeedSource
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
 logger = logging.getLogger(__name__)
@@ -255,12 +253,33 @@ def _query_times(queries: list[_Query]) -> np.ndarray:
     )
 
 
-def make_store(settings: ServeConfig) -> UserStore:
+def make_store(settings: ServeConfig, source: SeedSource | None = None) -> UserStore:
+    """The configured store; the embedded one re-seeds itself from ``source`` after a restart
+    (Redis keeps its own data)."""
     if settings.store == "redis":
         from recsys_dist.serving.redis_store import RedisStore
 
         return RedisStore(settings.redis_url, settings.max_history, prefix=settings.instance)
-    return ActorStore(settings.max_history, name=f"{settings.instance}_user_store")
+    return ActorStore(settings.max_history, name=f"{settings.instance}_user_store", source=source)
+
+
+def start_event_log(settings: ServeConfig, run_dir: str) -> ray.actor.ActorHandle:
+    """The service's event-log actor (created by the first caller, shared by the rest)."""
+    return event_log_actor(
+        _event_log_dir(settings, run_dir),
+        settings.wal_dir or default_wal_dir(),
+        settings.flush_rows,
+        settings.flush_seconds,
+        name=_event_log_name(settings),
+    )
+
+
+def _event_log_dir(settings: ServeConfig, run_dir: str) -> str:
+    return settings.event_log_dir or run_layout.event_log_dir(run_dir)
+
+
+def _event_log_name(settings: ServeConfig) -> str:
+    return f"{settings.instance}_event_log"
 
 
 def load_categories(settings: ServeConfig, run_dir: str) -> dict[str, list[str]] | None:
@@ -366,14 +385,8 @@ class RecommenderService:
                 self.settings.rate_limit_per_s,
                 self.settings.rate_limit_burst,
             )
-        self.store = make_store(self.settings)
-        self.event_log = event_log_actor(
-            self.settings.event_log_dir or run_layout.event_log_dir(run_dir),
-            self.settings.wal_dir or default_wal_dir(),
-            self.settings.flush_rows,
-            self.settings.flush_seconds,
-            name=f"{self.settings.instance}_event_log",
-        )
+        self.store = make_store(self.settings, seed_source(self.settings, run_dir))
+        self.event_log = start_event_log(self.settings, run_dir)
         self.served: ServedModel | None = None
         self._following: threading.Event | None = None  # set: stop following a registry
         # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
@@ -632,41 +645,43 @@ class RecommenderService:
 
 
 def seed_store(settings: ServeConfig, run_dir: str) -> int:
-    """Load every user of the run's prepared dataset into an empty store; returns users loaded.
+    """Fill an empty store from the run's prepared dataset and the service's event log (the
+    events posted since, :mod:`recsys_dist.serving.seeding`); returns users loaded.
 
     A store that already holds users (a previous deployment's, or Redis's own persistence) is
-    left alone, so a redeploy never overwrites events that arrived online. Users are read one
-    bucket file at a time, so memory does not grow with the dataset.
+    left alone, so a redeploy never overwrites events that arrived online. The event log is
+    started first, so it publishes what a previous deployment left in its WAL.
     """
-    return asyncio.run(_seed(make_store(settings), run_dir))
+    source = seed_source(settings, run_dir)
+    load_manifest(source.prepared_dir)  # a clear error if the run's data is gone
+    start_event_log(settings, run_dir)
+    return asyncio.run(_seed(make_store(settings, source), source))
 
 
-async def _seed(store: UserStore, run_dir: str) -> int:
+async def _seed(store: UserStore, source: SeedSource) -> int:
     try:
-        return await _seed_if_empty(store, run_dir)
+        if await store.num_users():
+            return 0
+        loaded = await store.seed(source.histories())
+        events = 0
+        for batch in source.logged_events():
+            await store.append(batch)
+            events += len(batch)
+        logger.info(
+            "seeded the online store with %d users from %s and %d logged events",
+            *(loaded, source.prepared_dir, events),
+        )
+        return loaded
     finally:
         await store.close()
 
 
-async def _seed_if_empty(store: UserStore, run_dir: str) -> int:
-    if await store.num_users():
-        return 0
-    prepared = run_layout.prepared_dir_of(run_dir)
-    load_manifest(prepared)  # a clear error if the run's data is gone
-    vocab = Vocabulary.load(storage.join(prepared, schema.VOCAB_FILE))
-    loaded = 0
-    for path in storage.list_files(storage.join(prepared, schema.USERS_DIR), ".parquet"):
-        with storage.open_input(path) as handle:
-            users = pq.read_table(handle, columns=[schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS])
-        items = vocab.to_item_ids(pc.list_flatten(users.column(schema.ITEMS)).to_numpy())
-        offsets = np.r_[0, np.cumsum(pc.list_value_length(users.column(schema.ITEMS)))]
-        ids, times = items.to_pylist(), users.column(schema.TIMESTAMPS).to_pylist()
-        loaded += await store.seed(
-            (user, History(ids[offsets[i] : offsets[i + 1]], times[i]))
-            for i, user in enumerate(users.column(schema.USER_ID).to_pylist())
-        )
-    logger.info("seeded the online store with %d users from %s", loaded, prepared)
-    return loaded
+def seed_source(settings: ServeConfig, run_dir: str) -> SeedSource:
+    return SeedSource(
+        run_layout.prepared_dir_of(run_dir),
+        _event_log_dir(settings, run_dir),
+        _event_log_name(settings),
+    )
 
 
 APP_NAME = "recsys_dist"

@@ -4,7 +4,9 @@ A replica keeps no user state of its own, so any replica can answer any user and
 crashes or is scaled away loses nothing. Two backends share one contract (tested alike):
 
 * :class:`ActorStore`, the embedded default: a named, detached Ray actor holding histories in
-  memory, seeded from a prepared dataset. It outlives every replica (but not its own node).
+  memory, seeded from a prepared dataset and the service's event log. It outlives every
+  replica; if it dies (its node with it), Ray restarts it and it seeds itself again from the
+  same sources (:mod:`recsys_dist.serving.seeding`), so users keep their histories.
 * ``RedisStore`` (:mod:`recsys_dist.serving.redis_store`): histories in a Redis server,
   surviving restarts of the whole Ray cluster.
 
@@ -15,10 +17,17 @@ retraining; they are ordered by time (ties keep arrival order) and cut to ``max_
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import ray
+
+if TYPE_CHECKING:  # seeding reads the dataset and the event log, which need this module
+    from recsys_dist.serving.seeding import SeedSource
+
+logger = logging.getLogger(__name__)
 
 STORE_ACTOR = "recsys_dist_user_store"  # the embedded store's actor name
 STORE_NAMESPACE = "recsys_dist"
@@ -86,12 +95,24 @@ def merge_events(history: History, events: Sequence[Event], max_history: int) ->
 
 
 class _Histories:
-    """The embedded store's actor: a dict of histories, in one process every replica reaches."""
+    """The embedded store's actor: a dict of histories, in one process every replica reaches.
 
-    def __init__(self, max_history: int) -> None:
+    Restarted by Ray after a crash, it seeds itself from ``source`` before answering (calls
+    wait until ``__init__`` is done), so no user is a cold start meanwhile.
+    """
+
+    def __init__(self, max_history: int, source: SeedSource | None = None) -> None:
         self.max_history = max_history
         self.histories: dict[str, History] = {}
+        if source is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+            users = self.seed(list(source.histories()))  # the first seeding is the caller's
+            for events in source.logged_events():
+                self.append(events)
+            logger.warning("user store restarted: re-seeded %d users", users)
 
+    # Reads and seeding may run twice without harm: Ray retries them across a restart (they
+    # wait for the re-seeded store). An append is not retried (it could apply twice).
+    @ray.method(max_task_retries=-1)
     def get_many(self, user_ids: list[str]) -> list[History | None]:
         return [self.histories.get(user) for user in user_ids]
 
@@ -103,11 +124,13 @@ class _Histories:
             current = self.histories.get(user, History())
             self.histories[user] = merge_events(current, user_events, self.max_history)
 
+    @ray.method(max_task_retries=-1)
     def seed(self, users: list[tuple[str, History]]) -> int:
         for user, history in users:  # in time order, like every stored history
             self.histories[user] = merge_events(history, (), self.max_history)
         return len(users)
 
+    @ray.method(max_task_retries=-1)
     def num_users(self) -> int:
         return len(self.histories)
 
@@ -117,9 +140,14 @@ class ActorStore(UserStore):
 
     Every replica that builds an ``ActorStore`` with the same ``name`` reaches the same actor;
     the first creates it. It uses no CPU reservation (it is mostly idle dictionary lookups).
+    Ray restarts it without limit. Reads wait for the re-seeded store; an append in flight
+    during a crash fails (the replica does not acknowledge, the client sends again) rather than
+    being replayed into histories the re-seeding may already hold it in.
     """
 
-    def __init__(self, max_history: int, name: str = STORE_ACTOR) -> None:
+    def __init__(
+        self, max_history: int, name: str = STORE_ACTOR, source: SeedSource | None = None
+    ) -> None:
         self.max_history = max_history
         self.actor = (
             ray.remote(_Histories)
@@ -129,8 +157,10 @@ class ActorStore(UserStore):
                 lifetime="detached",
                 get_if_exists=True,
                 num_cpus=0,
+                max_restarts=-1,
+                max_task_retries=0,
             )
-            .remote(max_history)
+            .remote(max_history, source)
         )
 
     async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:
