@@ -216,11 +216,15 @@ class ServeConfig:
     # a time far in the future would sort after every real event for good.
     min_timestamp: int = 0
     max_timestamp: int = 7_258_118_400
+    # Replica logs (Serve's access log and ours, with request ids): "TEXT" or "JSON" lines.
+    # `recsys-dist serve` sets it; a Serve config sets the deployment's logging_config instead.
+    log_encoding: str = "TEXT"
     batch_size: int = 32  # requests scored together by @serve.batch
     batch_wait_s: float = 0.005  # how long a batch waits to fill
 
     def __post_init__(self) -> None:
         _check_choice("serve.store", self.store, ("embedded", "redis"))
+        _check_choice("serve.log_encoding", self.log_encoding, ("TEXT", "JSON"))
         for name in ("flush_rows", "max_history", "max_k", "max_request_events", "batch_size"):
             _check_positive(f"serve.{name}", getattr(self, name))
         if not self.registry_poll_s > 0:

@@ -45,6 +45,7 @@ from recsys_dist.interests.record import InterestRecord
 from recsys_dist.registry import Pointer, Registry, Version
 from recsys_dist.serving.auth import KeyRing
 from recsys_dist.serving.event_log import event_log_actor
+from recsys_dist.serving.metrics import ServiceMetrics
 from recsys_dist.serving.seeding import SeedSource
 from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
 
@@ -231,6 +232,8 @@ api.add_middleware(Authenticate)  # added last: runs first
 
 
 # --- the deployment ---------------------------------------------------------------------------
+# Everything the replica class calls is defined before it: Serve serializes the class where it
+# is decorated, with the module globals that exist at that line.
 
 
 @dataclass
@@ -250,6 +253,27 @@ def _query_times(queries: list[_Query]) -> np.ndarray:
     return np.asarray(
         [q.query_time if q.query_time is not None else max(q.timestamps) for q in queries],
         np.int64,
+    )
+
+
+def _log_through_serve() -> None:
+    """Send this package's log lines in a replica through Serve's replica logger: to its log
+    file, in its encoding (``logging_config``: TEXT or JSON), with the request id, route and
+    replica of the request they were written in. Serve gives that only to ``ray.serve``'s
+    handlers; our loggers would otherwise print bare lines to the worker's stderr."""
+    ours = logging.getLogger(__package__.partition(".")[0])
+    for handler in logging.getLogger("ray.serve").handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = False
+    ours.setLevel(min(ours.getEffectiveLevel(), logging.INFO))
+
+
+def seed_source(settings: ServeConfig, run_dir: str) -> SeedSource:
+    return SeedSource(
+        run_layout.prepared_dir_of(run_dir),
+        _event_log_dir(settings, run_dir),
+        _event_log_name(settings),
     )
 
 
@@ -305,7 +329,14 @@ def analyse_history(
 
 
 # What /v1/model reports of the event log: its backlog and what it could not publish.
-EVENT_LOG_COUNTERS = ("pending", "files_written", "segments_quarantined", "torn_records")
+EVENT_LOG_COUNTERS = (
+    "pending",
+    "files_written",
+    "segments_quarantined",
+    "torn_records",
+    "publish_failures",
+)
+METRICS_POLL_S = 10.0  # how often a replica copies the event log's counters to its gauges
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
 # replicas that answer HTTP themselves, instead of the Python proxy actor relaying each request
@@ -385,10 +416,14 @@ class RecommenderService:
                 self.settings.rate_limit_per_s,
                 self.settings.rate_limit_burst,
             )
+        _log_through_serve()
+        self.metrics = ServiceMetrics()
         self.store = make_store(self.settings, seed_source(self.settings, run_dir))
         self.event_log = start_event_log(self.settings, run_dir)
         self.served: ServedModel | None = None
         self._following: threading.Event | None = None  # set: stop following a registry
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch_event_log, name="metrics", daemon=True).start()
         # Scoring threads = the CPUs this replica holds, so replicas don't fight over cores.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         torch.set_num_threads(max(1, int(cpus)))
@@ -411,7 +446,16 @@ class RecommenderService:
 
     def _serve(self, served: ServedModel) -> None:
         self.served = served  # one assignment: requests in flight keep the one they read
+        self.metrics.serving(served.version)
         logger.info("serving model %s", served.version)
+
+    def _watch_event_log(self) -> None:
+        """Copy the event log's backlog and failure counters into this replica's gauges."""
+        while not self._stopped.wait(METRICS_POLL_S):
+            try:
+                self.metrics.event_log_stats(ray.get(self.event_log.stats.remote(), timeout=10))
+            except Exception:  # noqa: BLE001 — a missed sample; /v1/model still answers
+                logger.warning("could not read the event log's counters", exc_info=True)
 
     def _live_of(self, registry: Registry) -> ServedModel:
         """The version the fleet serves now: the current one, or, before its switch instant,
@@ -477,6 +521,7 @@ class RecommenderService:
 
     def __del__(self) -> None:
         self._stop_following()
+        self._stopped.set()
 
     async def check_health(self) -> None:
         if self.served is None:
@@ -503,9 +548,13 @@ class RecommenderService:
             "event_log": {key: stats[key] for key in EVENT_LOG_COUNTERS},
         }
 
+    async def _stored(self, user_id: str) -> History | None:
+        async with self.metrics.store_call("get"):
+            return await self.store.get(user_id)
+
     @api.get("/v1/users/{user_id}/history", response_model=HistoryResponse)
     async def history(self, user_id: UserPath) -> HistoryResponse:
-        found = await self.store.get(user_id)
+        found = await self._stored(user_id)
         if found is None:
             raise HTTPException(404, f"user {user_id!r} has no history")
         return HistoryResponse(
@@ -520,7 +569,7 @@ class RecommenderService:
     async def interests(self, user_id: UserPath) -> InterestsResponse:
         """Trajectory, current profile, drift, change points and forecast, from the user's
         online history: events posted a moment ago count."""
-        found = await self.store.get(user_id)
+        found = await self._stored(user_id)
         if found is None:
             raise HTTPException(404, f"user {user_id!r} has no history")
         analyzer = self._served().analyzer
@@ -536,11 +585,12 @@ class RecommenderService:
         )
         events = [Event(**e.model_dump()) for e in body.events]
         await self.event_log.append.remote(events)
-        await self.store.append(events)
+        async with self.metrics.store_call("append"):
+            await self.store.append(events)
         known = self._served().recommender.vocab.lookup([e.item_id for e in events])
-        return EventsResponse(
-            accepted=len(events), unknown_items=int((known < schema.NUM_SPECIAL_TOKENS).sum())
-        )
+        unknown = int((known < schema.NUM_SPECIAL_TOKENS).sum())
+        self.metrics.accepted(len(events), unknown)
+        return EventsResponse(accepted=len(events), unknown_items=unknown)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, body: RecommendRequest) -> RecommendResponse:
@@ -604,7 +654,7 @@ class RecommenderService:
 
     async def _history_of(self, body: RecommendRequest) -> History:
         """The stored history of ``user_id`` (if any) with the request's own events merged."""
-        stored = await self.store.get(body.user_id) if body.user_id else None
+        stored = await self._stored(body.user_id) if body.user_id else None
         extra = [Event("", e.item_id, e.timestamp) for e in body.history]
         if not extra:
             return stored or History()
@@ -634,8 +684,8 @@ class RecommenderService:
             raise HTTPException(503, "no model loaded yet")
         return served
 
-    @staticmethod
-    def _response(items, scores, fallback: bool, unknown: int, version: str) -> RecommendResponse:
+    def _response(self, items, scores, fallback: bool, unknown: int, version: str):
+        self.metrics.recommended(fallback, unknown)
         return RecommendResponse(
             items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(items, scores)],
             model_version=version,
@@ -676,14 +726,6 @@ async def _seed(store: UserStore, source: SeedSource) -> int:
         await store.close()
 
 
-def seed_source(settings: ServeConfig, run_dir: str) -> SeedSource:
-    return SeedSource(
-        run_layout.prepared_dir_of(run_dir),
-        _event_log_dir(settings, run_dir),
-        _event_log_name(settings),
-    )
-
-
 APP_NAME = "recsys_dist"
 
 
@@ -712,7 +754,8 @@ def run_service(
     model = {"model_dir": model_dir or run_layout.model_dir(run_dir)}
     if registry:
         model = {"registry": storage.absolute(registry)}
-    options = {"user_config": model, **(deployment or {})}
+    logs = {"encoding": settings.log_encoding}
+    options = {"user_config": model, "logging_config": logs, **(deployment or {})}
     interest_settings = asdict(interests or InterestConfig())
     app = RecommenderService.options(**options).bind(asdict(settings), run_dir, interest_settings)
     serve.run(app, name=APP_NAME, route_prefix="/")

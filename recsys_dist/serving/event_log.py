@@ -218,7 +218,7 @@ class EventLog:
         self._last_id = 0
         self._tasks: list[asyncio.Task] = []
         counters = ("appended", "files_written", "segments_recovered", "segments_unreadable")
-        counters += ("segments_quarantined",)
+        counters += ("segments_quarantined", "publish_failures")
         self._counts = dict.fromkeys((*counters, "torn_records"), 0)
         self._recover()
         self._start_tasks()
@@ -351,6 +351,7 @@ class EventLog:
                 failures = 0
             except Exception:  # logged; the events stay in the WAL
                 failures += 1
+                self._counts["publish_failures"] += 1
                 retry_at = time.monotonic() + min(_MAX_RETRY_S, 2.0**failures)
                 logger.warning("event log: publishing failed (try %d)", failures, exc_info=True)
 

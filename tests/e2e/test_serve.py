@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
@@ -56,6 +57,7 @@ def start(root, **settings) -> tuple[str, ServeConfig]:
         flush_seconds=3600.0,  # tests flush explicitly
         max_request_events=50,
         max_body_bytes=20_000,
+        log_encoding="JSON",
         **settings,
     )
     url = app.run_service(str(root / "run"), config, port=free_port())
@@ -259,6 +261,66 @@ def test_state_and_log_survive_a_replica_crash(trained, service):
     logged = pq.read_table(root / f"log-{config.instance}" / schema.EVENTS_DIR).to_pylist()
     mine = [row[schema.ITEM_ID] for row in logged if row[schema.USER_ID] == user]
     assert sorted(mine) == sorted(items)
+
+
+def test_metrics_reach_prometheus_and_logs_carry_the_request_id(trained, service):
+    """The service's own metrics come out of Ray's metrics agent in Prometheus format, and the
+    replica's log lines (Serve's access log and ours) are JSON with the request's id."""
+    url, config = service
+    if config.store != "embedded":
+        pytest.skip("one store is enough: metrics and logs do not depend on it")
+    fallback = httpx.post(f"{url}/v1/recommend", json={"user_id": "nobody-" + uuid.uuid4().hex})
+    assert fallback.status_code == 200 and fallback.json()["fallback"]
+    request_id = fallback.headers["x-request-id"]
+    event = {"user_id": "metrics-user", "item_id": "never-seen-item", "timestamp": 5}
+    assert httpx.post(f"{url}/v1/events", json={"events": [event]}).status_code == 200
+    version = httpx.get(f"{url}/v1/model").json()["model_version"]
+
+    wanted = {
+        'ray_recsys_recommendations_total{.*fallback="true"': None,
+        "ray_recsys_events_unknown_items_total{": None,
+        f'ray_recsys_model_info{{.*version="{version}"': 1.0,
+        'ray_recsys_store_latency_ms_bucket{.*operation="get"': None,
+        "ray_recsys_event_log_pending{": None,
+    }
+    exported = _scrape_until(wanted, timeout_s=90)
+    assert exported, "metrics never reached the exporter"
+
+    node = ray._private.worker.global_worker.node
+    logs = list((Path(node.get_session_dir_path()) / "logs" / "serve").glob("replica_*.log"))
+    records = [_json_or_none(line) for path in logs for line in path.read_text().splitlines()]
+    records = [r for r in records if r]
+    assert any(r.get("request_id") == request_id for r in records), "no line with the request id"
+    assert any("serving model" in r.get("message", "") for r in records), "our lines are not JSON"
+
+
+def _scrape_until(patterns: dict[str, float | None], timeout_s: float) -> str:
+    """The node's Prometheus text once every pattern has a sample (with that value, if one is
+    given); Ray's agent exports every few seconds."""
+    import re
+
+    node = ray._private.worker.global_worker.node
+    endpoint = f"http://127.0.0.1:{node.metrics_export_port}/metrics"
+    deadline, text = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(endpoint, timeout=10).text
+        found = {p: [ln for ln in text.splitlines() if re.search(p, ln)] for p in patterns}
+        if all(
+            lines and (value is None or any(ln.endswith(f" {value}") for ln in lines))
+            for (p, value), lines in zip(patterns.items(), found.values(), strict=True)
+        ):
+            return text
+        time.sleep(1.0)  # between scrapes, bounded by the deadline
+    missing = [p for p in patterns if not re.search(p, text)]
+    pytest.fail(f"not exported within {timeout_s} s: {missing}")
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def test_batch_scoring_covers_every_user_once(trained, tmp_path, capsys):
