@@ -202,6 +202,10 @@ class ServeConfig:
     registry_switch_s: float = 10.0
     flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
     flush_seconds: float = 5.0  # ... or sooner, after this many seconds
+    # When POST /v1/events answers: "wal", once the events are fsynced in the write-ahead log
+    # (serve.wal_dir: shared storage makes them survive the node); "published", once they
+    # are in a Parquet file in serve.event_log_dir (e.g. s3://), whatever happens to the WAL.
+    event_log_ack: str = "wal"
     max_history: int = 2000  # events kept per user online (the most recent)
     max_k: int = 1000  # largest k a request may ask for
     max_request_events: int = 2000  # events in one request body (history or events): else 413
@@ -225,6 +229,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         _check_choice("serve.store", self.store, ("embedded", "redis"))
         _check_choice("serve.log_encoding", self.log_encoding, ("TEXT", "JSON"))
+        _check_choice("serve.event_log_ack", self.event_log_ack, ("wal", "published"))
         for name in ("flush_rows", "max_history", "max_k", "max_request_events", "batch_size"):
             _check_positive(f"serve.{name}", getattr(self, name))
         if not self.registry_poll_s > 0:

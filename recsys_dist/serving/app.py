@@ -295,6 +295,7 @@ def start_event_log(settings: ServeConfig, run_dir: str) -> ray.actor.ActorHandl
         settings.flush_rows,
         settings.flush_seconds,
         name=_event_log_name(settings),
+        publish_before_ack=settings.event_log_ack == "published",
     )
 
 

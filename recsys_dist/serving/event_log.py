@@ -195,15 +195,27 @@ class EventLog:
             mounted volume) so that a restart on another node finds the segments.
         flush_rows: Seal a segment once it holds at least this many events.
         flush_seconds: ... or once it is this old.
+        publish_before_ack: Answer ``append`` only once its events are in a Parquet file in
+            ``log_dir`` (each write's segment is published at once), not when the WAL has
+            them: nothing acknowledged then depends on the WAL's disk, at the cost of one
+            Parquet write (an object-store PUT on ``s3://``) per group of concurrent appends.
     """
 
-    def __init__(self, log_dir: str, wal_dir: str, flush_rows: int, flush_seconds: float):
+    def __init__(
+        self,
+        log_dir: str,
+        wal_dir: str,
+        flush_rows: int,
+        flush_seconds: float,
+        publish_before_ack: bool = False,
+    ):
         if flush_rows < 1 or not flush_seconds > 0:
             raise ValueError(f"flush_rows={flush_rows} and flush_seconds={flush_seconds} > 0")
         self._log_dir = storage.absolute(log_dir)
         self._wal_dir = os.path.abspath(wal_dir)
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
+        self._publish_before_ack = publish_before_ack
         self._tick = min(1.0, max(0.05, flush_seconds / 4))
         os.makedirs(self._wal_dir, exist_ok=True)
         self._lock_fd = _lock(self._wal_dir)
@@ -303,9 +315,11 @@ class EventLog:
         rows = sum(count for _, count, _ in batch)
         self._segment.rows += rows
         self._counts["appended"] += rows
-        pending = self._pending()
-        if self._segment.rows >= self._flush_rows:
+        if self._segment.rows >= self._flush_rows or self._publish_before_ack:
             self._seal()
+        if self._publish_before_ack:  # a failure here answers no caller: they send again
+            await self._publish_sealed()
+        pending = self._pending()
         for _, _, done in batch:
             if not done.done():
                 done.set_result(pending)
@@ -440,6 +454,7 @@ def event_log_actor(
     flush_seconds: float,
     name: str = EVENT_LOG_ACTOR,
     scheduling_strategy=None,
+    publish_before_ack: bool = False,
 ) -> ray.actor.ActorHandle:
     """The named event-log actor, created by the first caller and shared by every replica.
 
@@ -472,5 +487,6 @@ def event_log_actor(
             os.path.join(os.path.abspath(wal_dir), name),
             flush_rows,
             flush_seconds,
+            publish_before_ack,
         )
     )

@@ -79,11 +79,12 @@ def start_log(ray_session):
     """
     names = []
 
-    def start(log_dir, wal_dir, flush_rows=1000, flush_seconds=HOUR, exact_wal=False):
+    def start(log_dir, wal_dir, flush_rows=1000, flush_seconds=HOUR, exact_wal=False, **more):
         name = f"test_event_log_{uuid.uuid4().hex[:8]}"
         names.append(name)
         if not exact_wal:
-            return event_log_actor(str(log_dir), str(wal_dir), flush_rows, flush_seconds, name)
+            args = (str(log_dir), str(wal_dir), flush_rows, flush_seconds, name)
+            return event_log_actor(*args, **more)
         options = {"name": name, "namespace": STORE_NAMESPACE, "num_cpus": 0}
         actor = ray.remote(EventLog).options(**options)
         return actor.remote(str(log_dir), str(wal_dir), flush_rows, flush_seconds)
@@ -318,4 +319,21 @@ def test_the_log_directory_may_be_on_s3(start_log, tmp_path, s3_prefix):
     assert sorted(contents) == sorted([*first, written]) == event_files(s3_prefix)
     assert all_rows({written: contents[written]}) == as_rows(batches[2])
     assert all_rows(contents) == as_rows([e for batch in batches for e in batch])
+    assert wal_files(wal_dir) == []
+
+
+def test_publish_before_ack_answers_once_the_events_are_in_parquet_on_s3(
+    start_log, tmp_path, s3_prefix
+):
+    """With ``publish_before_ack`` an answered append is already on S3 (no flush, an hour's
+    flush interval): losing the WAL's disk then loses nothing."""
+    wal_dir = tmp_path / "wal"
+    log = start_log(s3_prefix, wal_dir, publish_before_ack=True)
+    first = make_events("a", 3)
+    assert ray.get(log.append.remote(first)) == 0  # nothing pending: all published
+    assert all_rows(read_log(s3_prefix)) == as_rows(first)
+    batches = [make_events(f"u{i}", 2, start=i) for i in range(12)]
+    ray.get([log.append.remote(batch) for batch in batches])
+    contents = read_log(s3_prefix)
+    assert all_rows(contents) == as_rows([*first, *(e for b in batches for e in b)])
     assert wal_files(wal_dir) == []
