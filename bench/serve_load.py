@@ -162,7 +162,9 @@ def _measure(run_dir: Path, users: list[str], replicas: int, args) -> dict:
     return {**load, **reflect}
 
 
-async def _load(url: str, users: list[str], qps: float, seconds: float, limit: int) -> dict:
+async def _load(
+    url: str, users: list[str], qps: float, seconds: float, limit: int, headers=None
+) -> dict:
     """Open-loop arrivals at ``qps``; latencies of the answered requests, and the failures."""
     rng = np.random.default_rng(0)
     gate = asyncio.Semaphore(limit)
@@ -176,7 +178,7 @@ async def _load(url: str, users: list[str], qps: float, seconds: float, limit: i
             statuses.append(response.status_code)
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers=headers) as client:
         tasks, start = [], time.perf_counter()
         for n in range(int(qps * seconds)):
             delay = start + n / qps - time.perf_counter()

@@ -1,0 +1,247 @@
+"""What safety costs the online service: authentication, publish-before-acknowledge, fuzzing.
+
+On a local Ray with a model trained briefly on a generated log (latency depends on the model's
+shape and the catalogue, not on its quality), over loopback HTTP:
+
+1. **Authentication**: ``POST /v1/recommend`` at a fixed arrival rate (open loop, as
+   ``bench/serve_load.py``) against the same service without and with ``serve.api_keys_file``
+   (one key, scope ``recommend``, a Bearer header on every request), alternated twice so drift
+   hits both alike: p50/p99 and their difference.
+2. **Acknowledgement**: ``POST /v1/events`` (one event per request, ``--ack-concurrency`` in
+   flight) with ``serve.event_log_ack=wal`` (fsynced in the WAL) and ``=published`` (in a
+   Parquet file of ``serve.event_log_dir``), the log on local disk and on S3 (moto's server on
+   loopback: no network latency, so a real bucket adds its PUT time on top).
+3. **Fuzzing**: Schemathesis against the service's OpenAPI schema, valid and invalid requests,
+   ``--fuzz-examples`` per operation and mode: the number sent and the 5xx answers (must be 0).
+
+    python bench/serve_security.py                 # prints JSON lines and a summary
+    python bench/serve_security.py --qps 100 --seconds 20 --fuzz-examples 200
+
+Targets (issue 15): authentication adds < 1 ms at p99 at 100 QPS; no 5xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.serve_load import _load, _stop, _train  # noqa: E402
+from recsys_dist.config import ServeConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--qps", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--acks", type=int, default=400, help="events posted per ack mode")
+    parser.add_argument("--ack-concurrency", type=int, default=8)
+    parser.add_argument("--fuzz-examples", type=int, default=200)
+    args = parser.parse_args(argv)
+    import ray
+
+    from recsys_dist.serving.app import use_haproxy_ingress
+
+    use_haproxy_ingress()
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    s3 = _moto_s3()  # before Ray starts, so its workers inherit the endpoint
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-security-"))
+    from recsys_dist.data.synthetic import generate_dataset
+
+    raw = work / "raw"
+    if not raw.exists():
+        generate_dataset(str(raw), users=3000, items=args.items, categories=50, seed=0)
+    run_dir, users = _train(raw, work / "model")
+    results = [_authentication(run_dir, users, work, args)]
+    print(json.dumps(results[-1]), flush=True)
+    for where in ("local", "s3"):
+        for ack in ("wal", "published"):
+            log_dir = f"{s3}/log-{ack}" if where == "s3" else str(work / f"log-{where}-{ack}")
+            results.append(_acknowledgement(run_dir, users, work, ack, log_dir, args))
+            results[-1]["event_log"] = where
+            print(json.dumps(results[-1]), flush=True)
+    results.append(_fuzz(run_dir, work, args.fuzz_examples))
+    print(json.dumps(results[-1]), flush=True)
+    print(_summary(results))
+    return 0
+
+
+def _start(run_dir: Path, work: Path, **settings) -> str:
+    from recsys_dist.serving.app import run_service
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    instance = f"bench{port}"
+    config = ServeConfig(
+        instance=instance,
+        wal_dir=str(work / f"wal-{instance}"),
+        event_log_dir=settings.pop("event_log_dir", str(work / f"log-{instance}")),
+        **settings,
+    )
+    return run_service(str(run_dir), config, port=port)
+
+
+def _authentication(run_dir: Path, users: list[str], work: Path, args) -> dict:
+    from recsys_dist.serving.auth import KeysFile
+
+    keys = str(work / "keys.json")
+    secret = KeysFile(keys).create("bench", ["recommend"])
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    for mode in ("off", "on", "off", "on"):
+        url = _start(run_dir, work, **({"api_keys_file": keys} if mode == "on" else {}))
+        headers = {"Authorization": f"Bearer {secret}"} if mode == "on" else None
+        try:
+            asyncio.run(_load(url, users, args.qps, 3.0, 64, headers))  # warm-up
+            runs[mode].append(asyncio.run(_load(url, users, args.qps, args.seconds, 64, headers)))
+        finally:
+            _stop()
+    mean = {
+        mode: {q: round(float(np.mean([r[q] for r in rs])), 2) for q in ("p50_ms", "p99_ms")}
+        for mode, rs in runs.items()
+    }
+    return {
+        "part": "authentication",
+        "qps": args.qps,
+        "seconds_per_run": args.seconds,
+        "runs": runs,
+        "without_keys": mean["off"],
+        "with_keys": mean["on"],
+        "added_p50_ms": round(mean["on"]["p50_ms"] - mean["off"]["p50_ms"], 2),
+        "added_p99_ms": round(mean["on"]["p99_ms"] - mean["off"]["p99_ms"], 2),
+    }
+
+
+def _acknowledgement(run_dir, users, work: Path, ack: str, log_dir: str, args) -> dict:
+    url = _start(run_dir, work, event_log_ack=ack, event_log_dir=log_dir)
+    try:
+        latencies = asyncio.run(_post_events(url, users, args.acks, args.ack_concurrency))
+    finally:
+        _stop()
+    ms = np.asarray(latencies) * 1000
+    return {
+        "part": "acknowledgement",
+        "event_log_ack": ack,
+        "events": len(latencies),
+        "concurrency": args.ack_concurrency,
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
+
+
+async def _post_events(url: str, users: list[str], count: int, concurrency: int) -> list[float]:
+    """``count`` single-event posts, ``concurrency`` at a time; each one's answer time."""
+    latencies: list[float] = []
+    queue = list(range(count))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            n = queue.pop()
+            event = {"user_id": users[n % len(users)], "item_id": f"i{n}", "timestamp": 10**9 + n}
+            started = time.perf_counter()
+            response = await client.post(f"{url}/v1/events", json={"events": [event]})
+            latencies.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return latencies
+
+
+def _fuzz(run_dir: Path, work: Path, examples: int) -> dict:
+    """Schemathesis's valid and invalid requests for every operation; counts what was sent."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
+
+    url = _start(run_dir, work, max_body_bytes=100_000)
+    sent, server_errors = {}, []
+    try:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                label = f"{operation.label} {mode.value}"
+
+                @given(case=operation.as_strategy(generation_mode=mode))
+                @settings(
+                    max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck)
+                )
+                def call(case, label=label):
+                    response = case.call(base_url=url, timeout=30)
+                    sent[label] = sent.get(label, 0) + 1
+                    if response.status_code >= 500:
+                        server_errors.append((label, response.status_code, response.text[:200]))
+
+                try:
+                    call()
+                except Unsatisfiable:  # no parameter and no body to make invalid (/healthz)
+                    continue
+    finally:
+        _stop()
+    return {
+        "part": "fuzz",
+        "max_examples_per_operation_and_mode": examples,
+        "requests": sum(sent.values()),
+        "per_operation": sent,
+        "server_errors": len(server_errors),
+        "first_errors": server_errors[:5],
+    }
+
+
+def _moto_s3() -> str:
+    """A moto S3 server on loopback and the AWS environment pointing at it; the bucket URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return "s3://bench"
+
+
+def _summary(results: list[dict]) -> str:
+    auth = results[0]
+    lines = [
+        f"authentication at {auth['qps']:.0f} QPS: p99 {auth['without_keys']['p99_ms']} ms "
+        f"without keys, {auth['with_keys']['p99_ms']} ms with ({auth['added_p99_ms']:+} ms); "
+        f"p50 {auth['added_p50_ms']:+} ms",
+    ]
+    for r in results:
+        if r["part"] == "acknowledgement":
+            lines.append(
+                f"ack={r['event_log_ack']:<9} log on {r['event_log']:<5}: p50 {r['p50_ms']} ms, "
+                f"p99 {r['p99_ms']} ms ({r['events']} events, {r['concurrency']} in flight)"
+            )
+    fuzz = results[-1]
+    lines.append(f"fuzz: {fuzz['requests']} requests, {fuzz['server_errors']} server errors")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
