@@ -11,6 +11,7 @@ a saved config or a pickled filesystem: a URI that carries them is refused.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import posixpath
@@ -48,7 +49,26 @@ def resolve(path: str | Path) -> tuple[pafs.FileSystem, str]:
             f"a {parts.scheme}:// path must not carry credentials or options (user info or "
             "'?...'); set them in the AWS environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)"
         )
+    if parts.scheme == "s3":
+        return _s3(parts.netloc), parts.netloc + parts.path.rstrip("/")
     return pafs.FileSystem.from_uri(text)
+
+
+# Attempts per S3 request. Object stores answer 500/503 (SlowDown) and drop connections now
+# and then; the AWS SDK's standard strategy retries those with jittered back-off, 3 attempts
+# by default, which a job of thousands of requests outlives only by luck.
+S3_ATTEMPTS = 10
+
+
+@functools.lru_cache(maxsize=64)
+def _s3(bucket: str) -> pafs.S3FileSystem:
+    """One S3 filesystem per bucket and process: its region looked up once, not per path,
+    and requests retried (``S3_ATTEMPTS``); credentials and endpoint from the environment."""
+    region = pafs.FileSystem.from_uri(f"s3://{bucket}")[0].region
+    retries = pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)
+    # from_uri reads AWS_ENDPOINT_URL (MinIO, a test server); the constructor does not.
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return pafs.S3FileSystem(region=region, retry_strategy=retries, endpoint_override=endpoint)
 
 
 def absolute(path: str | Path) -> str:

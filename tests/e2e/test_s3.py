@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import boto3
 import pyarrow as pa
@@ -185,3 +186,136 @@ def write_histories(raw: str, histories: str, users: int) -> None:
     chosen = events.column(schema.USER_ID).unique()[:users]
     with storage.open_output(histories) as sink:
         pq.write_table(events.filter(pc.is_in(events.column(schema.USER_ID), chosen)), sink)
+
+
+class FlakyS3:
+    """An HTTP proxy in front of the S3 server that answers every ``every``-th request with
+    503 SlowDown (what S3 says when throttling) and forwards the rest unchanged."""
+
+    def __init__(self, upstream: str, every: int) -> None:
+        import http.server
+        import threading
+
+        self.upstream, self.every = urlsplit(upstream), every
+        self.lock, self.forwarded, self.failed = threading.Lock(), 0, 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _any(self) -> None:
+                body = self._body()
+                with proxy.lock:
+                    fail = (proxy.failed + proxy.forwarded) % proxy.every == proxy.every - 1
+                    proxy.failed += fail
+                    proxy.forwarded += not fail
+                if fail:
+                    return self._reply(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+                status, headers, answer = proxy.forward(self, body)
+                self._reply(status, headers, answer)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return data
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _reply(self, status: int, headers: dict, body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if not any(name.lower() == "content-length" for name in headers):
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def forward(self, request, body: bytes) -> tuple[int, dict, bytes]:
+        import http.client
+
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port)
+        try:
+            connection.putrequest(request.command, request.path, skip_host=True)
+            for name, value in request.headers.items():
+                if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                    connection.putheader(name, value)
+            connection.putheader("Content-Length", str(len(body)))
+            connection.endheaders(body)
+            answer = connection.getresponse()
+            data = answer.read()
+            skip = ("transfer-encoding", "connection")
+            if request.command != "HEAD":  # a HEAD's length is the object's, not the body's
+                skip += ("content-length",)
+            headers = {k: v for k, v in answer.getheaders() if k.lower() not in skip}
+            return answer.status, headers, data
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+
+@pytest.mark.slow
+def test_a_job_outlives_an_s3_that_fails_one_request_in_twenty(s3_prefix, ray_session, tmp_path):
+    """`prepare` from S3 to S3 through a proxy answering 5 % of requests with 503 SlowDown:
+    the requests are retried, the job finishes, and its dataset equals the one prepared
+    without faults (the same manifest, users and vocabulary; only the number of bucket
+    files differs, as it follows the CPUs of the Ray each ran on)."""
+    from recsys_dist.config import DataConfig
+    from recsys_dist.data.prepare import prepare_dataset
+    from recsys_dist.data.synthetic import generate_dataset
+
+    raw = storage.join(s3_prefix, "raw")
+    generate_dataset(raw, users=120, items=60, categories=4, seed=1)
+    clean = storage.join(s3_prefix, "clean")
+    prepare_dataset(raw, clean, DataConfig(max_len=20))
+    flaky = FlakyS3(os.environ["AWS_ENDPOINT_URL"], every=20)
+    faulty = storage.join(s3_prefix, "faulty")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "recsys_dist.cli", "prepare", "--data", raw]
+            + ["--output", faulty, "--max-len", "20", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,
+            env={**os.environ, "AWS_ENDPOINT_URL": flaky.url, "RAY_ADDRESS": "local"},
+        )
+    finally:
+        flaky.close()
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert flaky.failed >= 5, (flaky.failed, flaky.forwarded)  # one request in 20 failed
+    volatile = ("prepare_seconds", "taken", "num_buckets")  # buckets: the Ray's CPU count
+    manifests = [storage.read_json(storage.join(d, schema.MANIFEST_FILE)) for d in (clean, faulty)]
+    for manifest in manifests:
+        for key in volatile:
+            manifest.pop(key, None)
+    assert manifests[0] == manifests[1]
+    for name in (schema.USERS_DIR, schema.VOCAB_FILE):
+        tables = []
+        for root in (clean, faulty):
+            files = storage.list_files(storage.join(root, name), ".parquet") or [
+                storage.join(root, name)
+            ]
+            table = pa.concat_tables([read_table(f) for f in sorted(files)])
+            tables.append(table.sort_by(table.column_names[0]))
+        assert tables[0].equals(tables[1]), name
