@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--acks", type=int, default=400, help="events posted per ack mode")
     parser.add_argument("--ack-concurrency", type=int, default=8)
     parser.add_argument("--fuzz-examples", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="off/on alternations for keys")
+    parser.add_argument("--parts", default="auth,ack,fuzz", help="which parts to run")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     import ray
 
     from recsys_dist.serving.app import use_haproxy_ingress
@@ -67,16 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     if not raw.exists():
         generate_dataset(str(raw), users=3000, items=args.items, categories=50, seed=0)
     run_dir, users = _train(raw, work / "model")
-    results = [_authentication(run_dir, users, work, args)]
-    print(json.dumps(results[-1]), flush=True)
-    for where in ("local", "s3"):
+    results = []
+    if "auth" in parts:
+        results += [_key_check_cost(work), _authentication(run_dir, users, work, args)]
+        print(json.dumps(results[-2]), json.dumps(results[-1]), sep="\n", flush=True)
+    for where in ("local", "s3") if "ack" in parts else ():
         for ack in ("wal", "published"):
             log_dir = f"{s3}/log-{ack}" if where == "s3" else str(work / f"log-{where}-{ack}")
             results.append(_acknowledgement(run_dir, users, work, ack, log_dir, args))
             results[-1]["event_log"] = where
             print(json.dumps(results[-1]), flush=True)
-    results.append(_fuzz(run_dir, work, args.fuzz_examples))
-    print(json.dumps(results[-1]), flush=True)
+    if "fuzz" in parts:
+        results.append(_fuzz(run_dir, work, args.fuzz_examples))
+        print(json.dumps(results[-1]), flush=True)
     print(_summary(results))
     return 0
 
@@ -97,20 +103,35 @@ def _start(run_dir: Path, work: Path, **settings) -> str:
     return run_service(str(run_dir), config, port=port)
 
 
+def _shutdown(url: str) -> None:
+    """Stop the application and its instance's detached actors (the store and the event
+    log), so runs do not pile up idle actors that slow the later ones."""
+    import ray
+
+    _stop()
+    instance = f"bench{url.rsplit(':', 1)[1]}"
+    for name in (f"{instance}_user_store", f"{instance}_event_log"):
+        try:
+            ray.kill(ray.get_actor(name, namespace="recsys_dist"))
+        except ValueError:
+            pass
+
+
 def _authentication(run_dir: Path, users: list[str], work: Path, args) -> dict:
     from recsys_dist.serving.auth import KeysFile
 
     keys = str(work / "keys.json")
+    Path(keys).unlink(missing_ok=True)  # a fresh key each run (the file keeps only hashes)
     secret = KeysFile(keys).create("bench", ["recommend"])
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    for mode in ("off", "on", "off", "on"):
+    for mode in ("off", "on", "on", "off") * args.rounds:  # ABBA: drift hits both alike
         url = _start(run_dir, work, **({"api_keys_file": keys} if mode == "on" else {}))
         headers = {"Authorization": f"Bearer {secret}"} if mode == "on" else None
         try:
             asyncio.run(_load(url, users, args.qps, 3.0, 64, headers))  # warm-up
             runs[mode].append(asyncio.run(_load(url, users, args.qps, args.seconds, 64, headers)))
         finally:
-            _stop()
+            _shutdown(url)
     mean = {
         mode: {q: round(float(np.mean([r[q] for r in rs])), 2) for q in ("p50_ms", "p99_ms")}
         for mode, rs in runs.items()
@@ -127,12 +148,29 @@ def _authentication(run_dir: Path, users: list[str], work: Path, args) -> dict:
     }
 
 
+def _key_check_cost(work: Path, calls: int = 20_000) -> dict:
+    """What the middleware does per request, timed alone: look up and check one Bearer key
+    (SHA-256 of the secret, a dict lookup, the scope, the token bucket)."""
+    from recsys_dist.serving.auth import KeyRing, KeysFile
+
+    keys = str(work / "keys-micro.json")
+    Path(keys).unlink(missing_ok=True)
+    secret = KeysFile(keys).create("micro", ["recommend"])
+    ring = KeyRing(keys, reload_s=3600.0, rate=1e9, burst=1e9)
+    header = f"Bearer {secret}"
+    started = time.perf_counter()
+    for _ in range(calls):
+        assert not ring.check(header, "recommend").status
+    per_call_us = (time.perf_counter() - started) / calls * 1e6
+    return {"part": "key_check", "calls": calls, "per_call_us": round(per_call_us, 2)}
+
+
 def _acknowledgement(run_dir, users, work: Path, ack: str, log_dir: str, args) -> dict:
     url = _start(run_dir, work, event_log_ack=ack, event_log_dir=log_dir)
     try:
         latencies = asyncio.run(_post_events(url, users, args.acks, args.ack_concurrency))
     finally:
-        _stop()
+        _shutdown(url)
     ms = np.asarray(latencies) * 1000
     return {
         "part": "acknowledgement",
@@ -166,7 +204,6 @@ async def _post_events(url: str, users: list[str], count: int, concurrency: int)
 def _fuzz(run_dir: Path, work: Path, examples: int) -> dict:
     """Schemathesis's valid and invalid requests for every operation; counts what was sent."""
     import schemathesis
-    from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
 
@@ -178,23 +215,13 @@ def _fuzz(run_dir: Path, work: Path, examples: int) -> dict:
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                 label = f"{operation.label} {mode.value}"
-
-                @given(case=operation.as_strategy(generation_mode=mode))
-                @settings(
-                    max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck)
-                )
-                def call(case, label=label):
-                    response = case.call(base_url=url, timeout=30)
-                    sent[label] = sent.get(label, 0) + 1
-                    if response.status_code >= 500:
-                        server_errors.append((label, response.status_code, response.text[:200]))
-
+                strategy = operation.as_strategy(generation_mode=mode)
                 try:
-                    call()
+                    _fuzzing(url, label, strategy, examples, sent, server_errors)()
                 except Unsatisfiable:  # no parameter and no body to make invalid (/healthz)
                     continue
     finally:
-        _stop()
+        _shutdown(url)
     return {
         "part": "fuzz",
         "max_examples_per_operation_and_mode": examples,
@@ -203,6 +230,21 @@ def _fuzz(run_dir: Path, work: Path, examples: int) -> dict:
         "server_errors": len(server_errors),
         "first_errors": server_errors[:5],
     }
+
+
+def _fuzzing(url: str, label: str, strategy, examples: int, sent: dict, errors: list):
+    """One operation and mode's Hypothesis test: it calls the service and counts."""
+    from hypothesis import HealthCheck, given, settings
+
+    @given(case=strategy)
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
+    def call(case) -> None:
+        response = case.call(base_url=url, timeout=30)
+        sent[label] = sent.get(label, 0) + 1
+        if response.status_code >= 500:
+            errors.append((label, response.status_code, response.text[:200]))
+
+    return call
 
 
 def _moto_s3() -> str:
@@ -226,20 +268,23 @@ def _moto_s3() -> str:
 
 
 def _summary(results: list[dict]) -> str:
-    auth = results[0]
-    lines = [
-        f"authentication at {auth['qps']:.0f} QPS: p99 {auth['without_keys']['p99_ms']} ms "
-        f"without keys, {auth['with_keys']['p99_ms']} ms with ({auth['added_p99_ms']:+} ms); "
-        f"p50 {auth['added_p50_ms']:+} ms",
-    ]
+    lines = []
     for r in results:
+        if r["part"] == "key_check":
+            lines.append(f"key check alone: {r['per_call_us']} us per request")
+        if r["part"] == "authentication":
+            lines.append(
+                f"authentication at {r['qps']:.0f} QPS: p99 {r['without_keys']['p99_ms']} ms "
+                f"without keys, {r['with_keys']['p99_ms']} ms with ({r['added_p99_ms']:+} ms); "
+                f"p50 {r['added_p50_ms']:+} ms"
+            )
         if r["part"] == "acknowledgement":
             lines.append(
                 f"ack={r['event_log_ack']:<9} log on {r['event_log']:<5}: p50 {r['p50_ms']} ms, "
                 f"p99 {r['p99_ms']} ms ({r['events']} events, {r['concurrency']} in flight)"
             )
-    fuzz = results[-1]
-    lines.append(f"fuzz: {fuzz['requests']} requests, {fuzz['server_errors']} server errors")
+        if r["part"] == "fuzz":
+            lines.append(f"fuzz: {r['requests']} requests, {r['server_errors']} server errors")
     return "\n".join(lines)
 
 
