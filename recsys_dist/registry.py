@@ -145,7 +145,7 @@ class Registry:
         }
         storage.write_json_atomic(storage.join(path, RECORD_FILE), record)  # now it exists
         log.info("registered %s from %s", version_id, run_dir)
-        tracking.log_version(record)
+        tracking.log_version(record, path)
         return Version(version_id, record, path)
 
     def versions(self) -> list[Version]:
@@ -194,6 +194,7 @@ class Registry:
         history = [previous, *pointer["history"]] if previous else pointer["history"]
         self._write_pointer(version, previous, history)
         log.info("promoted %s (was %s)", version, previous)
+        tracking.log_current(version)
         return {"current": version, "previous": previous, "changed": True}
 
     def rollback(self) -> dict[str, Any]:
@@ -204,6 +205,7 @@ class Registry:
         previous, *rest = pointer["history"]
         self._write_pointer(previous, pointer["version"], rest)
         log.info("rolled back to %s (was %s)", previous, pointer["version"])
+        tracking.log_current(previous)
         return {"current": previous, "previous": pointer["version"], "changed": True}
 
     def _pointer(self) -> dict[str, Any] | None:

@@ -11,6 +11,13 @@ Three kinds of MLflow run, in the experiment ``MLFLOW_EXPERIMENT_NAME`` (default
   event-time span, event files taken, code version) as tags and params, its metrics.
 - ``retrain``: one turn of the loop: parent, candidate, the gate's two sides, the decision.
 
+Every registered version is also a version of the registered model ``MLFLOW_REGISTERED_MODEL``
+(default ``recsys_dist``) in MLflow's Model Registry: its source is the version's directory in
+our registry (the files stay there, checksummed; MLflow holds the pointer and the lineage),
+its run the ``version`` run above, its tags the version id and parent. Promotion and rollback
+move the alias ``current`` (:data:`CURRENT_ALIAS`), so ``models:/recsys_dist@current``
+names what serves. Our registry stays the source of truth the service follows.
+
 Unset, nothing is imported and nothing is written. MLflow's own client does the talking; the
 store is whatever the URI names (a tracking server, a database, a folder).
 """
@@ -29,6 +36,9 @@ from recsys_dist import run_layout
 log = logging.getLogger(__name__)
 
 URI_ENV = "MLFLOW_TRACKING_URI"
+MODEL_ENV = "MLFLOW_REGISTERED_MODEL"
+DEFAULT_MODEL = "recsys_dist"
+CURRENT_ALIAS = "current"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "recsys_dist"
 KIND_TAG = "recsys_dist.kind"
@@ -75,8 +85,9 @@ def log_training(run_dir: str) -> str | None:
 
 
 @best_effort
-def log_version(record: Mapping[str, Any]) -> str | None:
-    """Log a registered version's record (``version.json``): lineage as tags, metrics."""
+def log_version(record: Mapping[str, Any], path: str) -> str | None:
+    """Log a registered version's record (``version.json``: lineage as tags, metrics) and
+    add it, with ``path`` as its source, to MLflow's Model Registry; the MLflow run id."""
     data, code = record.get("data") or {}, record.get("code") or {}
     tags = {
         "recsys_dist.version": record["version"],
@@ -100,7 +111,38 @@ def log_version(record: Mapping[str, Any]) -> str | None:
         )
         mlflow.log_metrics(_numbers(_flatten(record.get("metrics") or {})))
         mlflow.log_dict(dict(record), "version.json")
-        return mlflow.active_run().info.run_id
+        run_id = mlflow.active_run().info.run_id
+    client, name = _registered_model()
+    client.create_model_version(
+        name, source=path, run_id=run_id, tags={k: v for k, v in tags.items() if v}
+    )
+    return run_id
+
+
+@best_effort
+def log_current(version: str) -> int | None:
+    """Point the registered model's ``current`` alias at ``version`` (a promotion or a
+    rollback); the MLflow version number, or None if MLflow never saw ``version``."""
+    client, name = _registered_model()
+    for found in client.search_model_versions(f"name='{name}'"):
+        if found.tags.get("recsys_dist.version") == version:
+            client.set_registered_model_alias(name, CURRENT_ALIAS, found.version)
+            return int(found.version)
+    log.warning("MLflow has no version %s of %s: alias %s not moved", version, name, CURRENT_ALIAS)
+    return None
+
+
+def _registered_model():
+    """MLflow's client and the registered model's name (created on first use)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, name = mlflow.MlflowClient(), os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="recsys_dist model versions")
+    return client, name
 
 
 @best_effort

@@ -56,6 +56,34 @@ def test_a_version_is_logged_with_its_lineage(tiny_run, tmp_path, mlflow_store):
     assert logged.data.metrics["gate.x"] == 0.5
 
 
+def test_versions_are_in_the_model_registry_and_current_follows_promotion(
+    tiny_run, tmp_path, mlflow_store
+):
+    """Each registered version is a version of MLflow's registered model, sourced from our
+    registry's directory; promotion and rollback move the `current` alias."""
+    registry = Registry(tmp_path / "registry")
+    first = registry.register(tiny_run.run)
+    second = registry.register(tiny_run.run, parent=first.id)
+    found = {
+        v.tags["recsys_dist.version"]: v
+        for v in mlflow_store.search_model_versions(f"name='{tracking.DEFAULT_MODEL}'")
+    }
+    assert set(found) == {first.id, second.id}
+    assert found[second.id].source == second.path
+    assert found[second.id].tags["recsys_dist.parent"] == first.id
+
+    def current() -> str:
+        model = mlflow_store.get_model_version_by_alias(tracking.DEFAULT_MODEL, "current")
+        return model.tags["recsys_dist.version"]
+
+    registry.promote(first.id)
+    assert current() == first.id
+    registry.promote(second.id)
+    assert current() == second.id
+    registry.rollback()
+    assert current() == first.id
+
+
 def test_a_turn_is_logged_and_a_broken_store_fails_nothing(
     tiny_run, tmp_path, mlflow_store, monkeypatch, caplog
 ):
