@@ -348,10 +348,32 @@ def format_metrics_table(result: dict[str, Any]) -> str:
     ks = sorted({int(k.split("@")[1]) for k in result if "@" in k})
     header = f"{'':12}" + "".join(f"{f'{m}@{k}':>10}" for m in ("hr", "ndcg", "mrr") for k in ks)
     lines = [f"{result['split']} split, {result['users']} users, {result['protocol']}", header]
-    for name, metrics in (("model", result), ("popularity", result["baseline_popularity"])):
+    rows = (("model", result), ("popularity", result["baseline_popularity"]))
+    for name, metrics in rows:
         values = "".join(f"{metrics[f'{m}@{k}']:>10.4f}" for m in ("hr", "ndcg", "mrr") for k in ks)
         lines.append(f"{name:12}{values}")
+    if "beyond_accuracy" in result:
+        label = f"beyond accuracy, top-{result['beyond_accuracy']['k']}:"
+        lines.append(label + "".join(f"{h:>12}" for h in _BEYOND.values()))
+        for name, metrics in rows:
+            figures = metrics["beyond_accuracy"]
+            cells = "".join(f"{_figure(figures[key]):>12}" for key in _BEYOND)
+            lines.append(f"{name:{len(label)}}{cells}")
     return "\n".join(lines)
+
+
+# Beyond-accuracy columns (recsys_dist/evaluation/beyond.py): key -> header.
+_BEYOND = {
+    "coverage": "coverage",
+    "popularity_percentile": "pop. pctl",
+    "exposure_gini": "gini",
+    "novelty": "novelty",
+    "intra_list_diversity": "diversity",
+}
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
 def _recommend_summary(r: dict, args: Any, seconds: float) -> list[str]:

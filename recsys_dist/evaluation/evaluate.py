@@ -15,9 +15,11 @@ import torch
 from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import load_checkpoint
 from recsys_dist.config import EvalConfig, load_config
+from recsys_dist.data.catalogue import catalogue_dir, read_categories
 from recsys_dist.data.prepared import read_split
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import UserInputError
+from recsys_dist.evaluation.beyond import Exposure, category_codes
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import (
     evaluation_sums,
@@ -54,12 +56,17 @@ def evaluate_run(
     popularity = vocab.popularity().astype(np.float64)
     rows = read_split(data_dir, split, eval_config.targets_after)
     config = model.config
-    results = {}
+    categories = read_categories(catalogue_dir(data_dir))
+    items = vocab.item_ids.to_pylist()
+    codes = category_codes(items, categories, vocab.size) if categories else None
+    k = 10 if 10 in eval_config.ks else max(eval_config.ks)
+    results, beyond = {}, {}
     for name, scorer in (
         ("model", model_scorer(model, device, vocab.size)),
         ("popularity", popularity_scorer(popularity, device)),
     ):
         batches = rows.iter_batches(batch_size=eval_config.batch_size, batch_format="numpy")
+        exposure = Exposure(vocab.size, k, codes)
         sums = evaluation_sums(
             scorer,
             batches,
@@ -69,12 +76,18 @@ def evaluate_run(
             device,
             popularity,
             event_ages=config.use_event_ages,
+            exposure=exposure,
         )
         results[name] = finalize_metrics(sums)
+        beyond[name] = {"k": k, **exposure.summary(popularity)}
     return {
         "split": split,
         "protocol": protocol(eval_config),
         "users": int(results["model"].pop("count")),
         **results["model"],
-        "baseline_popularity": {k: v for k, v in results["popularity"].items() if k != "count"},
+        "beyond_accuracy": beyond["model"],
+        "baseline_popularity": {
+            **{k: v for k, v in results["popularity"].items() if k != "count"},
+            "beyond_accuracy": beyond["popularity"],
+        },
     }

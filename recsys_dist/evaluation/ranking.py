@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from recsys_dist import schema
 from recsys_dist.config import EvalConfig
 from recsys_dist.data.batching import ModelInputs, evaluation_inputs
+from recsys_dist.evaluation.beyond import Exposure
 from recsys_dist.evaluation.metrics import (
     ranking_metric_sums,
     sample_negatives,
@@ -89,9 +90,11 @@ def evaluation_sums(
     device: torch.device,
     popularity: np.ndarray | None = None,
     event_ages: bool = False,
+    exposure: Exposure | None = None,
 ) -> dict[str, float]:
     """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count);
-    ``event_ages``: the inputs include the events' age buckets (a model that reads them)."""
+    ``event_ages``: the inputs include the events' age buckets (a model that reads them);
+    ``exposure``: also tally each row's top-k list (beyond-accuracy figures)."""
     rng = np.random.default_rng(eval_config.seed)
     sums: dict[str, float] = defaultdict(float)
     for batch in batches:
@@ -102,6 +105,8 @@ def evaluation_sums(
         targets = torch.tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None
         ranks = _ranks(scores, targets, seen, eval_config, rng, popularity)
+        if exposure is not None:
+            exposure.add(scores, seen)
         for name, value in ranking_metric_sums(ranks, eval_config.ks).items():
             sums[name] += value
     return dict(sums)
