@@ -21,6 +21,7 @@ __all__ = [
     "interest_table_html",
     "line_chart_svg",
     "ranking_table_html",
+    "beyond_table_html",
     "render_report",
     "stacked_area_svg",
     "training_families",
@@ -138,6 +139,35 @@ def ranking_table_html(metrics: Mapping) -> str:
     return _protocol(metrics, *facts) + _table(["metric", "model", *baselines], rows)
 
 
+# Beyond-accuracy rows (recsys_dist/evaluation/beyond.py): key -> label saying which way is which.
+_BEYOND_ROWS = {
+    "coverage": "item coverage (share of the catalogue recommended)",
+    "popularity_percentile": "popularity percentile of recommended items (lower: less popular)",
+    "exposure_gini": "Gini of exposure (lower: spread more evenly)",
+    "novelty": "novelty, bits (higher: less obvious)",
+    "intra_list_diversity": "intra-list category diversity (higher: more varied lists)",
+}
+
+
+def beyond_table_html(metrics: Mapping) -> str:
+    """What the model's and each baseline's top-k lists do to the catalogue; no value is
+    bold: which is better depends on what the lists are for."""
+    sides = {"model": metrics.get("beyond_accuracy")} | {
+        key.removeprefix("baseline_").replace("_", " ") + " baseline": value.get("beyond_accuracy")
+        for key, value in metrics.items()
+        if key.startswith("baseline_") and isinstance(value, Mapping)
+    }
+    sides = {name: figures for name, figures in sides.items() if figures}
+    if "model" not in sides:
+        return ""
+    rows = [
+        (label, [figures.get(key) for figures in sides.values()], [False] * len(sides))
+        for key, label in _BEYOND_ROWS.items()
+    ]
+    facts = f"top-{sides['model'].get('k')} lists of the same users and candidates"
+    return _protocol({}, facts) + _table(["figure", *sides], rows)
+
+
 def interest_table_html(metrics: Mapping) -> str:
     """Forecasting methods × JS divergence and top-category accuracy, best per column in bold."""
     methods: Mapping[str, Mapping] = metrics.get("methods") or {}
@@ -184,6 +214,9 @@ def _metrics_section(data: ReportData) -> str:
     parts = []
     if data.ranking_metrics:
         parts.append(f"<h3>Next-item ranking</h3>{ranking_table_html(data.ranking_metrics)}")
+        beyond = beyond_table_html(data.ranking_metrics)
+        if beyond:
+            parts.append(f"<h3>Beyond accuracy</h3>{beyond}")
     if data.interest_metrics:
         parts.append(f"<h3>Interest forecast</h3>{interest_table_html(data.interest_metrics)}")
     return f'<section id="metrics"><h2>Metrics</h2>{"".join(parts)}</section>' if parts else ""

@@ -24,6 +24,7 @@ import pytest
 from recsys_dist.interests.record import ChangePointRecord, InterestRecord, MovedGroup
 from recsys_dist.report.data import ReportData
 from recsys_dist.report.html import (
+    beyond_table_html,
     interest_table_html,
     ranking_table_html,
     render_report,
@@ -33,6 +34,14 @@ from recsys_dist.report.svg import PALETTE, histogram_counts, histogram_svg, lin
 from recsys_dist.report.trajectory import OTHER, merge_minor_groups, stacked_area_svg
 
 GROUPS = ["comedy", "drama", "action", "documentary", "horror"]  # horror stays under 3%
+BEYOND = {
+    "k": 10,
+    "coverage": 0.2,
+    "popularity_percentile": 61.5,
+    "exposure_gini": 0.7,
+    "novelty": 9.4,
+    "intra_list_diversity": 0.5,
+}
 DAY = 86400
 START = 1_700_000_000
 HOSTILE = "<script>alert(1)</script>"
@@ -103,7 +112,11 @@ def make_report_data() -> ReportData:
             "ndcg@10": 0.09,
             "hr@10": 0.18,
             "mrr@10": 0.05,
-            "baseline_popularity": {"ndcg@10": 0.04, "hr@10": 0.09, "mrr@10": 0.06},
+            "beyond_accuracy": {**BEYOND, "coverage": 0.41, "intra_list_diversity": None},
+            "baseline_popularity": {
+                **{"ndcg@10": 0.04, "hr@10": 0.09, "mrr@10": 0.06},
+                "beyond_accuracy": {**BEYOND, "coverage": 0.012},
+            },
         },
         interest_metrics={
             "protocol": "next window of each user, catalogue categories",
@@ -303,6 +316,17 @@ def test_training_families_group_metrics_and_skip_bookkeeping():
 def test_line_chart_handles_one_point_and_gaps():
     svg = line_chart_svg({"a": [(1, 0.5)], "b": [(1, None), (2, math.nan)]}, x_label="epoch")
     assert svg.count("<polyline") == 1 and svg.count("<circle") == 1
+
+
+def test_beyond_accuracy_sits_beside_the_baseline_without_a_winner():
+    data = make_report_data()
+    table = beyond_table_html(data.ranking_metrics)
+    assert "<th>model</th><th>popularity baseline</th>" in table
+    assert re.search(r"item coverage[^<]*</td><td>0.41</td><td>0.012</td>", table)
+    assert re.search(r"diversity[^<]*</td><td>–</td><td>0.5</td>", table)  # unknown: a dash
+    assert 'class="best"' not in table
+    assert "<h3>Beyond accuracy</h3>" in render_report(data)
+    assert beyond_table_html({"ndcg@10": 0.1}) == ""  # evaluations from before: no table
 
 
 def test_best_value_per_column_is_bold():
