@@ -337,7 +337,7 @@ EVENT_LOG_COUNTERS = (
     "torn_records",
     "publish_failures",
 )
-METRICS_POLL_S = 10.0  # how often a replica copies the event log's counters to its gauges
+METRICS_POLL_S = 5.0  # how often a replica copies the event log's counters to its gauges
 
 # Ray Serve's high-throughput ingress: HAProxy (shipped with ``ray[serve]``) in front of
 # replicas that answer HTTP themselves, instead of the Python proxy actor relaying each request
