@@ -39,6 +39,7 @@ from recsys_dist import run_layout, schema, storage
 from recsys_dist.config import ConfigError, InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
+from recsys_dist.inference.explain import explain
 from recsys_dist.inference.predictor import Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
@@ -87,11 +88,26 @@ class RecommendRequest(BaseModel):
         default=None, description="recommend only items in one of these catalogue categories"
     )
     query_time: int | None = Field(default=None, ge=0, description="default: last event")
+    explain: bool = Field(
+        default=False,
+        description="give each item the history events it owes its score to (one more "
+        "forward pass over the history, leave-one-out)",
+    )
+
+
+class Reason(BaseModel):
+    item_id: str = Field(description="a history event's item")
+    timestamp: int
+    weight: float = Field(description="the recommended item's score drop without this event")
+    share: float = Field(description="its part of the drops of the events that raised the score")
 
 
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    because: list[Reason] | None = Field(
+        default=None, description="with explain: the strongest events behind this item"
+    )
 
 
 class RecommendResponse(BaseModel):
@@ -620,7 +636,27 @@ class RecommenderService:
         items, scores, unknown, version = await self._score(query)
         if unknown == len(history):  # nothing the model knows: as good as no history
             return self._popular(body, allow, unknown, served)
-        return self._response(items, scores, False, unknown, version)
+        answer = self._response(items, scores, False, unknown, version)
+        if body.explain:
+            await self._explain(answer, history, body.query_time, served)
+        return answer
+
+    @staticmethod
+    async def _explain(answer, history: History, query_time, served: ServedModel) -> None:
+        """Each item's reasons, by the model that scored it (skipped if a switch came
+        between: the version the answer names must be the one that explains it)."""
+        if served.version != answer.model_version:
+            return
+        reasons = await asyncio.to_thread(
+            explain,
+            served.recommender,
+            history.item_ids,
+            history.timestamps,
+            [item.item_id for item in answer.items],
+            query_time,
+        )
+        for item in answer.items:
+            item.because = [Reason(**asdict(r)) for r in reasons[item.item_id]]
 
     def _check_times(self, times: Iterable[tuple[str, int]]) -> None:
         """422 naming the first time outside ``serve.min_timestamp..serve.max_timestamp``."""

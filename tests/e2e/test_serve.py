@@ -118,6 +118,17 @@ def test_recommends_for_known_and_unknown_users(trained, service):
     model = httpx.get(f"{url}/v1/model").json()
     assert model["model_version"] == known["model_version"] and model["num_items"] > 0
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert all(item["because"] is None for item in known["items"])  # only when asked
+    explained = recommend(url, user_id=user, k=5, explain=True)
+    assert [i["item_id"] for i in explained["items"]] == [i["item_id"] for i in known["items"]]
+    history = httpx.get(f"{url}/v1/users/{user}/history").json()["items"]
+    events_read = {(h["item_id"], h["timestamp"]) for h in history}
+    assert explained["items"][0]["because"], "the top item owes its score to no event"
+    for item in explained["items"]:
+        assert len(item["because"]) <= 3
+        for reason in item["because"]:
+            assert (reason["item_id"], reason["timestamp"]) in events_read
+            assert reason["weight"] > 0 and 0 < reason["share"] <= 1
 
 
 def test_events_move_recommendations_to_the_new_interest(trained, service):
