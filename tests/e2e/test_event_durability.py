@@ -24,23 +24,31 @@ pytestmark = pytest.mark.slow
 
 APPENDS, PER_APPEND = 4, 25
 
-# Creates the log actor on the second node (soft affinity: when the node is gone, Ray may
-# restart it anywhere), appends, and prints the log's stats: acknowledged, not yet published.
+# Creates the log actor on the second node, appends, and prints the log's stats: acknowledged,
+# not yet published. Soft affinity (when the node is gone, Ray may restart the actor anywhere)
+# can still place it on the head while the cluster's view of a node that just joined settles:
+# such a log is removed unused and made again, until one runs on the second node.
 DRIVER = """
-import json, sys
+import json, sys, time
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-node, log_dir, wal_dir, appends, per_append = json.loads(sys.argv[1])
-ray.init()
-
 from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.store import Event
 
+node, log_dir, wal_dir, appends, per_append = json.loads(sys.argv[1])
+ray.init()
 there = NodeAffinitySchedulingStrategy(node, soft=True)
-log = event_log_actor(log_dir, wal_dir, 10**6, 3600.0, scheduling_strategy=there)
+for attempt in range(60):
+    log = event_log_actor(
+        log_dir, wal_dir, 10**6, 3600.0, name=f"log{attempt}", scheduling_strategy=there
+    )
+    if ray.get(log.stats.remote())["node_id"] == node:
+        break
+    ray.kill(log)  # never appended to: it leaves no segment
+    time.sleep(0.5)  # the cluster's view settling; bounded by the attempts
 for call in range(appends):
-    events = [Event(f"u{call}", f"i{k}", 1_000 + call * per_append + k) for k in range(per_append)]
+    first = 1_000 + call * per_append
+    events = [Event(f"u{call}", f"i{k}", first + k) for k in range(per_append)]
     ray.get(log.append.remote(events))  # returned: the service may acknowledge them
 print(json.dumps(ray.get(log.stats.remote())))
 """
