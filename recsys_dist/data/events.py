@@ -91,14 +91,15 @@ def read_footer(path: str) -> pq.FileMetaData:
 
 def readable(
     stats: list[storage.FileStat], on_bad_rows: str
-) -> tuple[list[storage.FileStat], list[str]]:
-    """The files whose footer reads, and (``skip``) the paths of those that do not; with
+) -> tuple[list[storage.FileStat], list[str], int]:
+    """The files whose footer reads, (``skip``) the paths of those that do not, and the rows
+    the readable ones hold (from the footers just read: what sizes the shuffle); with
     ``error`` the first unreadable file stops the job. A skipped file is not taken: once
     replaced by a whole one, the next ``prepare --append`` takes it."""
-    good, unreadable = [], []
+    good, unreadable, rows = [], [], 0
     for stat in stats:
         try:
-            read_footer(stat.path)
+            rows += read_footer(stat.path).num_rows
         except UnreadableEventFile as error:
             if on_bad_rows == "error":
                 raise
@@ -106,7 +107,7 @@ def readable(
             unreadable.append(stat.path)
             continue
         good.append(stat)
-    return good, unreadable
+    return good, unreadable, rows
 
 
 def validated_batches(

@@ -67,13 +67,13 @@ class GroupingSpec:
     compact_rows: int  # events a gather task merges per round: bounds its memory
 
 
-def spec_for(files: list[str], bucket_rows: int, max_history: int, dedup: bool) -> GroupingSpec:
-    """Enough buckets that each holds at most about ``bucket_rows`` events, in a multiple of
-    the CPU count so that the last round of gather tasks keeps every CPU busy.
+def spec_for(rows: int, bucket_rows: int, max_history: int, dedup: bool) -> GroupingSpec:
+    """Enough buckets for ``rows`` events that each holds at most about ``bucket_rows``, in a
+    multiple of the CPU count so that the last round of gather tasks keeps every CPU busy.
 
-    The size comes from the Parquet footers, so no data is read to plan the shuffle.
+    ``rows`` comes from the Parquet footers (:func:`events.readable`), so no data is read to
+    plan the shuffle.
     """
-    rows = sum(events_io.read_footer(path).num_rows for path in files)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     rounds = max(1, -(-rows // (bucket_rows * cpus)))  # whole rounds: no CPU idles at the end
     return GroupingSpec(rounds * cpus, max_history, dedup, bucket_rows)

@@ -96,14 +96,14 @@ def prepare_dataset(
         if not stats:
             logger.info("nothing new in %s: all %d file(s) taken before", data_dir, already_taken)
             return {**previous, "taken": {"files": 0, "already_taken": already_taken}}
-    stats, unreadable = events_io.readable(stats, config.on_bad_rows)
+    stats, unreadable, rows = events_io.readable(stats, config.on_bad_rows)
     if not stats:
         raise events_io.UnreadableEventFile(
             f"{data_dir}: none of the {len(unreadable)} new event file(s) is readable Parquet"
         )
     files = [stat.path for stat in stats]
     logger.info("preparing %d event file(s) from %s", len(files), data_dir)
-    spec = _grouping_spec(files, config, previous)
+    spec = _grouping_spec(rows, config, previous)
     next_dir, scratch = storage.join(output_dir, NEXT_DIR), storage.join(output_dir, SCRATCH_DIR)
     for leftover in (next_dir, scratch):
         storage.delete_dir(leftover)
@@ -190,9 +190,9 @@ def _consumed(manifest: dict[str, Any]) -> dict[str, dict | None]:
     return {path: recorded.get(path) for path in manifest["input_files"]}
 
 
-def _grouping_spec(files: list[str], config: DataConfig, previous) -> grouping.GroupingSpec:
+def _grouping_spec(rows: int, config: DataConfig, previous) -> grouping.GroupingSpec:
     """Buckets sized from Parquet footers (no data read); fixed once a dataset exists."""
-    spec = grouping.spec_for(files, config.bucket_rows, config.max_history, config.dedup)
+    spec = grouping.spec_for(rows, config.bucket_rows, config.max_history, config.dedup)
     return dataclasses.replace(spec, num_buckets=previous["num_buckets"]) if previous else spec
 
 

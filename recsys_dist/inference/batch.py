@@ -23,7 +23,7 @@ import ray
 from recsys_dist import schema, storage
 from recsys_dist.config import DataConfig
 from recsys_dist.data import grouping
-from recsys_dist.data.events import event_files
+from recsys_dist.data.events import event_file_stats, readable
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.predictor import RECOMMENDED, SCORES, UNKNOWN_ITEMS, Recommender
 
@@ -63,8 +63,9 @@ def recommend_histories(
     (the most recent events kept per user), ``dedup`` and ``bucket_rows``.
     """
     data = data or DataConfig()
-    files = event_files(histories)
-    spec = grouping.spec_for(files, data.bucket_rows, data.max_history, data.dedup)
+    stats, _, rows = readable(event_file_stats(histories), on_bad_rows="error")
+    files = [stat.path for stat in stats]
+    spec = grouping.spec_for(rows, data.bucket_rows, data.max_history, data.dedup)
     # The shuffle's parts go beside the output: the one place every node can reach.
     scratch = storage.join(storage.parent(output), f"_recommend-{uuid.uuid4().hex[:12]}")
     try:
