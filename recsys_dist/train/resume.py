@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from recsys_dist import storage
 from recsys_dist.checkpoint import RESUME_STATE_FILE as STATE_FILE
@@ -87,12 +88,13 @@ def read(directory: str | Path, rank: int, world: int) -> ResumeState | None:
             world,
         )
         return None
-    prefix = f"rank{rank}/"
-    tensors = {
-        name[len(prefix) :]: tensor
-        for name, tensor in load_file(str(directory / TENSORS_FILE)).items()
-        if name.startswith(prefix)
-    }
+    prefix = f"rank{rank}/"  # only this rank's slice is read, not every rank's
+    with safe_open(str(directory / TENSORS_FILE), framework="pt") as stored:
+        tensors = {
+            name[len(prefix) :]: stored.get_tensor(name)
+            for name in stored.keys()
+            if name.startswith(prefix)
+        }
     return ResumeState(tensors, fields)
 
 

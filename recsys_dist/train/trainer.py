@@ -160,9 +160,11 @@ def _failed(error: ray.train.TrainingFailedError, run_dir: str, config: Config) 
     reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
     logger.debug("training failed", exc_info=error)
     done = run_layout.read_metrics(run_dir)
+    # metrics.jsonl is written just before a checkpoint is reported, so its last epoch may
+    # be one validation ahead of the latest checkpoint Ray Train registered.
     kept = (
-        f"its latest checkpoint (up to epoch {done[-1]['epoch']}) is kept: rerun the same "
-        "command to resume from it"
+        f"its checkpoints are kept (last validated: epoch {done[-1]['epoch']}): rerun the "
+        "same command to resume from the latest"
         if done
         else "no checkpoint was reached: a rerun starts afresh"
     )
