@@ -104,6 +104,7 @@ def run(prepared: Path, run_dir: Path, config) -> dict:
         **{f"test_kept_{k}": round(kept[k], 4) for k in ("ndcg@10", "hr@10")},
         "test_popularity_ndcg@10": round(test["baseline_popularity"]["ndcg@10"], 4),
         "protocol": test["protocol"],
+        "ratings": test.get("ratings"),  # RMSE/MAE of the model and baselines, if rated
     }
 
 

@@ -80,9 +80,15 @@ class ModelConfig:
     # (SASRec+CE); "cloze": bidirectional, predicts masked items (BERT4Rec). Saved with the
     # export. Causal won on MovieLens-1M and Amazon Beauty and tied on ml-100k (benchmarks.md).
     objective: str = "causal"
+    # Where the data carries ratings: read each event's rating as an input and predict the
+    # rating of the item a position predicts with a head on the same encoder (MSE, weighted by
+    # train.rating_weight), beside the next item. Data without ratings builds no head.
+    rating_head: bool = True
+    num_rating_buckets: int = 10  # ratings enter as buckets of the data's [min, max] scale
 
     def __post_init__(self) -> None:
         _check_choice("model.objective", self.objective, OBJECTIVES)
+        _check_positive("model.num_rating_buckets", self.num_rating_buckets)
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             _check_positive(f"model.{name}", getattr(self, name))
         if self.hidden_size % self.num_heads:
@@ -111,6 +117,9 @@ class TrainConfig:
     # target against `negatives` items drawn uniformly per batch, logits corrected by log Q.
     loss: str = "full"
     negatives: int = 1024  # sampled loss: negatives per batch, shared by all its positions
+    # Weight of the rating head's MSE beside the next-item loss (a model with model.rating_head
+    # on data with ratings); 0 trains the head not at all.
+    rating_weight: float = 1.0
     mask_prob: float = 0.4  # cloze only: share of positions masked in each training sequence
     last_item_mask_prob: float = 0.1  # cloze only: share of sequences masking just the last
     zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
@@ -147,6 +156,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_logits must be >= 0, got {self.max_logits}")
         _check_choice("train.loss", self.loss, LOSSES)
         _check_positive("train.negatives", self.negatives)
+        if self.rating_weight < 0:
+            raise ConfigError(f"train.rating_weight must be >= 0, got {self.rating_weight}")
         _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
         _check_choice(
             "train.placement_strategy",

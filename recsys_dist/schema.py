@@ -69,6 +69,8 @@ EVENT_TYPES = "event_types"  # list<string>: event types of ``item_ids`` (null w
 NUM_EVENTS = "num_events"  # int64: events of this user after de-duplication
 NUM_DUPLICATES = "num_duplicates"  # int64: exact duplicates dropped for this user
 NUM_TRUNCATED = "num_truncated"  # int64: oldest events cut to keep ``data.max_history``
+RATINGS = "ratings"  # list<float32>: ratings of ``items``/``item_ids``, NaN where an event has none
+TARGET_RATING = "target_rating"  # float32: the held-out event's rating (NaN: it has none)
 
 TRAIN_SPLIT = "train"
 VALID_SPLIT = "valid"
@@ -96,6 +98,7 @@ USER_SEQUENCE_SCHEMA = pa.schema(
         pa.field(NUM_EVENTS, pa.int64(), nullable=False),
         pa.field(NUM_DUPLICATES, pa.int64(), nullable=False),
         pa.field(NUM_TRUNCATED, pa.int64(), nullable=False),
+        pa.field(RATINGS, pa.list_(pa.float32()), nullable=False),
     ]
 )
 # The prepared dataset's ``users/``: the same with vocabulary indices. Training windows and

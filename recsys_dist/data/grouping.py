@@ -49,6 +49,7 @@ PART_SCHEMA = pa.schema(
         schema.EVENT_SCHEMA.field(schema.TIMESTAMP),
         schema.EVENT_SCHEMA.field(schema.EVENT_TYPE),
         pa.field(ORDER, pa.int64(), nullable=False),
+        schema.EVENT_SCHEMA.field(schema.RATING),
     ]
 )
 # The same events once items are vocabulary indices (the merge state of ``prepare``).
@@ -429,6 +430,7 @@ def _previous_state(previous_users: str | None, indexed: bool) -> tuple[pa.Table
             schema.TIMESTAMP: pc.list_flatten(users.column(schema.TIMESTAMPS)),
             schema.EVENT_TYPE: pc.list_flatten(users.column(schema.EVENT_TYPES)),
             ORDER: np.arange(int(lengths.sum()), dtype=np.int64),
+            schema.RATING: _flat_ratings(users, int(lengths.sum())),
         },
         schema=part_schema,
     )
@@ -443,6 +445,15 @@ def _previous_state(previous_users: str | None, indexed: bool) -> tuple[pa.Table
         schema=COUNTER_SCHEMA,
     )
     return events, [counters]
+
+
+def _flat_ratings(users: pa.Table, events: int) -> pa.Array:
+    """The stored users' ratings as nullable event values (users prepared before ratings were
+    kept have none)."""
+    if schema.RATINGS not in users.column_names:
+        return pa.nulls(events, pa.float32())
+    values = pc.list_flatten(users.column(schema.RATINGS))
+    return pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float32()), values)
 
 
 def _sum_counters(counters: list[pa.Table]) -> pa.Table:
@@ -480,9 +491,15 @@ def _users_table(state: pa.Table, counters: pa.Table, indexed: bool) -> pa.Table
             pc.subtract(accepted, duplicates),
             duplicates,
             truncated,
+            pa.ListArray.from_arrays(offsets, _nan_where_unrated(state.column(schema.RATING))),
         ],
         schema=users_schema,
     )
+
+
+def _nan_where_unrated(ratings: pa.ChunkedArray) -> pa.Array:
+    """Stored lists hold NaN, not null, for an unrated event: numpy reads them without masks."""
+    return pc.fill_null(ratings.combine_chunks(), pa.scalar(float("nan"), pa.float32()))
 
 
 def iter_skewed(users: pa.Table, limit: int = SKEWED_USERS_REPORTED) -> Iterator[dict]:

@@ -133,6 +133,7 @@ def prepare_dataset(
         num_buckets=spec.num_buckets,
         skewed_users=gathered.skewed,
         time_histogram=times.to_dict(),
+        ratings=gathered.ratings,
         prepare_seconds=round(time.perf_counter() - started, 3),
     )
     storage.write_json(storage.join(output_dir, schema.MANIFEST_FILE), manifest)
@@ -297,6 +298,7 @@ class _Gathered:
     item_counts: np.ndarray  # per vocabulary position: events kept in users' sequences
     totals: dict[str, int]
     skewed: list[dict[str, Any]]
+    ratings: dict[str, float] | None  # the rating scale (:func:`_rating_scale`)
 
 
 _TOTALS = ("events", "duplicates", "truncated", "users", "users_below_min_events")
@@ -315,7 +317,9 @@ def _gather(scratch, earlier, users_dir: str, spec, split: SplitSpec, vocab) -> 
     item_counts = np.zeros(vocab.size, np.int64)
     totals = dict.fromkeys([*_TOTALS, *(f"{s}_rows" for s in schema.SPLITS)], 0)
     skewed: list[dict[str, Any]] = []
+    summaries = []
     for batch in results:
+        summaries.append(batch.select(["rated_events", "rating_sum", "rating_min", "rating_max"]))
         for row in range(batch.num_rows):
             indices = batch.column(schema.INDEX)[row].values.to_numpy()
             item_counts[indices] += batch.column(schema.COUNT)[row].values.to_numpy()
@@ -331,7 +335,8 @@ def _gather(scratch, earlier, users_dir: str, spec, split: SplitSpec, vocab) -> 
             skewed[0],
         )
     counts = item_counts[schema.NUM_SPECIAL_TOKENS :]
-    return _Gathered(counts, totals, skewed[: grouping.SKEWED_USERS_REPORTED])
+    ratings = _rating_scale(summaries) if summaries else None
+    return _Gathered(counts, totals, skewed[: grouping.SKEWED_USERS_REPORTED], ratings)
 
 
 def _bucket_summary(users: pa.Table, split: SplitSpec) -> pa.Table:
@@ -353,8 +358,36 @@ def _bucket_summary(users: pa.Table, split: SplitSpec) -> pa.Table:
             "users": [int((lengths >= split.min_user_events).sum())],
             "users_below_min_events": [int((lengths < split.min_user_events).sum())],
             **{f"{name}_rows": [count] for name, count in rows.items()},
+            **_rating_sums(users),
         }
     )
+
+
+def _rating_sums(users: pa.Table) -> dict[str, list[float]]:
+    """A bucket's rated events, their sum, min and max (NaN min/max where it has none)."""
+    ratings = pc.list_flatten(users.column(schema.RATINGS)).to_numpy(zero_copy_only=False)
+    rated = ratings[~np.isnan(ratings)].astype(np.float64)
+    empty = not len(rated)
+    return {
+        "rated_events": [len(rated)],
+        "rating_sum": [float(rated.sum())],
+        "rating_min": [np.nan if empty else float(rated.min())],
+        "rating_max": [np.nan if empty else float(rated.max())],
+    }
+
+
+def _rating_scale(batches: list[pa.Table]) -> dict[str, float] | None:
+    """The dataset's rating scale, from every bucket's sums (``None``: nothing is rated)."""
+    table = pa.concat_tables(batches)
+    events = int(pc.sum(table.column("rated_events")).as_py() or 0)
+    if not events:
+        return None
+    return {
+        "events": events,
+        "min": float(np.nanmin(table.column("rating_min").to_numpy())),
+        "max": float(np.nanmax(table.column("rating_max").to_numpy())),
+        "mean": float(pc.sum(table.column("rating_sum")).as_py()) / events,
+    }
 
 
 def _check_nothing_lost(accepted: int, totals: dict[str, int], previous) -> None:

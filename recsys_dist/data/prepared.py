@@ -51,10 +51,20 @@ def split_spec(manifest: dict[str, Any]) -> SplitSpec:
     )
 
 
+def rating_scale(manifest: dict[str, Any]) -> dict[str, float] | None:
+    """``{"events", "min", "max", "mean"}`` of the dataset's rated events, or ``None`` when no
+    event carries a rating (or it was prepared before ratings were kept)."""
+    ratings = manifest.get("ratings")
+    return ratings if ratings and ratings["events"] else None
+
+
 def read_users(prepared_dir: str) -> ray.data.Dataset:
-    """A lazy Ray Dataset of the users' whole sequences: user id, item indices, times."""
+    """A lazy Ray Dataset of the users' whole sequences: user id, item indices, times, and
+    ratings where the dataset has any."""
+    rated = rating_scale(load_manifest(prepared_dir)) is not None
     return storage.read_parquet_dataset(
-        storage.join(prepared_dir, schema.USERS_DIR), columns=_SPLIT_COLUMNS
+        storage.join(prepared_dir, schema.USERS_DIR),
+        columns=[*_SPLIT_COLUMNS, schema.RATINGS] if rated else _SPLIT_COLUMNS,
     )
 
 

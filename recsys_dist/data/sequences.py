@@ -24,8 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recsys_dist import schema
+
+# Rows of users that carry ratings keep them: each window's, and the held-out event's.
+RATED_SEQUENCE_SCHEMA = schema.SEQUENCE_SCHEMA.append(
+    pa.field(schema.RATINGS, pa.list_(pa.float32()), nullable=False)
+)
+_TARGET_RATING_FIELD = pa.field(schema.TARGET_RATING, pa.float32(), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ def training_rows(users: pa.Table, spec: SplitSpec) -> pa.Table:
     lists = _Lists.of(users)
     ends = np.where(lists.lengths >= spec.min_user_events, _train_ends(lists, spec), 0)
     starts, stops, owner = _windows(ends, spec.max_len, spec.window_stride)
-    return lists.slices(owner, starts, stops, schema.SEQUENCE_SCHEMA)
+    return lists.slices(owner, starts, stops)
 
 
 def evaluation_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
@@ -82,15 +89,16 @@ def evaluation_rows(users: pa.Table, spec: SplitSpec, which: str) -> pa.Table:
     lists = _Lists.of(users)
     target = _target_positions(lists, spec, which)
     owner = np.flatnonzero((lists.lengths >= spec.min_user_events) & (target >= 1))
-    table = lists.slices(
-        owner, np.zeros(len(owner), np.int64), target[owner], schema.SEQUENCE_SCHEMA
-    )
+    table = lists.slices(owner, np.zeros(len(owner), np.int64), target[owner])
     at = lists.offsets[owner] + target[owner]
-    return table.append_column(
+    table = table.append_column(
         schema.EVAL_SEQUENCE_SCHEMA.field(schema.TARGET_ITEM), pa.array(lists.items[at])
     ).append_column(
         schema.EVAL_SEQUENCE_SCHEMA.field(schema.TARGET_TIMESTAMP), pa.array(lists.times[at])
     )
+    if lists.ratings is None:
+        return table
+    return table.append_column(_TARGET_RATING_FIELD, pa.array(lists.ratings[at]))
 
 
 def _windows(ends: np.ndarray, max_len: int, stride: int):
@@ -121,39 +129,47 @@ class _Lists:
     lengths: np.ndarray  # [users]
     items: np.ndarray  # [events] int32
     times: np.ndarray  # [events] int64
+    ratings: np.ndarray | None  # [events] float32, NaN where unrated; None: no ratings column
 
     @classmethod
     def of(cls, users: pa.Table) -> _Lists:
         items = users.column(schema.ITEMS).combine_chunks()
         times = users.column(schema.TIMESTAMPS).combine_chunks()
         offsets = np.asarray(items.offsets, np.int64)
-        base = offsets[0]
+        base, end = offsets[0], offsets[-1]
+        ratings = None
+        if schema.RATINGS in users.column_names:
+            values = users.column(schema.RATINGS).combine_chunks().values
+            ratings = pc.fill_null(values, np.nan).to_numpy(zero_copy_only=False)[base:end]
         return cls(
             users.column(schema.USER_ID).combine_chunks(),
             offsets - base,
             np.diff(offsets),
-            np.asarray(items.values, np.int32)[base : offsets[-1]],
-            np.asarray(times.values, np.int64)[base : offsets[-1]],
+            np.asarray(items.values, np.int32)[base:end],
+            np.asarray(times.values, np.int64)[base:end],
+            None if ratings is None else ratings.astype(np.float32),
         )
 
     def owner_of_events(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.lengths)), self.lengths)
 
-    def slices(self, owner, starts, stops, table_schema: pa.Schema) -> pa.Table:
-        """Rows ``user, items[start:stop], timestamps[start:stop]``, one per window."""
+    def slices(self, owner, starts, stops) -> pa.Table:
+        """Rows ``user, items[start:stop], timestamps[start:stop]`` (and ``ratings[start:stop]``
+        where the users have ratings), one per window."""
         lengths = stops - starts
         out_offsets = np.r_[0, np.cumsum(lengths)]
         flat = np.repeat(self.offsets[owner] + starts - out_offsets[:-1], lengths)
         flat += np.arange(int(out_offsets[-1]))
         offsets = pa.array(out_offsets.astype(np.int32))
-        return pa.table(
-            [
-                self.users.take(pa.array(owner, pa.int64())),
-                pa.ListArray.from_arrays(offsets, pa.array(self.items[flat])),
-                pa.ListArray.from_arrays(offsets, pa.array(self.times[flat])),
-            ],
-            schema=table_schema,
-        )
+        columns = [
+            self.users.take(pa.array(owner, pa.int64())),
+            pa.ListArray.from_arrays(offsets, pa.array(self.items[flat])),
+            pa.ListArray.from_arrays(offsets, pa.array(self.times[flat])),
+        ]
+        if self.ratings is None:
+            return pa.table(columns, schema=schema.SEQUENCE_SCHEMA)
+        columns.append(pa.ListArray.from_arrays(offsets, pa.array(self.ratings[flat])))
+        return pa.table(columns, schema=RATED_SEQUENCE_SCHEMA)
 
 
 def _train_ends(lists: _Lists, spec: SplitSpec) -> np.ndarray:

@@ -27,6 +27,7 @@ from recsys_dist.evaluation.ranking import (
     popularity_scorer,
     protocol,
 )
+from recsys_dist.evaluation.ratings import rating_errors
 
 
 def evaluate_run(
@@ -77,9 +78,14 @@ def evaluate_run(
             popularity,
             event_ages=config.use_event_ages,
             exposure=exposure,
+            rating_scale=config.rating_scale(),
         )
         results[name] = finalize_metrics(sums)
         beyond[name] = {"k": k, **exposure.summary(popularity)}
+    ratings = {}
+    if config.rating_head:  # RMSE/MAE beside the ranking, and the rating baselines
+        batches = rows.iter_batches(batch_size=eval_config.batch_size, batch_format="numpy")
+        ratings = {"ratings": rating_errors(model, batches, device)}
     return {
         "split": split,
         "protocol": protocol(eval_config),
@@ -90,4 +96,5 @@ def evaluate_run(
             **{k: v for k, v in results["popularity"].items() if k != "count"},
             "beyond_accuracy": beyond["popularity"],
         },
+        **ratings,
     }

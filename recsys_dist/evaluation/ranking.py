@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from recsys_dist import schema
 from recsys_dist.config import EvalConfig
-from recsys_dist.data.batching import ModelInputs, evaluation_inputs
+from recsys_dist.data.batching import ModelInputs, RatingScale, evaluation_inputs
 from recsys_dist.evaluation.beyond import Exposure
 from recsys_dist.evaluation.metrics import (
     ranking_metric_sums,
@@ -62,9 +62,11 @@ def model_scorer(model: Bert4Rec, device: torch.device, vocab_size: int = 0) -> 
         model.eval()
         items = torch.as_tensor(inputs.items, device=device)
         buckets = torch.as_tensor(inputs.time_buckets, device=device)
-        ages = inputs.age_buckets
+        ages, rated = inputs.age_buckets, inputs.rating_buckets
         ages = None if ages is None else torch.as_tensor(ages, device=device)
-        scores = model.score_next(items.masked_fill(items >= known, PAD_INDEX), buckets, ages)
+        rated = None if rated is None else torch.as_tensor(rated, device=device)
+        items = items.masked_fill(items >= known, PAD_INDEX)
+        scores = model.score_next(items, buckets, ages, rated)
         return F.pad(scores.float(), (0, max(0, vocab_size - known)), value=float("-inf"))
 
     return score
@@ -91,16 +93,19 @@ def evaluation_sums(
     popularity: np.ndarray | None = None,
     event_ages: bool = False,
     exposure: Exposure | None = None,
+    rating_scale: RatingScale | None = None,
 ) -> dict[str, float]:
     """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count);
     ``event_ages``: the inputs include the events' age buckets (a model that reads them);
-    ``exposure``: also tally each row's top-k list (beyond-accuracy figures)."""
+    ``exposure``: also tally each row's top-k list (beyond-accuracy figures);
+    ``rating_scale``: the inputs include the events' ratings (a model with a rating head)."""
     rng = np.random.default_rng(eval_config.seed)
     sums: dict[str, float] = defaultdict(float)
     for batch in batches:
         if len(batch[schema.TARGET_ITEM]) == 0:
             continue
-        scores = scorer(evaluation_inputs(batch, max_len, num_time_buckets, event_ages))
+        inputs = evaluation_inputs(batch, max_len, num_time_buckets, event_ages, rating_scale)
+        scores = scorer(inputs)
         # A copy: Arrow hands out read-only arrays, which torch refuses to wrap.
         targets = torch.tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None

@@ -72,6 +72,38 @@ class Bert4RecOutput:
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
+    rating_loss: torch.Tensor | None = None  # mean squared error over rated labelled positions
+
+
+class RatingHead(nn.Module):
+    """Predicted rating of item ``j`` from a position's hidden state ``h``:
+    ``mean + user(h) + item_bias[j] + <proj(h), E[j]>`` with ``E`` the model's one item table,
+    so the rating and the next item are read off the same item vectors (matrix factorisation
+    whose user factor is the sequence state)."""
+
+    def __init__(self, config: Bert4RecConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.proj = nn.Linear(hidden, hidden, bias=False)
+        self.user_bias = nn.Linear(hidden, 1)
+        self.item_bias = nn.Embedding(config.vocab_size, 1)
+        # [1], not a 0-d scalar: DeepSpeed's broadcast of the weights views every one as bytes.
+        self.mean = nn.Parameter(torch.full((1,), float(config.rating_mean)))
+        nn.init.normal_(self.proj.weight, std=config.initializer_range)
+        nn.init.zeros_(self.user_bias.weight)
+        nn.init.zeros_(self.user_bias.bias)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def of_items(self, hidden: torch.Tensor, items: torch.Tensor, table: torch.Tensor):
+        """``[N, H]`` states and ``[N]`` items → ``[N]`` predicted ratings."""
+        factor = (self.proj(hidden) * table[items]).sum(-1)  # [N]
+        intercepts = self.mean + self.user_bias(hidden)[:, 0] + self.item_bias(items)[:, 0]
+        return intercepts + factor
+
+    def of_all(self, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` states → ``[B, V]`` predicted ratings of every vocabulary entry."""
+        factor = self.proj(hidden) @ table.T  # [B, V]
+        return self.mean + self.user_bias(hidden) + self.item_bias.weight[:, 0] + factor
 
 
 def bert_config(config: Bert4RecConfig) -> BertConfig:
@@ -118,6 +150,11 @@ class Bert4Rec(nn.Module):
         self.head_dense = nn.Linear(hidden, hidden)
         self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        # Bucket 0: the event has no rating (or it is hidden, as at a cloze MASK).
+        self.rating_embedding = (
+            nn.Embedding(config.num_rating_buckets + 1, hidden) if config.rating_head else None
+        )
+        self.rating_head = RatingHead(config) if config.rating_head else None
         self._init_head_weights()
 
     @property
@@ -134,6 +171,8 @@ class Bert4Rec(nn.Module):
             nn.init.normal_(self.time_embedding.weight, std=std)
         if self.age_bias is not None:
             nn.init.zeros_(self.age_bias.weight)  # starts as plain attention
+        if self.rating_embedding is not None:
+            nn.init.normal_(self.rating_embedding.weight, std=std)
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -145,6 +184,8 @@ class Bert4Rec(nn.Module):
         max_logits: int = 0,
         negatives: NegativeSample | None = None,
         age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
+        rating_labels: torch.Tensor | None = None,
     ) -> Bert4RecOutput:
         """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
 
@@ -164,18 +205,26 @@ class Bert4Rec(nn.Module):
             age_buckets: ``[B, L, L]`` from ``recsys_dist.data.time_gaps.event_age_buckets``
                 (row q: each key's age at position q's prediction time); required iff
                 ``config.use_event_ages``.
+            rating_buckets: ``[B, L]`` rating input buckets (``RatingScale.buckets``; 0: none),
+                read by a model with ``config.rating_head``; ``None``: no event rated.
+            rating_labels: ``[B, L]`` float ratings of the labelled positions' targets, NaN
+                where the target has none: with labels, the rating head's MSE over them is
+                ``rating_loss``.
 
         Returns:
             :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
         """
-        self._check_inputs(items, time_buckets, labels, age_buckets)
+        self._check_inputs(items, time_buckets, labels, age_buckets, rating_buckets)
         if negatives is not None and labels is not None:
             self._check_negatives(negatives)
-        hidden = self.encode(items, time_buckets, age_buckets)  # [B, L, H]
+        hidden = self.encode(items, time_buckets, age_buckets, rating_buckets)  # [B, L, H]
         if labels is None:
             return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
         selected = labels != IGNORE_INDEX  # [B, L]
         hidden, targets = hidden[selected], labels[selected]  # [N, H], [N]
+        rating_loss = None
+        if self.rating_head is not None and rating_labels is not None:
+            rating_loss = self._rating_mse(hidden, targets, rating_labels[selected])
         if negatives is None:
             width, loss_fn = self.config.vocab_size, self._cross_entropy_sum
         else:
@@ -190,7 +239,20 @@ class Bert4Rec(nn.Module):
             loss_sum = chunked_sum(loss_fn, hidden, targets, rows)
         # Sum / max(N, 1) rather than mean: an all-unlabelled batch gives 0, not NaN.
         loss = loss_sum / selected.sum().clamp(min=1)
-        return Bert4RecOutput(loss=loss, logits=logits)
+        return Bert4RecOutput(loss=loss, logits=logits, rating_loss=rating_loss)
+
+    def _rating_mse(
+        self, hidden: torch.Tensor, targets: torch.Tensor, ratings: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared error of the rated ones among ``[N]`` targets (0 if none is rated).
+
+        Every position stays in the graph (unrated ones weighted 0), so each rank's rating
+        parameters get a gradient every step, as DeepSpeed's all-reduce expects.
+        """
+        rated = ~torch.isnan(ratings)  # [N]
+        predicted = self.rating_head.of_items(hidden, targets, self.item_embedding.weight)
+        errors = torch.where(rated, predicted - ratings.nan_to_num(), 0.0)  # [N]
+        return errors.square().sum() / rated.sum().clamp(min=1)
 
     def _cross_entropy_sum(
         self, hidden: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None
@@ -212,6 +274,7 @@ class Bert4Rec(nn.Module):
         items: torch.Tensor,
         time_buckets: torch.Tensor | None = None,
         age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores of every vocabulary entry for the item after each history.
 
@@ -222,31 +285,70 @@ class Bert4Rec(nn.Module):
             time_buckets: ``[B, L]``, the MASK position bucketed with the query time.
             age_buckets: ``[B, L, L]``, the MASK row aged at the query time (with
                 ``config.use_event_ages``).
+            rating_buckets: ``[B, L]`` the events' rating buckets, 0 at MASK (with
+                ``config.rating_head``; ``None``: no event rated).
 
         Returns:
             ``[B, V]`` logits; PAD and MASK columns are ``-inf``.
         """
-        self._check_inputs(items, time_buckets, None, age_buckets)
+        return self.item_logits(self.query_state(items, time_buckets, age_buckets, rating_buckets))
+
+    @torch.no_grad()
+    def predict_ratings(
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None = None,
+        age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, V]`` predicted ratings of every vocabulary entry after each history (the
+        inputs of :meth:`score_next`), clipped to the data's scale.
+
+        Raises:
+            ValueError: If the model has no rating head.
+        """
+        if self.rating_head is None:
+            raise ValueError("this model has no rating head (trained without ratings)")
+        state = self.query_state(items, time_buckets, age_buckets, rating_buckets)  # [B, H]
+        ratings = self.rating_head.of_all(state, self.item_embedding.weight)  # [B, V]
+        return ratings.clamp(self.config.rating_min, self.config.rating_max)
+
+    def query_state(
+        self,
+        items: torch.Tensor,
+        time_buckets: torch.Tensor | None = None,
+        age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[B, H]``: the hidden state that predicts the item after each history (the MASK
+        position's; a causal model's last event's, given the query's gap)."""
+        self._check_inputs(items, time_buckets, None, age_buckets, rating_buckets)
         if self.config.objective == "causal":
             # The last event predicts what follows it, given the gap to the query (the MASK
             # position's bucket) and the events' ages then: the same shift as in training.
+            # Each event keeps its own rating, as in training.
             items = items[:, :-1]  # [B, L - 1]
             time_buckets = time_buckets[:, 1:] if time_buckets is not None else None
             age_buckets = age_buckets[:, 1:, :-1] if age_buckets is not None else None
-        hidden = self.encode(items, time_buckets, age_buckets)  # [B, L', H]
-        return self.item_logits(hidden[:, -1])  # [B, V]
+            rating_buckets = rating_buckets[:, :-1] if rating_buckets is not None else None
+        return self.encode(items, time_buckets, age_buckets, rating_buckets)[:, -1]  # [B, H]
 
     def encode(
         self,
         items: torch.Tensor,
         time_buckets: torch.Tensor | None,
         age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs."""
         length = items.shape[1]
         embeds = self.item_embedding(items)  # [B, L, H]
         if self.time_embedding is not None:
             embeds = embeds + self.time_embedding(time_buckets)  # [B, L, H]
+        if self.rating_embedding is not None:
+            if rating_buckets is None:  # no event rated
+                rating_buckets = torch.zeros_like(items)
+            embeds = embeds + self.rating_embedding(rating_buckets)  # [B, L, H]
         # Right-aligned positions: the newest event is at max_len - 1 for any input length L.
         first = self.config.max_len - length
         position_ids = torch.arange(first, first + length, device=items.device)[None]  # [1, L]
@@ -297,13 +399,20 @@ class Bert4Rec(nn.Module):
         time_buckets: torch.Tensor | None,
         labels: torch.Tensor | None,
         age_buckets: torch.Tensor | None = None,
+        rating_buckets: torch.Tensor | None = None,
     ) -> None:
         """Raise ``ValueError`` naming the offending shape or value (BERT's errors do not)."""
         if items.dim() != 2:
             raise ValueError(f"items must be 2-D [B, L], got shape {tuple(items.shape)}")
         if items.shape[1] > self.config.max_len:
             raise ValueError(f"items length {items.shape[1]} > max_len={self.config.max_len}")
-        for name, other in (("time_buckets", time_buckets), ("labels", labels)):
+        shaped = (("time_buckets", time_buckets), ("labels", labels))
+        if self.rating_embedding is not None:
+            shaped += (("rating_buckets", rating_buckets),)
+            if rating_buckets is not None:
+                top = self.config.num_rating_buckets + 1
+                _check_range("rating_buckets", rating_buckets, 0, top)
+        for name, other in shaped:
             if other is not None and other.shape != items.shape:
                 raise ValueError(
                     f"{name} shape {tuple(other.shape)} != items shape {tuple(items.shape)}"

@@ -16,6 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PretrainedConfig
 
 from recsys_dist.config import OBJECTIVES, ModelConfig
+from recsys_dist.data.batching import RatingScale
 from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
 
 _RUN_DEFAULTS = ModelConfig()  # the defaults of every field the run's ``model`` section sets
@@ -47,6 +48,15 @@ class Bert4RecConfig(PretrainedConfig):
             next item at every position). It changes the attention mask and where
             ``score_next`` reads, so it is part of the export. Its default here is
             ``"cloze"``, not the run default: exports written before the field were cloze.
+        rating_head: Read each event's rating (bucketed) as an input and predict ratings with
+            a head on the encoder: ``mean + user(h) + item_bias[j] + <proj(h), item_j>``.
+            False here: exports written before the field had none, and data without ratings
+            builds none (``from_model_config``).
+        num_rating_buckets: Rating input buckets over ``[rating_min, rating_max]``; bucket 0
+            is "no rating".
+        rating_min: Lowest rating of the data's scale (predictions are clipped to the scale).
+        rating_max: Highest rating of the data's scale.
+        rating_mean: Mean rating of the data, the head's starting intercept.
         initializer_range: Std of the normal initialisation (BERT's 0.02).
         layer_norm_eps: Epsilon of every LayerNorm (BERT's 1e-12).
         pad_token_id: Always ``schema.PAD_INDEX``; stored so an export is self-describing.
@@ -67,6 +77,11 @@ class Bert4RecConfig(PretrainedConfig):
     num_time_buckets: int = _RUN_DEFAULTS.num_time_buckets
     use_event_ages: bool = False
     objective: str = "cloze"
+    rating_head: bool = False
+    num_rating_buckets: int = _RUN_DEFAULTS.num_rating_buckets
+    rating_min: float = 0.0
+    rating_max: float = 0.0
+    rating_mean: float = 0.0
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX
@@ -91,6 +106,11 @@ class Bert4RecConfig(PretrainedConfig):
             )
         if self.num_time_buckets < 2:
             raise ValueError(f"num_time_buckets must be >= 2, got {self.num_time_buckets}")
+        if self.rating_head and not self.rating_min < self.rating_max:
+            raise ValueError(
+                f"a rating head needs rating_min < rating_max, got "
+                f"[{self.rating_min}, {self.rating_max}]"
+            )
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
@@ -104,8 +124,20 @@ class Bert4RecConfig(PretrainedConfig):
                 f"schema's ({PAD_INDEX}, {MASK_INDEX}); this export used another vocabulary layout"
             )
 
+    def rating_scale(self) -> RatingScale | None:
+        """How ratings are bucketed into this model's inputs (``None``: no rating head)."""
+        if not self.rating_head:
+            return None
+        return RatingScale(self.rating_min, self.rating_max, self.num_rating_buckets)
+
     @classmethod
-    def from_model_config(cls, cfg: ModelConfig, vocab_size: int, max_len: int) -> Bert4RecConfig:
+    def from_model_config(
+        cls,
+        cfg: ModelConfig,
+        vocab_size: int,
+        max_len: int,
+        ratings: dict[str, float] | None = None,
+    ) -> Bert4RecConfig:
         """Translate the run's ``model`` section; the only mapping from run config to model.
 
         Every ``ModelConfig`` field is copied under its own name, so a field added there
@@ -116,9 +148,21 @@ class Bert4RecConfig(PretrainedConfig):
             cfg: The ``model`` section of the run config.
             vocab_size: ``len(vocabulary) + NUM_SPECIAL_TOKENS`` (from the vocab artefact).
             max_len: ``data.max_len``.
+            ratings: The data's rating scale (``{"min", "max", "mean", ...}``, from the
+                prepared manifest), or ``None``: no event has a rating, so no rating head.
+                A one-value scale (every rating equal) has nothing to learn either.
         """
         section = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(cfg)}
         undeclared = set(section) - {field.name for field in dataclasses.fields(cls)}
         if undeclared:
             raise TypeError(f"ModelConfig fields {sorted(undeclared)} are not {cls.__name__}'s")
-        return cls(vocab_size=vocab_size, max_len=max_len, **section)
+        rated = bool(cfg.rating_head and ratings and ratings["min"] < ratings["max"])
+        scale = {"rating_min": ratings["min"], "rating_max": ratings["max"]} if rated else {}
+        section["rating_head"] = rated
+        return cls(
+            vocab_size=vocab_size,
+            max_len=max_len,
+            rating_mean=ratings["mean"] if rated else 0.0,
+            **scale,
+            **section,
+        )

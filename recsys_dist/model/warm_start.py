@@ -2,7 +2,8 @@
 
 Retraining on new events should not relearn what the parent knows. Every tensor of the
 encoder and head is copied from the parent (the shapes must match: same width, depth, heads,
-``max_len``, time buckets). The item table and the output bias are the exception: a row per
+``max_len``, time buckets). The item table, the output bias and the rating head's item
+bias are the exception: a row per
 item of the NEW vocabulary, copied from the parent's row of the same item, and for an item the
 parent never saw, the mean of its peers' rows (items of its catalogue categories the parent
 knew) or, without any, the mean of all the parent's items: a cold item starts where its kind
@@ -24,7 +25,11 @@ import torch
 from recsys_dist.model.bert4rec import Bert4Rec
 from recsys_dist.schema import NUM_SPECIAL_TOKENS
 
-ITEM_ROWS = ("bert.embeddings.word_embeddings.weight", "output_bias")
+ITEM_ROWS = (
+    "bert.embeddings.word_embeddings.weight",
+    "output_bias",
+    "rating_head.item_bias.weight",  # with a rating head
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def warm_start(
             tensor.copy_(inherited[name])
     known = parent_rows >= 0
     peers = {row: rows for row, rows in (peers or {}).items() if not known[row] and len(rows)}
-    for name in ITEM_ROWS:
+    for name in (name for name in ITEM_ROWS if name in own):
         own[name].copy_(_grown(inherited[name], parent_rows, peers))
     new = int((~known[NUM_SPECIAL_TOKENS:]).sum())
     return WarmStart(int(known[NUM_SPECIAL_TOKENS:].sum()), len(peers), new - len(peers))

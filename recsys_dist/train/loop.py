@@ -98,7 +98,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     model_config = Bert4RecConfig.from_model_config(
-        config.model, loop_config["vocab_size"], config.data.max_len
+        config.model, loop_config["vocab_size"], config.data.max_len, loop_config.get("ratings")
     )
     model, progress, saved = _restore(Bert4Rec(model_config), rank, world)
     if not progress.step and config.train.init_from:  # a resumed run keeps its own weights
@@ -349,6 +349,7 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         config.train.mask_prob,
         config.train.last_item_mask_prob,
         event_ages=config.model.use_event_ages,
+        rating_scale=engine.module.config.rating_scale(),
     )
     negatives, ages = None, inputs.age_buckets
     if config.train.loss == "sampled":  # uniform negatives, shared by the batch's positions
@@ -361,10 +362,19 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         max_logits=config.train.max_logits,
         negatives=negatives,
         age_buckets=None if ages is None else torch.as_tensor(ages, device=device),
+        rating_buckets=_tensor(inputs.rating_buckets, device),
+        rating_labels=_tensor(inputs.rating_labels, device),
     )
-    engine.backward(output.loss * weight)
+    loss = output.loss
+    if output.rating_loss is not None:
+        loss = loss + config.train.rating_weight * output.rating_loss
+    engine.backward(loss * weight)
     engine.step()
-    return float(output.loss.detach())
+    return float(loss.detach())
+
+
+def _tensor(values: np.ndarray | None, device) -> torch.Tensor | None:
+    return None if values is None else torch.as_tensor(values, device=device)
 
 
 def _sum_coverage(sequences: int, checksum: int, device) -> tuple[int, int]:
@@ -396,6 +406,7 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
         config.model.num_time_buckets,
         device,
         event_ages=config.model.use_event_ages,
+        rating_scale=model.config.rating_scale(),
     )
     model.train()
     names = sorted({"count", *(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in config.eval.ks)})

@@ -22,7 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from recsys_dist import checkpoint, run_layout, schema, storage, tracking
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.catalogue import catalogue_dir
-from recsys_dist.data.prepared import load_manifest, read_split
+from recsys_dist.data.prepared import load_manifest, rating_scale, read_split
 from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
@@ -51,9 +51,11 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             f"{prepared_dir}: {manifest['counts']['train_rows']} training rows "
             f"cannot feed {workers} workers (--workers / train.workers)"
         )
+    prepared_dir = storage.absolute(prepared_dir)  # workers run in their own directories
     loop_config = {
         "config": config.to_dict(),
         "vocab_size": manifest["vocab_size"],
+        "ratings": rating_scale(manifest),  # None: no rating head
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
         "items_dir": catalogue_dir(prepared_dir),  # a warm start's category peers
         "data_hash": manifest["data_hash"],

@@ -1,4 +1,5 @@
-"""Model inputs: the event-age buckets follow the same shift as the gap buckets."""
+"""Model inputs: the event-age buckets follow the same shift as the gap buckets; ratings
+enter as buckets and leave as labels without leaking the predicted event's."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 
 from recsys_dist import schema
-from recsys_dist.data.batching import prediction_inputs, training_inputs
+from recsys_dist.data.batching import RatingScale, prediction_inputs, training_inputs
+from recsys_dist.data.masking import IGNORE_INDEX, pad_left
 
 
 def windows() -> dict[str, np.ndarray]:
@@ -43,3 +45,63 @@ def test_prediction_ages_are_taken_at_the_query_time():
     query_row = inputs.age_buckets[0, -1]  # the MASK position, at the query time
     # ages 2**20 + 1000, 2**20 + 990 and 2**20 seconds: log2 -> 20 -> bucket 21
     np.testing.assert_array_equal(query_row, [0, 21, 21, 21, 0])
+
+
+SCALE = RatingScale(1.0, 5.0, num_buckets=5)
+
+
+def rated_windows() -> dict[str, np.ndarray]:
+    batch = windows()
+    ratings = [np.arange(len(items), dtype=np.float32) % 5 + 1 for items in batch[schema.ITEMS]]
+    ratings[1][2] = np.nan  # one unrated event
+    return {**batch, schema.RATINGS: np.array(ratings, object)}
+
+
+def test_rating_buckets_cover_the_scale_and_keep_zero_for_no_rating():
+    buckets = SCALE.buckets(np.array([1.0, 2.0, 4.6, 5.0, 9.0, 0.0, np.nan]))
+    np.testing.assert_array_equal(buckets, [1, 2, 5, 5, 5, 1, 0])
+
+
+def test_a_causal_position_reads_its_own_rating_and_predicts_the_next_events():
+    batch = rated_windows()
+    inputs = training_inputs(batch, 6, 16, "causal", np.random.default_rng(0), 0, 0, False, SCALE)
+    padded = pad_left(list(batch[schema.RATINGS]), 6, pad=np.nan, dtype=np.float32)
+    np.testing.assert_array_equal(inputs.rating_buckets, SCALE.buckets(padded[:, :-1]))
+    labelled = inputs.labels != IGNORE_INDEX
+    np.testing.assert_array_equal(inputs.rating_labels[labelled], padded[:, 1:][labelled])
+    assert np.isnan(inputs.rating_labels[~labelled]).all()
+    assert np.isnan(inputs.rating_labels[1]).sum() == (~labelled[1]).sum() + 1  # the unrated
+
+
+def test_a_cloze_mask_hides_the_rating_it_asks_for():
+    batch = rated_windows()
+    inputs = training_inputs(
+        batch, 6, 16, "cloze", np.random.default_rng(3), 0.4, 0.1, False, SCALE
+    )
+    masked = inputs.labels != IGNORE_INDEX
+    assert masked.any()
+    assert (inputs.rating_buckets[masked] == 0).all()  # hidden as the item is
+    padded = pad_left(list(batch[schema.RATINGS]), 6, pad=np.nan, dtype=np.float32)
+    np.testing.assert_array_equal(inputs.rating_labels[masked], padded[masked])
+    unmasked_real = ~masked & (inputs.items != schema.PAD_INDEX)
+    np.testing.assert_array_equal(
+        inputs.rating_buckets[unmasked_real], SCALE.buckets(padded)[unmasked_real]
+    )
+
+
+def test_prediction_inputs_carry_history_ratings_and_none_for_the_query():
+    inputs = prediction_inputs(
+        [np.array([4, 5, 6])],
+        [np.array([0, 10, 20])],
+        np.array([30]),
+        5,
+        32,
+        False,
+        ratings=[np.array([5.0, np.nan, 1.0])],
+        rating_scale=SCALE,
+    )
+    np.testing.assert_array_equal(inputs.rating_buckets, [[0, 5, 0, 1, 0]])
+    unrated = prediction_inputs(
+        [np.array([4, 5, 6])], [np.array([0, 10, 20])], np.array([30]), 5, 32, rating_scale=SCALE
+    )
+    np.testing.assert_array_equal(unrated.rating_buckets, [[0, 0, 0, 0, 0]])

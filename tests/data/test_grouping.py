@@ -36,6 +36,7 @@ def random_events(rng, rows: int, users: int, items: int = 30) -> pa.Table:
             schema.TIMESTAMP: rng.integers(0, 40, size=rows).astype(np.int64),
             schema.EVENT_TYPE: rng.choice(["view", "click", None], size=rows).tolist(),
             ORDER: rng.permutation(rows).astype(np.int64),
+            schema.RATING: rng.choice([1.0, 4.5, None], size=rows).tolist(),
         },
         schema=grouping.PART_SCHEMA,
     )
@@ -59,6 +60,7 @@ def reference_users(events: pa.Table, max_history: int) -> pd.DataFrame:
                 schema.USER_ID: user,
                 schema.ITEM_IDS: kept[schema.ITEM_ID].tolist(),
                 schema.TIMESTAMPS: kept[schema.TIMESTAMP].tolist(),
+                schema.RATINGS: kept[schema.RATING].fillna(UNRATED).tolist(),
                 schema.NUM_EVENTS: len(group),
                 schema.NUM_DUPLICATES: int((frame[schema.USER_ID] == user).sum()) - len(group),
                 schema.NUM_TRUNCATED: len(group) - len(kept),
@@ -71,7 +73,12 @@ def as_frame(users: pa.Table) -> pd.DataFrame:
     frame = users.to_pandas().set_index(schema.USER_ID).sort_index()
     for column in (schema.ITEM_IDS, schema.TIMESTAMPS):
         frame[column] = frame[column].map(list)
-    return frame[[schema.ITEM_IDS, schema.TIMESTAMPS, *COUNTS]]
+    frame[schema.RATINGS] = frame[schema.RATINGS].map(lambda r: np.nan_to_num(r, nan=UNRATED))
+    frame[schema.RATINGS] = frame[schema.RATINGS].map(lambda r: [float(x) for x in r])
+    return frame[[schema.ITEM_IDS, schema.TIMESTAMPS, schema.RATINGS, *COUNTS]]
+
+
+UNRATED = -1.0  # NaN in stored lists; a number here, so that lists compare equal
 
 
 COUNTS = (schema.NUM_EVENTS, schema.NUM_DUPLICATES, schema.NUM_TRUNCATED)
@@ -90,7 +97,7 @@ def test_merge_rounds_give_exactly_one_global_sort(tmp_path, compact_rows):
     assert users.schema == schema.USER_SEQUENCE_SCHEMA
     expected = reference_users(events, max_history=60)
     got = as_frame(users)
-    sequences = [schema.ITEM_IDS, schema.TIMESTAMPS]
+    sequences = [schema.ITEM_IDS, schema.TIMESTAMPS, schema.RATINGS]
     pd.testing.assert_frame_equal(got[sequences], expected[sequences])
     accepted = got[schema.NUM_EVENTS] + got[schema.NUM_DUPLICATES]
     pd.testing.assert_series_equal(
@@ -117,6 +124,7 @@ def test_a_skewed_user_is_cut_to_its_most_recent_events_in_rounds(tmp_path, monk
             schema.TIMESTAMP: np.arange(200_000, dtype=np.int64),
             schema.EVENT_TYPE: pa.nulls(200_000, pa.string()),
             ORDER: np.arange(200_000, dtype=np.int64),
+            schema.RATING: pa.nulls(200_000, pa.float32()),
         },
         schema=grouping.PART_SCHEMA,
     )

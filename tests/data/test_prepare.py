@@ -63,6 +63,20 @@ def test_leave_one_out_never_shows_the_future(ray_session, small_log, tmp_path):
         assert all(max(t) < tt for t, tt in zip(frame.timestamps, frame.target_timestamp))
     assert manifest["counts"]["users"] == 2 and manifest["vocab_size"] == 8 + 2
     assert manifest["counts"]["test_rows"] == 2
+    assert manifest["ratings"] is None  # no event carries a rating: no rating head
+    assert schema.RATINGS not in test.columns
+
+
+def test_ratings_are_kept_per_event_and_their_scale_recorded(ray_session, tmp_path):
+    rows = user_log("a", ["x", "y", "z", "w"]) + user_log("b", ["x", "y", "v"], start=5000)
+    ratings = [4.0, None, 2.0, 5.0, 1.0, 3.0, 4.5]
+    raw = write_events(tmp_path / "raw", [{**r, "rating": v} for r, v in zip(rows, ratings)])
+    manifest = prepare_dataset(str(raw), str(tmp_path / "p"), DataConfig())
+    assert manifest["ratings"] == {"events": 6, "min": 1.0, "max": 5.0, "mean": 19.5 / 6}
+    test = read_split(tmp_path / "p", "test").set_index("user_id")
+    history = np.asarray(test.loc["a", schema.RATINGS])
+    assert list(history[[0, 2]]) == [4.0, 2.0] and np.isnan(history[1])  # NaN: unrated
+    assert test.loc["a", schema.TARGET_RATING] == 5.0 and test.loc["b", schema.TARGET_RATING] == 4.5
 
 
 def test_leave_n_out_holds_out_a_window_per_user(ray_session, tmp_path):
@@ -255,6 +269,8 @@ def test_ml100k_prepares_like_the_papers(ray_session, ml100k_dir, tmp_path):
     manifest = prepare_dataset(str(tmp_path / "raw"), str(tmp_path / "p"), DataConfig())
     assert manifest["counts"]["users"] == 943 and manifest["num_items"] == 1682
     assert manifest["counts"]["test_rows"] == 943
+    assert manifest["ratings"]["events"] == 100_000
+    assert (manifest["ratings"]["min"], manifest["ratings"]["max"]) == (1.0, 5.0)
 
 
 def test_preparing_again_replaces_the_earlier_output(ray_session, small_log, tmp_path):

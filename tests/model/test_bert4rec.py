@@ -39,10 +39,12 @@ def test_every_model_config_field_reaches_the_model():
         num_time_buckets=7,
         use_event_ages=True,
         objective="causal" if ModelConfig().objective == "cloze" else "cloze",
+        rating_head=False,
+        num_rating_buckets=4,
     )
     defaults = ModelConfig()
     assert all(getattr(cfg, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(cfg))
-    config = Bert4RecConfig.from_model_config(cfg, vocab_size=41, max_len=9)
+    config = Bert4RecConfig.from_model_config(cfg, vocab_size=41, max_len=9, ratings=RATINGS)
     model = Bert4Rec(config)
     bert = model.bert.config
     assert model.item_embedding.weight.shape == (41, 24)
@@ -60,6 +62,20 @@ def test_every_model_config_field_reaches_the_model():
     with_gaps = dataclasses.replace(cfg, use_time_gaps=True)
     built = Bert4Rec(Bert4RecConfig.from_model_config(with_gaps, 41, 9))
     assert built.time_embedding.num_embeddings == 7
+    assert model.rating_head is None and model.rating_embedding is None  # switched off
+    rated = Bert4Rec(
+        Bert4RecConfig.from_model_config(
+            dataclasses.replace(cfg, rating_head=True), 41, 9, ratings=RATINGS
+        )
+    )
+    assert rated.rating_embedding.num_embeddings == 5  # 4 buckets and "no rating"
+    assert (rated.config.rating_min, rated.config.rating_max) == (1.0, 5.0)
+    assert float(rated.rating_head.mean) == 3.5
+    unrated = Bert4RecConfig.from_model_config(defaults, 41, 9, ratings=None)
+    assert not unrated.rating_head  # data without ratings builds no head
+
+
+RATINGS = {"events": 10, "min": 1.0, "max": 5.0, "mean": 3.5}
 
 
 def test_model_config_is_the_one_home_of_the_model_defaults():
@@ -70,12 +86,12 @@ def test_model_config_is_the_one_home_of_the_model_defaults():
         assert field.name in declared, f"Bert4RecConfig lacks ModelConfig.{field.name}"
         if field.name not in EXPORT_FORMAT_DEFAULTS:
             assert declared[field.name] == field.default, field.name
-    assert {declared[name] for name in EXPORT_FORMAT_DEFAULTS} == {"cloze"}
+    assert {name: declared[name] for name in EXPORT_FORMAT_DEFAULTS} == EXPORT_FORMAT_DEFAULTS
 
 
 # Fields whose default in an export is the format's history, not the run default: an export
 # written before the field existed was trained that way.
-EXPORT_FORMAT_DEFAULTS = ("objective",)
+EXPORT_FORMAT_DEFAULTS = {"objective": "cloze", "rating_head": False}
 
 
 def test_an_export_from_before_the_objective_field_loads_as_cloze(tmp_path):
