@@ -120,6 +120,11 @@ class TrainConfig:
     # Weight of the rating head's MSE beside the next-item loss (a model with model.rating_head
     # on data with ratings); 0 trains the head not at all.
     rating_weight: float = 1.0
+    # Denoising (Truncated Cross-Entropy): leave the hardest share of each batch's positions out
+    # of the next-item loss, growing linearly from 0 to this over denoise_warmup_epochs (noisy
+    # logs: accidental clicks, bots). 0 = off. Measured in docs/benchmarks.md ("Noise").
+    denoise_drop: float = 0.0
+    denoise_warmup_epochs: int = 5
     mask_prob: float = 0.4  # cloze only: share of positions masked in each training sequence
     last_item_mask_prob: float = 0.1  # cloze only: share of sequences masking just the last
     zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
@@ -156,6 +161,9 @@ class TrainConfig:
             raise ConfigError(f"train.max_logits must be >= 0, got {self.max_logits}")
         _check_choice("train.loss", self.loss, LOSSES)
         _check_positive("train.negatives", self.negatives)
+        if not 0 <= self.denoise_drop < 1:
+            raise ConfigError(f"train.denoise_drop must be in [0, 1), got {self.denoise_drop}")
+        _check_positive("train.denoise_warmup_epochs", self.denoise_warmup_epochs)
         if self.rating_weight < 0:
             raise ConfigError(f"train.rating_weight must be >= 0, got {self.rating_weight}")
         _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))

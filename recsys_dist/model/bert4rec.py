@@ -48,10 +48,11 @@ from recsys_dist.data.masking import IGNORE_INDEX
 from recsys_dist.model.configuration import Bert4RecConfig
 from recsys_dist.model.losses import (
     NegativeSample,
-    chunked_sum,
-    full_softmax_sum,
+    chunked_losses,
+    full_softmax_losses,
     rows_per_chunk,
-    sampled_softmax_sum,
+    sampled_softmax_losses,
+    truncated_sum,
 )
 from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
 
@@ -186,6 +187,7 @@ class Bert4Rec(nn.Module):
         age_buckets: torch.Tensor | None = None,
         rating_buckets: torch.Tensor | None = None,
         rating_labels: torch.Tensor | None = None,
+        drop_hardest: float = 0.0,
     ) -> Bert4RecOutput:
         """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
 
@@ -200,7 +202,7 @@ class Bert4Rec(nn.Module):
             negatives: With labels: compute a sampled softmax instead of the full one, each
                 labelled position's target against these negatives (``[S]``, shared by the
                 batch), every logit corrected by ``- log Q`` and accidental hits masked
-                (:func:`recsys_dist.model.losses.sampled_softmax_sum`). ``max_logits`` then
+                (:func:`recsys_dist.model.losses.sampled_softmax_losses`). ``max_logits`` then
                 bounds rows x (1 + S). Ignored without labels.
             age_buckets: ``[B, L, L]`` from ``recsys_dist.data.time_gaps.event_age_buckets``
                 (row q: each key's age at position q's prediction time); required iff
@@ -210,6 +212,9 @@ class Bert4Rec(nn.Module):
             rating_labels: ``[B, L]`` float ratings of the labelled positions' targets, NaN
                 where the target has none: with labels, the rating head's MSE over them is
                 ``rating_loss``.
+            drop_hardest: Leave this share of the labelled positions with the largest loss out
+                of the next-item loss (:func:`recsys_dist.model.losses.truncated_sum`, for
+                noisy logs); 0 keeps every position.
 
         Returns:
             :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
@@ -226,19 +231,20 @@ class Bert4Rec(nn.Module):
         if self.rating_head is not None and rating_labels is not None:
             rating_loss = self._rating_mse(hidden, targets, rating_labels[selected])
         if negatives is None:
-            width, loss_fn = self.config.vocab_size, self._cross_entropy_sum
+            width, loss_fn = self.config.vocab_size, self._cross_entropies
         else:
             width = 1 + len(negatives.ids)  # the target, then the negatives
-            loss_fn = partial(self._sampled_softmax_sum, negatives=negatives)
+            loss_fn = partial(self._sampled_cross_entropies, negatives=negatives)
         rows = rows_per_chunk(max_logits, width, len(targets))
         logits = None
         if negatives is None and len(targets) <= rows:
             logits = self.item_logits(hidden)  # [N, V], returned with the loss
-            loss_sum = self._cross_entropy_sum(hidden, targets, logits)
+            losses = self._cross_entropies(hidden, targets, logits)  # [N]
         else:
-            loss_sum = chunked_sum(loss_fn, hidden, targets, rows)
-        # Sum / max(N, 1) rather than mean: an all-unlabelled batch gives 0, not NaN.
-        loss = loss_sum / selected.sum().clamp(min=1)
+            losses = chunked_losses(loss_fn, hidden, targets, rows)  # [N]
+        kept = len(losses) - int(drop_hardest * len(losses))
+        # Sum / max(kept, 1) rather than mean: an all-unlabelled batch gives 0, not NaN.
+        loss = truncated_sum(losses, drop_hardest) / max(kept, 1)
         return Bert4RecOutput(loss=loss, logits=logits, rating_loss=rating_loss)
 
     def _rating_mse(
@@ -254,19 +260,19 @@ class Bert4Rec(nn.Module):
         errors = torch.where(rated, predicted - ratings.nan_to_num(), 0.0)  # [N]
         return errors.square().sum() / rated.sum().clamp(min=1)
 
-    def _cross_entropy_sum(
+    def _cross_entropies(
         self, hidden: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Summed cross-entropy of ``[N, H]`` hidden states against ``[N]`` targets."""
+        """``[N]`` cross-entropies of ``[N, H]`` hidden states against ``[N]`` targets."""
         logits = self.item_logits(hidden) if logits is None else logits  # [N, V]
-        return full_softmax_sum(logits, targets)
+        return full_softmax_losses(logits, targets)
 
-    def _sampled_softmax_sum(
+    def _sampled_cross_entropies(
         self, hidden: torch.Tensor, targets: torch.Tensor, negatives: NegativeSample
     ) -> torch.Tensor:
-        """Summed sampled-softmax cross-entropy of ``[N, H]`` hidden states; the same head."""
+        """``[N]`` sampled-softmax cross-entropies of ``[N, H]`` hidden states; the same head."""
         weight, bias = self.item_embedding.weight, self.output_bias
-        return sampled_softmax_sum(self.head(hidden), targets, weight, bias, negatives)
+        return sampled_softmax_losses(self.head(hidden), targets, weight, bias, negatives)
 
     @torch.no_grad()
     def score_next(
@@ -307,9 +313,13 @@ class Bert4Rec(nn.Module):
         Raises:
             ValueError: If the model has no rating head.
         """
+        state = self.query_state(items, time_buckets, age_buckets, rating_buckets)  # [B, H]
+        return self.ratings_of(state)
+
+    def ratings_of(self, state: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` query states → ``[B, V]`` predicted ratings, clipped to the scale."""
         if self.rating_head is None:
             raise ValueError("this model has no rating head (trained without ratings)")
-        state = self.query_state(items, time_buckets, age_buckets, rating_buckets)  # [B, H]
         ratings = self.rating_head.of_all(state, self.item_embedding.weight)  # [B, V]
         return ratings.clamp(self.config.rating_min, self.config.rating_max)
 

@@ -1,16 +1,19 @@
 """Training losses of the tied item head: the exact full softmax and a sampled softmax.
 
-* :func:`full_softmax_sum`: cross-entropy against every vocabulary entry. Exact, but its logits
+Each returns one loss per row, summed by the caller.
+
+* :func:`full_softmax_losses`: cross-entropy against every vocabulary entry. Exact, but its logits
   are [rows x vocabulary]: at 1M items, one batch's are gigabytes.
-* :func:`sampled_softmax_sum`: cross-entropy of each row's target against S negatives shared by
+* :func:`sampled_softmax_losses`: cross-entropy of each row's target against S negatives shared by
   the batch, drawn from a proposal Q by :func:`sample_negatives`: [rows x (1 + S)] logits. Every
   logit, the target's included, is corrected by ``- log Q(item)`` (Bengio & Senecal 2008; Jean
   et al. 2015; Yi et al. 2019): without it the loss would also learn Q (items Q favours would
   be pushed down for being drawn often); with it, it approaches the full softmax as S grows. A
   negative equal to the row's target (an accidental hit) is masked out, so the target is never
   its own negative.
-* :func:`chunked_sum`: either loss over chunks of rows, each recomputed in the backward pass, so
-  the whole batch's logits never exist at once.
+* :func:`chunked_losses`: either loss over chunks of rows, each recomputed in the backward
+  pass, so the whole batch's logits never exist at once.
+* :func:`truncated_sum`: the batch's loss without its largest share (denoising, off by default).
 
 Pure torch (and numpy for the sampler): no Ray, no DeepSpeed, no device moves inside a loss.
 """
@@ -103,19 +106,19 @@ def sample_negatives(
     )
 
 
-def full_softmax_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``[N, V]`` logits (in float32) against ``[N]`` targets."""
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+def full_softmax_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[N]`` cross-entropies of ``[N, V]`` logits (in float32) against ``[N]`` targets."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def sampled_softmax_sum(
+def sampled_softmax_losses(
     head: torch.Tensor,
     targets: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
     negatives: NegativeSample,
 ) -> torch.Tensor:
-    """Summed log-Q-corrected sampled-softmax cross-entropy, the target at index 0 of each row.
+    """Per-row log-Q-corrected sampled-softmax cross-entropy, the target at index 0 of each row.
 
     Args:
         head: ``[N, H]`` hidden states after the head's transform (what meets the item table).
@@ -125,7 +128,7 @@ def sampled_softmax_sum(
         negatives: S negatives shared by the N rows, and their proposal.
 
     Returns:
-        A scalar: the sum over rows (0 for no rows), so chunks add up to the whole.
+        ``[N]`` losses, one per row (chunks concatenate to the whole).
     """
     ids = negatives.ids  # [S]
     negative_logits = F.linear(head, weight[ids], bias[ids]).float()  # [N, S]
@@ -135,7 +138,7 @@ def sampled_softmax_sum(
     hits = targets[:, None] == ids[None, :]  # [N, S]: a negative that is the row's target
     negative_logits = negative_logits.masked_fill(hits, float("-inf"))
     logits = torch.cat([target_logits[:, None], negative_logits], dim=1)  # [N, 1 + S]
-    return F.cross_entropy(logits, targets.new_zeros(len(targets)), reduction="sum")
+    return F.cross_entropy(logits, targets.new_zeros(len(targets)), reduction="none")
 
 
 def rows_per_chunk(max_logits: int, width: int, rows: int) -> int:
@@ -144,21 +147,36 @@ def rows_per_chunk(max_logits: int, width: int, rows: int) -> int:
     return max(1, max_logits // width) if max_logits else max(1, rows)
 
 
-def chunked_sum(
-    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+def chunked_losses(
+    row_losses: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     hidden: torch.Tensor,
     targets: torch.Tensor,
     rows: int,
 ) -> torch.Tensor:
-    """``loss_sum(hidden, targets)`` summed over chunks of ``rows`` rows.
+    """``row_losses(hidden, targets)`` (``[N]``) computed over chunks of ``rows`` rows.
 
     With more than one chunk, each is wrapped in ``torch.utils.checkpoint``: its logits are
     freed after the forward and recomputed in the backward pass, so only one chunk's exist at a
     time. The result (and its gradient) is the same as in one piece; only memory and time differ.
     """
     if len(targets) <= rows:
-        return loss_sum(hidden, targets)
-    return sum(
-        checkpoint(loss_sum, h, t, use_reentrant=False)
-        for h, t in zip(hidden.split(rows), targets.split(rows), strict=True)
+        return row_losses(hidden, targets)
+    return torch.cat(
+        [
+            checkpoint(row_losses, h, t, use_reentrant=False)
+            for h, t in zip(hidden.split(rows), targets.split(rows), strict=True)
+        ]
     )
+
+
+def truncated_sum(losses: torch.Tensor, drop_share: float) -> torch.Tensor:
+    """The sum of ``[N]`` losses without the ``drop_share`` largest (Truncated Cross-Entropy,
+    Wang et al., WSDM'21): in implicit feedback, the positions a model finds least probable
+    are the likeliest noise (an accidental click), and clean ones are learned first, so
+    leaving out the hardest share of each batch once the model has warmed up keeps noise from
+    being memorised. ``drop_share`` 0 is the plain sum."""
+    dropped = int(drop_share * len(losses))
+    if dropped <= 0:
+        return losses.sum()
+    kept = len(losses) - dropped
+    return torch.topk(losses, kept, largest=False, sorted=False).values.sum()

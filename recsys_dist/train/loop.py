@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint, verify
-from recsys_dist.config import Config, config_from_dict
+from recsys_dist.config import Config, TrainConfig, config_from_dict
 from recsys_dist.data.batching import training_inputs
 from recsys_dist.data.catalogue import category_peers, read_categories
 from recsys_dist.data.vocab import Vocabulary
@@ -321,15 +321,16 @@ def _train_epoch(
     rng = np.random.default_rng(seed)  # masks and negatives
     torch.manual_seed(seed)  # dropout: an epoch after a restart draws what it drew before
     batches_left = batches.epoch(seed)
+    drop = denoise_share(config.train, progress.epoch)
     total_loss, steps, sequences, checksum = 0.0, 0, 0, 0
     while True:
         batch = next(batches_left, None)
         if not _any_rank(batch is not None, device):
             break
         if batch is None:
-            _train_step(engine, placeholder_batch(), config, rng, device, weight=0.0)
+            _train_step(engine, placeholder_batch(), config, rng, device, 0.0, drop)
         else:
-            total_loss += _train_step(engine, batch, config, rng, device, weight=1.0)
+            total_loss += _train_step(engine, batch, config, rng, device, 1.0, drop)
             steps += 1
             sequences += len(batch[schema.ITEMS])
             checksum = (checksum + sequence_checksum(batch)) % CHECKSUM_MODULUS
@@ -338,7 +339,15 @@ def _train_epoch(
     return EpochStats(total_loss / max(1, steps), sequences, checksum)
 
 
-def _train_step(engine, batch: dict, config: Config, rng, device, weight: float) -> float:
+def denoise_share(train: TrainConfig, epoch: int) -> float:
+    """The share of each batch's hardest positions left out in ``epoch`` (0-based): none at
+    first, while the model learns what is clean, then growing to ``train.denoise_drop``."""
+    return train.denoise_drop * min(1.0, epoch / train.denoise_warmup_epochs)
+
+
+def _train_step(
+    engine, batch: dict, config: Config, rng, device, weight: float, drop: float = 0.0
+) -> float:
     """Forward, backward and optimizer step on one batch; returns its (unweighted) loss."""
     inputs = training_inputs(
         batch,
@@ -364,6 +373,7 @@ def _train_step(engine, batch: dict, config: Config, rng, device, weight: float)
         age_buckets=None if ages is None else torch.as_tensor(ages, device=device),
         rating_buckets=_tensor(inputs.rating_buckets, device),
         rating_labels=_tensor(inputs.rating_labels, device),
+        drop_hardest=drop,
     )
     loss = output.loss
     if output.rating_loss is not None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from recsys_dist.config import ConfigError, ModelConfig, TrainConfig, load_config
 from recsys_dist.model import Bert4Rec, NegativeSample, sample_negatives
-from recsys_dist.model.losses import sampled_softmax_sum
+from recsys_dist.model.losses import sampled_softmax_losses, truncated_sum
 from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
 
 from .tiny import BUCKETS, MAX_LEN, VOCAB, batch, tiny_config
@@ -104,11 +104,13 @@ def test_accidental_hits_are_masked_and_every_logit_is_log_q_corrected():
     targets = torch.tensor([3, 4, 9])
     ids = torch.tensor([3, 4, 5, 5, 4])  # drawn with replacement: repeats are separate draws
     log_q = torch.log(torch.rand(VOCAB, generator=gen) + 0.1)
-    got = sampled_softmax_sum(head, targets, weight, bias, NegativeSample(ids, log_q))
+    got = sampled_softmax_losses(head, targets, weight, bias, NegativeSample(ids, log_q)).sum()
     torch.testing.assert_close(got, reference_loss(head, targets, weight, bias, ids, log_q))
     # A negative equal to every row's target changes nothing: it is masked, never scored.
     same = torch.tensor([3, 3])
-    alone = sampled_softmax_sum(head[:1], targets[:1], weight, bias, NegativeSample(same, log_q))
+    alone = sampled_softmax_losses(
+        head[:1], targets[:1], weight, bias, NegativeSample(same, log_q)
+    ).sum()
     assert alone.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -202,3 +204,10 @@ def test_train_loss_and_negatives_reach_the_training_step(model, loss):
         assert negatives is None
     else:
         assert negatives.ids.shape == (7,) and negatives.log_q.dim() == 0
+
+
+def test_the_truncated_loss_leaves_out_the_hardest_share():
+    losses = torch.tensor([0.5, 4.0, 1.0, 9.0, 2.0])
+    assert truncated_sum(losses, 0.0) == losses.sum()
+    assert truncated_sum(losses, 0.4) == 0.5 + 1.0 + 2.0  # 9 and 4 left out
+    assert truncated_sum(losses, 0.1) == losses.sum()  # less than one row: nothing dropped

@@ -1,0 +1,42 @@
+"""bench/noise.py's injection: noise lands in the training part only, the share asked for."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys_dist import schema
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "noise.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_noise", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_noise_is_the_share_asked_and_never_among_the_held_out_events(tmp_path):
+    bench = load_bench()
+    users = np.repeat(["a", "b"], [22, 12])
+    events = pa.table(
+        {
+            schema.USER_ID: users,
+            schema.ITEM_ID: [f"i{n}" for n in range(34)],
+            schema.TIMESTAMP: np.r_[np.arange(22) * 100, np.arange(12) * 50].astype(np.int64),
+        }
+    )
+    added = bench.write_noisy(events, 0.5, tmp_path, np.random.default_rng(0))
+    assert added == 10 + 5  # half of each user's 20 and 10 training events
+    written = pq.read_table(tmp_path / schema.EVENTS_DIR).to_pandas()
+    assert len(written) == 34 + added
+    for user, group in written.groupby(schema.USER_ID):
+        original = events.filter(pa.compute.equal(events[schema.USER_ID], user)).to_pandas()
+        held_out = original[schema.TIMESTAMP].to_numpy()[-2]
+        noise = group[~group[schema.ITEM_ID].isin(original[schema.ITEM_ID])]
+        assert (noise[schema.TIMESTAMP] < held_out).all()  # the last two stay the last two
