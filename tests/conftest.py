@@ -312,7 +312,7 @@ def _export_untrained(prepared: str, run: str, config) -> None:
     import torch
 
     from recsys_dist import checkpoint, run_layout, schema, storage
-    from recsys_dist.data.prepared import load_manifest
+    from recsys_dist.data.prepared import load_manifest, rating_scale
     from recsys_dist.model import Bert4Rec, Bert4RecConfig
     from recsys_dist.train.loop import Progress, checkpoint_state, write_metrics
     from recsys_dist.train.trainer import start_run
@@ -322,7 +322,7 @@ def _export_untrained(prepared: str, run: str, config) -> None:
     with torch.random.fork_rng():  # deterministic weights; the session's RNG is left alone
         torch.manual_seed(config.train.seed)
         model_config = Bert4RecConfig.from_model_config(
-            config.model, manifest["vocab_size"], config.data.max_len
+            config.model, manifest["vocab_size"], config.data.max_len, rating_scale(manifest)
         )
         model = Bert4Rec(model_config)
     progress = Progress()

@@ -85,19 +85,25 @@ def read_split(prepared_dir: str, split: str, targets_after: int = 0) -> ray.dat
     return rows
 
 
-def stored_histories(prepared_dir: str) -> Iterator[tuple[str, list[str], list[int]]]:
-    """Every user's stored history as raw item ids and times (user id, items, times), one
-    bucket file at a time, so memory does not grow with the dataset: what the online store
-    is seeded with."""
+def stored_histories(
+    prepared_dir: str,
+) -> Iterator[tuple[str, list[str], list[int], list[float | None]]]:
+    """Every user's stored history as raw item ids, times and ratings (``None``: unrated;
+    an empty list when the dataset has no ratings), one bucket file at a time, so memory does
+    not grow with the dataset: what the online store is seeded with."""
     vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+    rated = rating_scale(load_manifest(prepared_dir)) is not None
+    columns = [*_SPLIT_COLUMNS, schema.RATINGS] if rated else _SPLIT_COLUMNS
     for path in storage.list_files(storage.join(prepared_dir, schema.USERS_DIR), ".parquet"):
         with storage.open_input(path) as handle:
-            users = pq.read_table(handle, columns=_SPLIT_COLUMNS)
+            users = pq.read_table(handle, columns=columns)
         items = vocab.to_item_ids(pc.list_flatten(users.column(schema.ITEMS)).to_numpy())
         offsets = np.r_[0, np.cumsum(pc.list_value_length(users.column(schema.ITEMS)))]
         ids, times = items.to_pylist(), users.column(schema.TIMESTAMPS).to_pylist()
+        ratings = users.column(schema.RATINGS).to_pylist() if rated else None
         for i, user in enumerate(users.column(schema.USER_ID).to_pylist()):
-            yield user, ids[offsets[i] : offsets[i + 1]], times[i]
+            mine = [None if r != r else r for r in ratings[i]] if ratings else []  # NaN: none
+            yield user, ids[offsets[i] : offsets[i + 1]], times[i], mine
 
 
 def _targets_after(rows: pa.Table, since: int) -> pa.Table:

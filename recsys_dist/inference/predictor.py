@@ -25,15 +25,19 @@ RECOMMENDED = "recommended"  # list<string>: top-K raw item ids, best first
 SCORES = "scores"  # list<float>: their scores
 UNKNOWN_ITEMS = "unknown_items"  # int: history events whose item the model does not know
 QUERY_TIME = "query_time"  # optional int64 input: when the recommendation is asked for
+PREDICTED_RATINGS = "predicted_ratings"  # list<float>: predicted rating of each recommended item
+RANK_BY = ("score", "rating")  # next-item score (default), or predicted rating (a rated model)
 
 
 @dataclass
 class Recommendations:
-    """Top-K per row, best first, and how many history events the model did not know."""
+    """Top-K per row, best first, and how many history events the model did not know;
+    ``ratings``: the predicted rating of each item (a model with a rating head)."""
 
     item_ids: list[list[str]]
-    scores: list[np.ndarray]  # float32 per row
+    scores: list[np.ndarray]  # float32 per row: what the row was ranked by
     unknown_items: np.ndarray  # int64 [rows]
+    ratings: list[np.ndarray] | None = None  # float32 per row
 
 
 class Recommender:
@@ -44,7 +48,9 @@ class Recommender:
     :meth:`recommend` is the same scoring with per-row options, for the online service.
     """
 
-    def __init__(self, model_dir: str, k: int = 10, exclude_seen: bool = True) -> None:
+    def __init__(
+        self, model_dir: str, k: int = 10, exclude_seen: bool = True, rank_by: str = "score"
+    ) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_checkpoint(model_dir, map_location=str(self.device))
         self.model = loaded.model.to(self.device).eval()
@@ -53,20 +59,32 @@ class Recommender:
         self.k = min(k, self.vocab.num_items)
         self.exclude_seen = exclude_seen
         self.model_version = model_version(loaded.state, model_dir)
+        self.rating_scale = self.model.config.rating_scale()
+        if rank_by == "rating" and self.rating_scale is None:
+            raise ValueError(f"{model_dir}: the model has no rating head to rank by rating")
+        self.rank_by = rank_by
+
+    @property
+    def predicts_ratings(self) -> bool:
+        return self.rating_scale is not None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        query = batch.get(QUERY_TIME)
+        query, ratings = batch.get(QUERY_TIME), batch.get(schema.RATINGS)
         found = self.recommend(
             [list(ids) for ids in batch[schema.ITEM_IDS]],
             [np.asarray(t, np.int64) for t in batch[schema.TIMESTAMPS]],
             query_times=np.asarray(query, np.int64) if query is not None else None,
+            ratings=None if ratings is None else [np.asarray(r, np.float32) for r in ratings],
         )
-        return {
+        out = {
             schema.USER_ID: np.asarray(batch[schema.USER_ID]),
             RECOMMENDED: _object_rows(found.item_ids),
             SCORES: _object_rows(found.scores),
             UNKNOWN_ITEMS: found.unknown_items,
         }
+        if found.ratings is not None:
+            out[PREDICTED_RATINGS] = _object_rows(found.ratings)
+        return out
 
     @torch.no_grad()
     def recommend(
@@ -78,17 +96,30 @@ class Recommender:
         exclude_seen: Sequence[bool] | None = None,
         allow: Sequence[Sequence[str] | None] | None = None,
         deny: Sequence[Sequence[str] | None] | None = None,
+        ratings: Sequence[np.ndarray] | None = None,
+        rank_by: Sequence[str] | None = None,
     ) -> Recommendations:
         """Top-``ks[i]`` items for every history ``i`` (raw ids, oldest first).
 
         ``query_times`` default to each history's last time. ``allow`` limits a row to those
-        items, ``deny`` removes items; both take raw ids and ignore unknown ones.
+        items, ``deny`` removes items; both take raw ids and ignore unknown ones. ``ratings``:
+        the histories' ratings (NaN: none), read by a model with a rating head. ``rank_by``
+        per row: ``"score"`` (next-item score) or ``"rating"`` (predicted rating).
         """
         rows = len(item_ids)
-        histories, times, unknown = self._index_histories(item_ids, timestamps)
+        histories, times, rated, unknown = self._index_histories(item_ids, timestamps, ratings)
         if query_times is None:
             query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
-        scores = self._scores(histories, times, query_times)
+        states = self._states(histories, times, query_times, rated)
+        scores = self._from_states(states)
+        predicted = self.model.ratings_of(states).float() if self.predicts_ratings else None
+        for row, key in enumerate(rank_by or [self.rank_by] * rows):
+            if key == "rating":
+                if predicted is None:
+                    raise ValueError("the model has no rating head to rank by rating")
+                scores[row, schema.NUM_SPECIAL_TOKENS :] = predicted[
+                    row, schema.NUM_SPECIAL_TOKENS :
+                ]
         exclude = exclude_seen if exclude_seen is not None else [self.exclude_seen] * rows
         masked = [
             h if e else np.zeros(0, np.int64) for h, e in zip(histories, exclude, strict=True)
@@ -99,11 +130,46 @@ class Recommender:
         top = torch.topk(scores, max(ks), dim=1)
         values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
         kept = [np.isfinite(values[r, : ks[r]]) for r in range(rows)]  # filters may leave < k
+        chosen = [indices[r, : ks[r]][kept[r]] for r in range(rows)]
+        rated_items = None
+        if predicted is not None:
+            predicted = predicted.cpu().numpy()
+            rated_items = [predicted[r, chosen[r]] for r in range(rows)]
         return Recommendations(
-            [self.vocab.to_item_ids(indices[r, : ks[r]][kept[r]]).to_pylist() for r in range(rows)],
+            [self.vocab.to_item_ids(chosen[r]).to_pylist() for r in range(rows)],
             [values[r, : ks[r]][kept[r]] for r in range(rows)],
             unknown,
+            rated_items,
         )
+
+    @torch.no_grad()
+    def rate(
+        self,
+        item_ids: Sequence[Sequence[str]],
+        timestamps: Sequence[np.ndarray],
+        candidates: Sequence[Sequence[str]],
+        query_times: np.ndarray | None = None,
+        ratings: Sequence[np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Predicted ratings of each row's ``candidates`` (raw ids) after its history; NaN for
+        an item the model does not know.
+
+        Raises:
+            ValueError: If the model has no rating head.
+        """
+        if not self.predicts_ratings:
+            raise ValueError("the model has no rating head (it was trained without ratings)")
+        histories, times, rated, _ = self._index_histories(item_ids, timestamps, ratings)
+        if query_times is None:
+            query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
+        states = self._states(histories, times, query_times, rated)
+        predicted = self.model.ratings_of(states).float().cpu().numpy()  # [B, V]
+        out = []
+        for row, items in enumerate(candidates):
+            indices = self.vocab.lookup(list(items))
+            known = indices >= schema.NUM_SPECIAL_TOKENS
+            out.append(np.where(known, predicted[row, np.where(known, indices, 0)], np.nan))
+        return [row.astype(np.float32) for row in out]
 
     @torch.no_grad()
     def next_item_scores(
@@ -112,10 +178,10 @@ class Recommender:
         """``[B, vocab]`` next-item logits of each history (item *indices* in), ``-inf`` at PAD
         and MASK: a softmax of them, at some temperature, is what interest forecasts sum by
         group."""
-        return self._scores(histories, times, query_times)
+        return self._from_states(self._states(histories, times, query_times))
 
-    def _scores(self, histories, times, query_times: np.ndarray) -> torch.Tensor:
-        """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""
+    def _states(self, histories, times, query_times: np.ndarray, ratings=None) -> torch.Tensor:
+        """``[B, H]`` query states: what both the next-item scores and the ratings read."""
         config = self.model.config
         inputs = prediction_inputs(
             histories,
@@ -124,13 +190,20 @@ class Recommender:
             config.max_len,
             config.num_time_buckets,
             config.use_event_ages,
+            ratings,
+            self.rating_scale,
         )
-        ages = inputs.age_buckets
-        scores = self.model.score_next(
+        ages, rated = inputs.age_buckets, inputs.rating_buckets
+        return self.model.query_state(
             torch.as_tensor(inputs.items, device=self.device),
             torch.as_tensor(inputs.time_buckets, device=self.device),
             None if ages is None else torch.as_tensor(ages, device=self.device),
-        ).float()
+            None if rated is None else torch.as_tensor(rated, device=self.device),
+        )
+
+    def _from_states(self, states: torch.Tensor) -> torch.Tensor:
+        """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""
+        scores = self.model.item_logits(states).float()
         scores[:, : schema.NUM_SPECIAL_TOKENS] = -np.inf
         return scores
 
@@ -148,16 +221,24 @@ class Recommender:
         indices = self.vocab.lookup(item_ids)
         return indices[indices >= schema.NUM_SPECIAL_TOKENS]
 
-    def _index_histories(self, item_ids, timestamps):
-        """Raw ids → indices per row, dropping (and counting) items outside the vocabulary."""
-        histories, times, unknown = [], [], []
-        for ids, row_times in zip(item_ids, timestamps, strict=True):
+    def _index_histories(self, item_ids, timestamps, ratings=None):
+        """Raw ids → indices per row, dropping (and counting) items outside the vocabulary;
+        the rows' ratings (if given) follow their events."""
+        histories, times, rated, unknown = [], [], [], []
+        for row, (ids, row_times) in enumerate(zip(item_ids, timestamps, strict=True)):
             indices = self.vocab.lookup(ids)
             known = indices >= schema.NUM_SPECIAL_TOKENS
             histories.append(indices[known])
             times.append(np.asarray(row_times, np.int64)[known])
+            if ratings is not None:
+                rated.append(np.asarray(ratings[row], np.float32)[known])
             unknown.append(int((~known).sum()))
-        return histories, times, np.asarray(unknown, np.int64)
+        return (
+            histories,
+            times,
+            rated if ratings is not None else None,
+            np.asarray(unknown, np.int64),
+        )
 
     def popular(
         self, k: int, exclude: Sequence[str] = (), allow: Sequence[str] | None = None

@@ -18,13 +18,12 @@ types to know a body from a query parameter.
 
 import asyncio
 import logging
-import math
 import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import ray
@@ -32,7 +31,7 @@ import torch
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 from ray import serve
 
 from recsys_dist import run_layout, schema, storage
@@ -40,7 +39,7 @@ from recsys_dist.config import ConfigError, InterestConfig, ServeConfig, config_
 from recsys_dist.data.catalogue import catalogue_dir, items_by_category, read_categories
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.inference.explain import explain
-from recsys_dist.inference.predictor import Recommender
+from recsys_dist.inference.predictor import RANK_BY, Recommender
 from recsys_dist.interests.forecast import Calibration, InterestAnalyzer
 from recsys_dist.interests.record import InterestRecord
 from recsys_dist.registry import Pointer, Registry, Version
@@ -72,9 +71,14 @@ IdList = Annotated[list[Id], Field(max_length=MAX_LIST_ITEMS)]
 UserPath = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_CHARS)]
 
 
+Rating = Annotated[float, Field(allow_inf_nan=False, description="the user's rating, if any")]
+RankBy = Literal[RANK_BY]
+
+
 class HistoryEvent(BaseModel):
     item_id: Id
     timestamp: int = Field(ge=0, description="seconds since the epoch")
+    rating: Rating | None = None
 
 
 class RecommendRequest(BaseModel):
@@ -93,6 +97,11 @@ class RecommendRequest(BaseModel):
         description="give each item the history events it owes its score to (one more "
         "forward pass over the history, leave-one-out)",
     )
+    rank_by: RankBy = Field(
+        default="score",
+        description="'score': the next-item score; 'rating': the predicted rating (a model "
+        "trained with ratings)",
+    )
 
 
 class Reason(BaseModel):
@@ -104,7 +113,10 @@ class Reason(BaseModel):
 
 class ScoredItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(description="what the items are ranked by (rank_by)")
+    rating: float | None = Field(
+        default=None, description="the predicted rating (a model trained with ratings)"
+    )
     because: list[Reason] | None = Field(
         default=None, description="with explain: the strongest events behind this item"
     )
@@ -122,14 +134,7 @@ class EventIn(BaseModel):
     item_id: Id
     timestamp: int = Field(ge=0, description="seconds since the epoch")
     event_type: Id | None = None
-    rating: float | None = None
-
-    @field_validator("rating")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("rating must be a finite number")
-        return value
+    rating: Rating | None = None
 
 
 class EventsRequest(BaseModel):
@@ -263,6 +268,8 @@ class _Query:
     exclude_seen: bool
     allow: list[str] | None
     deny: list[str] | None
+    ratings: list[float | None]
+    rank_by: str
 
 
 def _query_times(queries: list[_Query]) -> np.ndarray:
@@ -620,6 +627,8 @@ class RecommenderService:
             times.append(("query_time", body.query_time))
         self._check_times(times)
         served = self._served()
+        if body.rank_by == "rating" and not served.recommender.predicts_ratings:
+            raise HTTPException(422, "rank_by: the model was trained without ratings")
         allow = self._allowed(body, served)
         history = await self._history_of(body)
         if not len(history):
@@ -632,11 +641,13 @@ class RecommenderService:
             body.exclude_seen,
             allow,
             body.deny_items,
+            history.rating_list(),
+            body.rank_by,
         )
-        items, scores, unknown, version = await self._score(query)
+        items, scores, ratings, unknown, version = await self._score(query)
         if unknown == len(history):  # nothing the model knows: as good as no history
             return self._popular(body, allow, unknown, served)
-        answer = self._response(items, scores, False, unknown, version)
+        answer = self._response(items, scores, False, unknown, version, ratings)
         if body.explain:
             await self._explain(answer, history, body.query_time, served)
         return answer
@@ -692,14 +703,16 @@ class RecommenderService:
     async def _history_of(self, body: RecommendRequest) -> History:
         """The stored history of ``user_id`` (if any) with the request's own events merged."""
         stored = await self._stored(body.user_id) if body.user_id else None
-        extra = [Event("", e.item_id, e.timestamp) for e in body.history]
+        extra = [Event("", e.item_id, e.timestamp, rating=e.rating) for e in body.history]
         if not extra:
             return stored or History()
         return merge_events(stored or History(), extra, self.settings.max_history)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _score(self, queries: list[_Query]) -> list[tuple[list[str], np.ndarray, int, str]]:
+    async def _score(self, queries: list[_Query]) -> list[tuple]:
+        """Per query: items, scores, predicted ratings (or ``None``), unknown events, version."""
         model = self._served().recommender  # the whole batch on one version
+        ratings = [np.asarray(q.ratings, np.float32) for q in queries]  # None -> NaN: unrated
         found = await asyncio.to_thread(
             model.recommend,
             [q.item_ids for q in queries],
@@ -709,9 +722,13 @@ class RecommenderService:
             exclude_seen=[q.exclude_seen for q in queries],
             allow=[q.allow for q in queries],
             deny=[q.deny for q in queries],
+            ratings=ratings if model.predicts_ratings else None,
+            rank_by=[q.rank_by for q in queries],
         )
+        rated = found.ratings or [None] * len(queries)
+        unknown = found.unknown_items
         return [
-            (found.item_ids[i], found.scores[i], int(found.unknown_items[i]), model.model_version)
+            (found.item_ids[i], found.scores[i], rated[i], int(unknown[i]), model.model_version)
             for i in range(len(queries))
         ]
 
@@ -721,10 +738,14 @@ class RecommenderService:
             raise HTTPException(503, "no model loaded yet")
         return served
 
-    def _response(self, items, scores, fallback: bool, unknown: int, version: str):
+    def _response(self, items, scores, fallback: bool, unknown: int, version: str, ratings=None):
         self.metrics.recommended(fallback, unknown)
+        rated = [None] * len(items) if ratings is None else [float(r) for r in ratings]
         return RecommendResponse(
-            items=[ScoredItem(item_id=i, score=float(s)) for i, s in zip(items, scores)],
+            items=[
+                ScoredItem(item_id=i, score=float(s), rating=r)
+                for i, s, r in zip(items, scores, rated, strict=True)
+            ],
             model_version=version,
             fallback=fallback,
             unknown_items=unknown,

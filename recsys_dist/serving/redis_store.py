@@ -8,8 +8,9 @@ the operator's choice, made in the server's configuration, not here.
 Layout, all under ``prefix`` (the service's ``instance`` name, so services can share a server):
 
 * ``{prefix}:h:{user_id}``: a list, the user's history oldest first, one entry per event,
-  ``"<timestamp>:<item_id>"``. The timestamp is a decimal integer (it holds no ``:``), so the
-  first ``:`` ends it and an item id may contain anything, ``:`` included.
+  ``"<timestamp>:<item_id>"``, or ``"<timestamp>;<rating>:<item_id>"`` for a rated event. The
+  timestamp is a decimal integer and the rating a decimal number (neither holds a ``:``), so the
+  first ``:`` ends them and an item id may contain anything, ``:`` included.
 * ``{prefix}:users``: a set of every user with a history, so :meth:`RedisStore.num_users` counts
   this service's users only, without scanning the database.
 
@@ -46,7 +47,7 @@ _APPEND_SCRIPT = """
 local max_history = tonumber(ARGV[1])
 
 local function time_of(entry)
-  return tonumber(string.sub(entry, 1, string.find(entry, ':', 1, true) - 1))
+  return tonumber(string.match(entry, '^-?%d+'))
 end
 
 local function push(key, entries)
@@ -106,22 +107,24 @@ return 0
 """
 
 
-def _entry(timestamp: Any, item_id: str) -> str:
+def _entry(timestamp: Any, item_id: str, rating: float | None = None) -> str:
     """One stored event. Timestamps are checked here because the script compares them as
     doubles, and a value that silently lost precision would misorder a history."""
     time = int(timestamp)
     if abs(time) > MAX_TIMESTAMP:
         raise ValueError(f"timestamp {timestamp!r} is out of range (at most 2**53 in magnitude)")
-    return f"{time}:{item_id}"
+    return f"{time}:{item_id}" if rating is None else f"{time};{float(rating)!r}:{item_id}"
 
 
 def _history(entries: list[str]) -> History:
-    history = History()
+    items, times, ratings = [], [], []
     for entry in entries:
-        time, _, item = entry.partition(":")
-        history.item_ids.append(item)
-        history.timestamps.append(int(time))
-    return history
+        head, _, item = entry.partition(":")
+        time, _, rating = head.partition(";")
+        items.append(item)
+        times.append(int(time))
+        ratings.append(float(rating) if rating else None)
+    return History(items, times, ratings)
 
 
 class RedisStore(UserStore):
@@ -180,7 +183,8 @@ class RedisStore(UserStore):
         after the first call has loaded the script into the server)."""
         by_user: dict[str, list[str]] = {}
         for event in events:
-            by_user.setdefault(event.user_id, []).append(_entry(event.timestamp, event.item_id))
+            entry = _entry(event.timestamp, event.item_id, event.rating)
+            by_user.setdefault(event.user_id, []).append(entry)
         if not by_user:
             return
         keys = [self.users_key]
@@ -202,7 +206,10 @@ class RedisStore(UserStore):
         chunk_entries = 0
         for user, history in users:
             ordered = merge_events(history, (), self.max_history)
-            entries = [_entry(t, i) for i, t in zip(ordered.item_ids, ordered.timestamps)]
+            entries = [
+                _entry(t, i, r)
+                for i, t, r in zip(ordered.item_ids, ordered.timestamps, ordered.rating_list())
+            ]
             chunk.append((user, entries))
             chunk_entries += len(entries)
             if (

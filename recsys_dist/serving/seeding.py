@@ -37,8 +37,8 @@ class SeedSource:
 
     def histories(self) -> Iterator[tuple[str, History]]:
         """Every user of the prepared dataset, one bucket file at a time."""
-        for user, items, times in stored_histories(self.prepared_dir):
-            yield user, History(items, times)
+        for user, items, times, ratings in stored_histories(self.prepared_dir):
+            yield user, History(items, times, ratings)
 
     def logged_events(self) -> Iterator[list[Event]]:
         """The events of each event-log file the dataset has not taken, in arrival order

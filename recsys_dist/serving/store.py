@@ -46,13 +46,23 @@ class Event:
 
 @dataclass
 class History:
-    """A user's recent events, oldest first."""
+    """A user's recent events, oldest first; ``ratings`` aligned with them (``None``: the
+    event has none), or empty when no event was given one."""
 
     item_ids: list[str] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
+    ratings: list[float | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not any(r is not None for r in self.ratings):  # one spelling of "none rated"
+            self.ratings = []
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def rating_list(self) -> list[float | None]:
+        """One rating (or ``None``) per event, whether or not any was given."""
+        return self.ratings if len(self.ratings) == len(self.item_ids) else [None] * len(self)
 
 
 class UserStore(abc.ABC):
@@ -87,11 +97,15 @@ class UserStore(abc.ABC):
 def merge_events(history: History, events: Sequence[Event], max_history: int) -> History:
     """``history`` plus ``events``, ordered by time (ties: history first, then arrival order),
     cut to the most recent ``max_history``. The one ordering rule every backend applies."""
-    pairs = list(zip(history.timestamps, history.item_ids, strict=True))
-    pairs += [(e.timestamp, e.item_id) for e in events]
-    pairs.sort(key=lambda pair: pair[0])  # stable: equal times keep their order
-    pairs = pairs[-max_history:]
-    return History([item for _, item in pairs], [time for time, _ in pairs])
+    events_of = list(zip(history.timestamps, history.item_ids, history.rating_list(), strict=True))
+    events_of += [(e.timestamp, e.item_id, e.rating) for e in events]
+    events_of.sort(key=lambda event: event[0])  # stable: equal times keep their order
+    events_of = events_of[-max_history:]
+    return History(
+        [item for _, item, _ in events_of],
+        [time for time, _, _ in events_of],
+        [rating for _, _, rating in events_of],
+    )
 
 
 class _Histories:

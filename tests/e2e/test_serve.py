@@ -129,6 +129,19 @@ def test_recommends_for_known_and_unknown_users(trained, service):
         for reason in item["because"]:
             assert (reason["item_id"], reason["timestamp"]) in events_read
             assert reason["weight"] > 0 and 0 < reason["share"] <= 1
+    # The generated purchases carry ratings: every item gets its predicted rating, and can be
+    # ranked by it; ratings in a request's history are read too.
+    assert all(1 <= item["rating"] <= 5 for item in known["items"])
+    by_rating = recommend(url, user_id=user, k=5, rank_by="rating")
+    rated = [item["rating"] for item in by_rating["items"]]
+    assert rated == sorted(rated, reverse=True) and len(rated) == 5
+    assert [i["score"] for i in by_rating["items"]] == pytest.approx(rated)
+    first = sorted(seen)[0]
+    low, high = (
+        recommend(url, history=[{"item_id": first, "timestamp": 10, "rating": r}], k=3)
+        for r in (1.0, 5.0)
+    )
+    assert [i["rating"] for i in low["items"]] != [i["rating"] for i in high["items"]]
 
 
 def test_events_move_recommendations_to_the_new_interest(trained, service):
@@ -190,6 +203,13 @@ def test_bad_requests_get_the_right_status(service):
     huge = httpx.post(f"{url}/v1/recommend", json={"user_id": "u" * config.max_body_bytes})
     assert huge.status_code == 413
     assert httpx.get(f"{url}/v1/users/nobody/history").status_code == 404
+    nan = b'{"history": [{"item_id": "x", "timestamp": 1, "rating": NaN}]}'
+    bad_rating = httpx.post(
+        f"{url}/v1/recommend", content=nan, headers={"content-type": "application/json"}
+    )
+    assert bad_rating.status_code == 422 and "rating" in bad_rating.text
+    wrong_rank = httpx.post(f"{url}/v1/recommend", json={"user_id": "u", "rank_by": "votes"})
+    assert wrong_rank.status_code == 422 and "rank_by" in wrong_rank.text
     long_id = "u" * (app.MAX_ID_CHARS + 1)
     assert httpx.post(f"{url}/v1/recommend", json={"user_id": long_id}).status_code == 422
     assert httpx.get(f"{url}/v1/users/{long_id}/history").status_code == 422

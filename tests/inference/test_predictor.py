@@ -9,6 +9,7 @@ import pytest
 
 from recsys_dist import run_layout, schema
 from recsys_dist.inference.predictor import (
+    PREDICTED_RATINGS,
     RECOMMENDED,
     SCORES,
     UNKNOWN_ITEMS,
@@ -52,7 +53,7 @@ def batch_of(items: list[list[str]], times: list[np.ndarray]) -> dict[str, np.nd
 
 def test_a_batch_gets_k_items_per_row_best_first(recommender, histories):
     out = recommender(batch_of(*histories))
-    assert set(out) == {schema.USER_ID, RECOMMENDED, SCORES, UNKNOWN_ITEMS}
+    assert set(out) == {schema.USER_ID, RECOMMENDED, SCORES, UNKNOWN_ITEMS, PREDICTED_RATINGS}
     assert out[schema.USER_ID].tolist() == [f"u{r}" for r in range(ROWS)]
     assert len(out[RECOMMENDED]) == len(out[SCORES]) == ROWS
     assert out[UNKNOWN_ITEMS].tolist() == [0] * ROWS
@@ -128,3 +129,51 @@ def test_the_same_input_gives_the_same_output_and_version(model_dir, recommender
     assert recommender.model_version == model_version(recommender.state, model_dir)
     data_hash, epoch = recommender.state["data_hash"], recommender.state["metrics"]["epoch"]
     assert recommender.model_version == f"{data_hash[:8]}-epoch{epoch}"
+
+
+# --- ratings (the tiny run's generated purchases carry ratings: its model has a rating head) ---
+
+
+def test_a_rated_model_gives_each_recommendation_its_predicted_rating(recommender, histories):
+    assert recommender.predicts_ratings
+    out = recommender(batch_of(*histories))
+    low, high = recommender.model.config.rating_min, recommender.model.config.rating_max
+    for items, rated in zip(out[RECOMMENDED], out[PREDICTED_RATINGS], strict=True):
+        assert len(rated) == len(items) and ((low <= rated) & (rated <= high)).all()
+    again = recommender.rate(*histories, candidates=out[RECOMMENDED])
+    for rated, direct in zip(out[PREDICTED_RATINGS], again, strict=True):
+        np.testing.assert_allclose(rated, direct, rtol=1e-5)
+
+
+def test_ranking_by_rating_puts_the_highest_predicted_ratings_first(recommender, histories):
+    by_rating = recommender.recommend(*histories, rank_by=["rating"] * ROWS)
+    for scores, rated in zip(by_rating.scores, by_rating.ratings, strict=True):
+        np.testing.assert_allclose(scores, rated, rtol=1e-5)
+        assert (np.diff(rated) <= 1e-6).all()
+    everything = recommender.rate(
+        *histories, candidates=[recommender.vocab.item_ids.to_pylist()] * ROWS
+    )
+    for row, rated in enumerate(by_rating.ratings):
+        seen = set(histories[0][row])
+        unseen = [
+            r
+            for i, r in zip(recommender.vocab.item_ids.to_pylist(), everything[row])
+            if i not in seen
+        ]
+        assert rated[0] == pytest.approx(max(unseen), rel=1e-5)
+
+
+def test_ratings_of_the_history_change_the_prediction(recommender, histories):
+    items, times = histories
+    low = [np.full(len(row), 1.0, np.float32) for row in items]
+    high = [np.full(len(row), 5.0, np.float32) for row in items]
+    candidates = [row[:3] for row in items]
+    assert not np.allclose(
+        recommender.rate(items, times, candidates, ratings=low),
+        recommender.rate(items, times, candidates, ratings=high),
+    )
+
+
+def test_unknown_candidates_get_no_rating(recommender, histories):
+    rated = recommender.rate(*histories, candidates=[["never-seen", histories[0][0][0]]] * ROWS)
+    assert all(np.isnan(row[0]) and np.isfinite(row[1]) for row in rated)

@@ -24,7 +24,7 @@ def test_a_restarted_store_reseeds_from_the_dataset_and_the_event_log(tiny_run, 
         flush_seconds=3600.0,  # nothing is published unless someone flushes
     )
     run = str(tiny_run.run)
-    user, items, times = next(stored_histories(run_layout.prepared_dir_of(run)))
+    user, items, times, _ = next(stored_histories(run_layout.prepared_dir_of(run)))
     log = start_event_log(settings, run)
     posted = [Event(user, "posted-1", times[-1] + 10), Event("newcomer", "posted-2", 50)]
     ray.get(log.append.remote(posted))  # acknowledged before the store existed: WAL only

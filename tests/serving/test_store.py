@@ -309,6 +309,28 @@ def test_odd_item_and_user_ids_round_trip(store):
     run(scenario)
 
 
+def test_ratings_follow_their_events_through_appends_and_seeding(store):
+    """Rated and unrated events mix; ordering moves each rating with its event, and item ids
+    with ':' or ';' keep their rating apart (the Redis entry's format)."""
+
+    async def scenario():
+        async with store.open() as s:
+            await s.append([Event("u", "b:;x", 20, rating=4.5), Event("u", "a", 10)])
+            await s.append([Event("u", "c", 15, rating=1.0)])
+            found = await s.get("u")
+            assert list(zip(found.item_ids, found.ratings)) == [
+                ("a", None),
+                ("c", 1.0),
+                ("b:;x", 4.5),
+            ]
+            await s.seed([("v", History(["x", "y"], [2, 1], [3.0, None]))])
+            assert (await s.get("v")).ratings == [None, 3.0]  # put in time order
+            await s.append([Event("w", "z", 1)])
+            assert (await s.get("w")).ratings == []  # nothing rated
+
+    run(scenario)
+
+
 def test_a_new_replica_sees_earlier_writes(store):
     async def first_replica():
         async with store.open() as s:
