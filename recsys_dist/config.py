@@ -84,7 +84,9 @@ class ModelConfig:
     # rating of the item a position predicts with a head on the same encoder (MSE, weighted by
     # train.rating_weight), beside the next item. Data without ratings builds no head.
     rating_head: bool = True
-    num_rating_buckets: int = 10  # ratings enter as buckets of the data's [min, max] scale
+    # Ratings enter as buckets of the data's [min, max] scale: 9 hold 1-5 stars (whole or half)
+    # exactly, so the head's seen-ratings mean is exact too.
+    num_rating_buckets: int = 9
 
     def __post_init__(self) -> None:
         _check_choice("model.objective", self.objective, OBJECTIVES)

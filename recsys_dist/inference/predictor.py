@@ -110,9 +110,9 @@ class Recommender:
         histories, times, rated, unknown = self._index_histories(item_ids, timestamps, ratings)
         if query_times is None:
             query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
-        states = self._states(histories, times, query_times, rated)
+        states, prior = self._states(histories, times, query_times, rated)
         scores = self._from_states(states)
-        predicted = self.model.ratings_of(states).float() if self.predicts_ratings else None
+        predicted = self.model.ratings_of(states, prior).float() if self.predicts_ratings else None
         for row, key in enumerate(rank_by or [self.rank_by] * rows):
             if key == "rating":
                 if predicted is None:
@@ -162,8 +162,8 @@ class Recommender:
         histories, times, rated, _ = self._index_histories(item_ids, timestamps, ratings)
         if query_times is None:
             query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
-        states = self._states(histories, times, query_times, rated)
-        predicted = self.model.ratings_of(states).float().cpu().numpy()  # [B, V]
+        states, prior = self._states(histories, times, query_times, rated)
+        predicted = self.model.ratings_of(states, prior).float().cpu().numpy()  # [B, V]
         out = []
         for row, items in enumerate(candidates):
             indices = self.vocab.lookup(list(items))
@@ -178,10 +178,11 @@ class Recommender:
         """``[B, vocab]`` next-item logits of each history (item *indices* in), ``-inf`` at PAD
         and MASK: a softmax of them, at some temperature, is what interest forecasts sum by
         group."""
-        return self._from_states(self._states(histories, times, query_times))
+        return self._from_states(self._states(histories, times, query_times)[0])
 
-    def _states(self, histories, times, query_times: np.ndarray, ratings=None) -> torch.Tensor:
-        """``[B, H]`` query states: what both the next-item scores and the ratings read."""
+    def _states(self, histories, times, query_times: np.ndarray, ratings=None):
+        """``[B, H]`` query states, what both the next-item scores and the ratings read, and
+        the ``[B]`` rating priors of the histories."""
         config = self.model.config
         inputs = prediction_inputs(
             histories,
@@ -194,12 +195,16 @@ class Recommender:
             self.rating_scale,
         )
         ages, rated = inputs.age_buckets, inputs.rating_buckets
-        return self.model.query_state(
-            torch.as_tensor(inputs.items, device=self.device),
+        items = torch.as_tensor(inputs.items, device=self.device)
+        rated = None if rated is None else torch.as_tensor(rated, device=self.device)
+        states = self.model.query_state(
+            items,
             torch.as_tensor(inputs.time_buckets, device=self.device),
             None if ages is None else torch.as_tensor(ages, device=self.device),
-            None if rated is None else torch.as_tensor(rated, device=self.device),
+            rated,
         )
+        prior = self.model.query_rating_prior(rated, items) if self.predicts_ratings else None
+        return states, prior
 
     def _from_states(self, states: torch.Tensor) -> torch.Tensor:
         """``[B, vocab]`` next-item scores; PAD and MASK can never be recommended."""

@@ -77,10 +77,12 @@ class Bert4RecOutput:
 
 
 class RatingHead(nn.Module):
-    """Predicted rating of item ``j`` from a position's hidden state ``h``:
-    ``mean + user(h) + item_bias[j] + <proj(h), E[j]>`` with ``E`` the model's one item table,
-    so the rating and the next item are read off the same item vectors (matrix factorisation
-    whose user factor is the sequence state)."""
+    """Predicted rating of item ``j`` from a position's hidden state ``h`` and the mean ``m`` of
+    the ratings it has seen: ``mean + w * (m - mean) + user(h) + item_bias[j] + <proj(h), E[j]>``
+    with ``E`` the model's one item table, so the rating and the next item are read off the
+    same item vectors (matrix factorisation whose user factor is the sequence state). The
+    seen-ratings mean is the classic user-bias estimate, given outright rather than left for
+    attention to average out of the rating embeddings."""
 
     def __init__(self, config: Bert4RecConfig) -> None:
         super().__init__()
@@ -90,21 +92,26 @@ class RatingHead(nn.Module):
         self.item_bias = nn.Embedding(config.vocab_size, 1)
         # [1], not a 0-d scalar: DeepSpeed's broadcast of the weights views every one as bytes.
         self.mean = nn.Parameter(torch.full((1,), float(config.rating_mean)))
+        self.prior_weight = nn.Parameter(torch.ones(1))
         nn.init.normal_(self.proj.weight, std=config.initializer_range)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.user_bias.bias)
         nn.init.zeros_(self.item_bias.weight)
 
-    def of_items(self, hidden: torch.Tensor, items: torch.Tensor, table: torch.Tensor):
-        """``[N, H]`` states and ``[N]`` items → ``[N]`` predicted ratings."""
+    def of_items(self, hidden, items, table, prior) -> torch.Tensor:
+        """``[N, H]`` states, ``[N]`` items and ``[N]`` priors (seen mean - data mean) →
+        ``[N]`` predicted ratings."""
         factor = (self.proj(hidden) * table[items]).sum(-1)  # [N]
-        intercepts = self.mean + self.user_bias(hidden)[:, 0] + self.item_bias(items)[:, 0]
-        return intercepts + factor
+        return self._user(hidden, prior)[:, 0] + self.item_bias(items)[:, 0] + factor
 
-    def of_all(self, hidden: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """``[B, H]`` states → ``[B, V]`` predicted ratings of every vocabulary entry."""
+    def of_all(self, hidden: torch.Tensor, table: torch.Tensor, prior: torch.Tensor):
+        """``[B, H]`` states and ``[B]`` priors → ``[B, V]`` ratings of every vocabulary entry."""
         factor = self.proj(hidden) @ table.T  # [B, V]
-        return self.mean + self.user_bias(hidden) + self.item_bias.weight[:, 0] + factor
+        return self._user(hidden, prior) + self.item_bias.weight[:, 0] + factor
+
+    def _user(self, hidden: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """``[N, 1]``: the intercept, the seen-ratings prior and the state's user bias."""
+        return self.mean + self.prior_weight * prior[:, None] + self.user_bias(hidden)
 
 
 def bert_config(config: Bert4RecConfig) -> BertConfig:
@@ -229,7 +236,8 @@ class Bert4Rec(nn.Module):
         hidden, targets = hidden[selected], labels[selected]  # [N, H], [N]
         rating_loss = None
         if self.rating_head is not None and rating_labels is not None:
-            rating_loss = self._rating_mse(hidden, targets, rating_labels[selected])
+            prior = self.rating_prior(rating_buckets, items)[selected]  # [N]
+            rating_loss = self._rating_mse(hidden, targets, rating_labels[selected], prior)
         if negatives is None:
             width, loss_fn = self.config.vocab_size, self._cross_entropies
         else:
@@ -248,7 +256,7 @@ class Bert4Rec(nn.Module):
         return Bert4RecOutput(loss=loss, logits=logits, rating_loss=rating_loss)
 
     def _rating_mse(
-        self, hidden: torch.Tensor, targets: torch.Tensor, ratings: torch.Tensor
+        self, hidden: torch.Tensor, targets: torch.Tensor, ratings: torch.Tensor, prior
     ) -> torch.Tensor:
         """Mean squared error of the rated ones among ``[N]`` targets (0 if none is rated).
 
@@ -256,7 +264,7 @@ class Bert4Rec(nn.Module):
         parameters get a gradient every step, as DeepSpeed's all-reduce expects.
         """
         rated = ~torch.isnan(ratings)  # [N]
-        predicted = self.rating_head.of_items(hidden, targets, self.item_embedding.weight)
+        predicted = self.rating_head.of_items(hidden, targets, self.item_embedding.weight, prior)
         errors = torch.where(rated, predicted - ratings.nan_to_num(), 0.0)  # [N]
         return errors.square().sum() / rated.sum().clamp(min=1)
 
@@ -314,14 +322,36 @@ class Bert4Rec(nn.Module):
             ValueError: If the model has no rating head.
         """
         state = self.query_state(items, time_buckets, age_buckets, rating_buckets)  # [B, H]
-        return self.ratings_of(state)
+        return self.ratings_of(state, self.query_rating_prior(rating_buckets, items))
 
-    def ratings_of(self, state: torch.Tensor) -> torch.Tensor:
-        """``[B, H]`` query states → ``[B, V]`` predicted ratings, clipped to the scale."""
+    def ratings_of(self, state: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """``[B, H]`` query states and their ``[B]`` priors (:meth:`query_rating_prior`) →
+        ``[B, V]`` predicted ratings, clipped to the scale."""
         if self.rating_head is None:
             raise ValueError("this model has no rating head (trained without ratings)")
-        ratings = self.rating_head.of_all(state, self.item_embedding.weight)  # [B, V]
+        ratings = self.rating_head.of_all(state, self.item_embedding.weight, prior)  # [B, V]
         return ratings.clamp(self.config.rating_min, self.config.rating_max)
+
+    def rating_prior(self, rating_buckets: torch.Tensor | None, items: torch.Tensor):
+        """``[B, L]``: the mean of the ratings each position has seen, minus the data's mean
+        (0 where none is seen): a causal position has seen the events up to itself, a cloze
+        one every unmasked event of its sequence."""
+        if rating_buckets is None:
+            return torch.zeros(items.shape, device=items.device)
+        config = self.config
+        rated = (rating_buckets > 0).float()  # [B, L]
+        step = (config.rating_max - config.rating_min) / max(config.num_rating_buckets - 1, 1)
+        values = (config.rating_min + (rating_buckets - 1).clamp(min=0) * step) * rated
+        if config.objective == "causal":
+            sums, counts = values.cumsum(1), rated.cumsum(1)  # [B, L]
+        else:
+            sums, counts = (t.sum(1, keepdim=True).expand_as(t) for t in (values, rated))
+        means = sums / counts.clamp(min=1)
+        return torch.where(counts > 0, means - config.rating_mean, 0.0)
+
+    def query_rating_prior(self, rating_buckets: torch.Tensor | None, items: torch.Tensor):
+        """``[B]``: the prior at the query (the MASK has no rating): every rated history event's."""
+        return self.rating_prior(rating_buckets, items)[:, -1]  # the last has seen them all
 
     def query_state(
         self,

@@ -100,3 +100,16 @@ def test_a_rated_model_round_trips(tmp_path):
         loaded.predict_ratings(items, buckets, rating_buckets=rated),
     )
     assert loaded.config.rating_scale() == model.config.rating_scale()
+
+
+def test_the_rating_prior_is_the_mean_of_the_ratings_seen_so_far():
+    """Causal: position t has seen the ratings up to itself; cloze: every unmasked one."""
+    causal = rated_model()  # scale 1-5 in 5 buckets: bucket b is rating b; data mean 3
+    buckets = torch.tensor([[0, 5, 0, 1, 3]])
+    items = torch.tensor([[0, 4, 5, 6, 7]])
+    prior = causal.rating_prior(buckets, items)
+    torch.testing.assert_close(prior, torch.tensor([[0.0, 2.0, 2.0, 0.0, 0.0]]))  # 5, 5, 3, 3
+    assert causal.query_rating_prior(buckets, items).tolist() == [0.0]
+    cloze = Bert4Rec(tiny_config(objective="cloze", rating_mean=3.0, **RATED))
+    assert cloze.rating_prior(buckets, items).tolist() == [[0.0] * 5]  # (5 + 1 + 3) / 3 = 3
+    assert cloze.rating_prior(None, items).tolist() == [[0.0] * 5]
