@@ -33,6 +33,7 @@ from recsys_dist import schema, storage
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import UserInputError
 from recsys_dist.model import Bert4Rec
+from recsys_dist.model.quantize import load_model
 
 # The checkpoint's own name; config.json and model.safetensors are the model's (model/),
 # vocab.parquet the schema's, and where a run keeps its export is run_layout's.
@@ -119,7 +120,7 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> LoadedM
         raise FileNotFoundError(f"{directory}: not a recsys_dist checkpoint (no {STATE_FILE})")
     with storage.local_dir(directory) as local:
         verify(local, directory)
-        model = Bert4Rec.load(local, map_location=map_location)
+        model = load_model(local, map_location=map_location)  # fp32, or int8 (model/quantize.py)
         vocab = Vocabulary.load(storage.join(local, schema.VOCAB_FILE))
         state = storage.read_json(storage.join(local, STATE_FILE))
     if vocab.size != model.config.vocab_size:
