@@ -5,7 +5,10 @@ evaluation (full catalogue, against the popularity baseline); the interest-forec
 ``RUN/interests.json`` (evaluated first when missing); trajectories and drift from analysing
 every user (Ray Data), of which a sample is drawn: the users with the strongest change points
 and a seeded random few, so the page shows both drift and the ordinary. The sampled users are
-the analysis' own :class:`InterestRecord` rows, read back from ``interests.parquet``.
+the analysis' own :class:`InterestRecord` rows, read back from ``interests.parquet``. Each
+sampled user's top recommendations after their whole stored history come with the events
+they owe their scores to (``inference/explain.py``), named by catalogue title where the
+catalogue has one.
 """
 
 from __future__ import annotations
@@ -13,20 +16,29 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import STATE_FILE
 from recsys_dist.config import Config
+from recsys_dist.data.catalogue import catalogue_dir
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.evaluate import evaluate_run
-from recsys_dist.inference.predictor import model_version
+from recsys_dist.inference.explain import explain_many
+from recsys_dist.inference.predictor import Recommender, model_version
 from recsys_dist.interests.evaluate import evaluate_interests
 from recsys_dist.interests.offline import GROUPS_FILE, INTERESTS_PARQUET, analyse_users
 from recsys_dist.interests.record import InterestRecord
-from recsys_dist.report.data import ReportData
+from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
+
+RECOMMENDATIONS_SHOWN = 5  # top items drawn per sampled user, each with its reasons
 
 
 def collect_report(
@@ -50,6 +62,9 @@ def collect_report(
         groups=groups,
         users=users,
         drift_scores=drift,
+        recommendations=_recommendations(
+            model_dir, prepared_dir, [u.user_id for u in users], config.eval.exclude_seen
+        ),
     )
 
 
@@ -76,3 +91,63 @@ def _users(
     picked = strongest + random.Random(seed).sample(rest, min(sample - len(strongest), len(rest)))
     users = [InterestRecord.from_row(table.slice(i, 1).to_pylist()[0]) for i in picked]
     return groups, users, drift
+
+
+def _recommendations(
+    model_dir: str, prepared_dir: str, user_ids: list[str], exclude_seen: bool
+) -> dict[str, list[RecommendationShown]]:
+    """The users' top items after their whole stored history (what ``score`` gives them),
+    each with the events it owes its score to: one small batch, scored in this process."""
+    histories = _histories(prepared_dir, user_ids)
+    users = [user for user in user_ids if user in histories]
+    if not users:
+        return {}
+    recommender = Recommender(model_dir, k=RECOMMENDATIONS_SHOWN, exclude_seen=exclude_seen)
+    ids, times, rated = (list(column) for column in zip(*(histories[u] for u in users)))
+    found = recommender.recommend(ids, times, ratings=rated)
+    reasons = explain_many(recommender, ids, times, found.item_ids, ratings=rated)
+    named = {i for items in found.item_ids for i in items} | {i for row in ids for i in row}
+    titles = _titles(prepared_dir, named)
+    return {
+        user: [
+            RecommendationShown(
+                item,
+                titles.get(item),
+                float(score),
+                [ReasonShown(**asdict(r), title=titles.get(r.item_id)) for r in why[item]],
+            )
+            for item, score in zip(items, scores, strict=True)
+        ]
+        for user, items, scores, why in zip(users, found.item_ids, found.scores, reasons)
+    }
+
+
+def _histories(prepared_dir: str, user_ids: list[str]) -> dict[str, tuple]:
+    """The users' stored histories as raw item ids, times and ratings (NaN: none, as in a
+    dataset without any), one bucket file at a time."""
+    vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+    wanted = pa.array(user_ids, pa.string())
+    found = {}
+    for path in storage.list_files(storage.join(prepared_dir, schema.USERS_DIR), ".parquet"):
+        with storage.open_input(path) as handle:
+            table = pq.read_table(handle)
+        for row in table.filter(pc.is_in(table[schema.USER_ID], value_set=wanted)).to_pylist():
+            items = vocab.to_item_ids(np.asarray(row[schema.ITEMS], np.int64)).to_pylist()
+            times = np.asarray(row[schema.TIMESTAMPS], np.int64)
+            rated = row.get(schema.RATINGS) or [None] * len(times)  # None: unrated
+            found[row[schema.USER_ID]] = (items, times, np.asarray(rated, np.float32))
+    return found
+
+
+def _titles(prepared_dir: str, item_ids: set[str]) -> dict[str, str]:
+    """Catalogue titles of ``item_ids`` (items without one, or no catalogue: left out)."""
+    items_dir = catalogue_dir(prepared_dir)
+    if not items_dir or not storage.exists(items_dir):
+        return {}
+    titles = {}
+    for path in storage.list_files(items_dir, ".parquet"):
+        with storage.open_input(path) as handle:
+            table = pq.read_table(handle, columns=[schema.ITEM_ID, schema.TITLE])
+        ids, names = (table.column(name).to_pylist() for name in table.column_names)
+        titles.update((i, t) for i, t in zip(ids, names, strict=True) if t and i in item_ids)
+    return titles

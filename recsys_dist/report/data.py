@@ -6,10 +6,40 @@ tested alone: a test or the CLI can write a ``ReportData`` to JSON and render it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recsys_dist.interests.record import InterestRecord, check_keys
+
+
+@dataclass
+class ReasonShown:
+    """A history event behind a recommendation (``inference.explain.Because``) with its
+    item's catalogue title, so the page can say "because you …" in words."""
+
+    item_id: str
+    title: str | None
+    timestamp: int
+    weight: float  # the recommended item's score drop without this event (logits)
+    share: float  # its part of the drops of all events that raised the score (0 to 1)
+
+
+@dataclass
+class RecommendationShown:
+    """One of a drawn user's top recommendations and the events it owes its score to."""
+
+    item_id: str
+    title: str | None
+    score: float
+    because: list[ReasonShown]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RecommendationShown:
+        """Rebuild from ``asdict`` output; unknown or missing keys raise ``ValueError``."""
+        check_keys(cls, raw)
+        for reason in raw["because"]:
+            check_keys(ReasonShown, reason)
+        return cls(**{**raw, "because": [ReasonShown(**r) for r in raw["because"]]})
 
 
 @dataclass
@@ -30,6 +60,8 @@ class ReportData:
         users: a sample of users to draw, as the interest analysis wrote them (their ids and
             the group names are untrusted text; the renderer escapes them).
         drift_scores: drift of every user (for the histogram).
+        recommendations: each drawn user's top recommendations and the history events
+            behind them, by user id (a user without stored history has none).
     """
 
     title: str
@@ -41,6 +73,7 @@ class ReportData:
     groups: list[str]
     users: list[InterestRecord]
     drift_scores: list[float]
+    recommendations: dict[str, list[RecommendationShown]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``json.dumps(data.to_dict())`` works)."""
@@ -51,4 +84,8 @@ class ReportData:
         """Rebuild from ``to_dict()`` output; unknown or missing keys raise ``ValueError``."""
         check_keys(cls, raw)  # a typo or a stale file fails loudly, never drops a field
         users = [InterestRecord.from_row(user) for user in raw["users"]]
-        return cls(**{**raw, "users": users})
+        shown = {
+            user: [RecommendationShown.from_dict(item) for item in items]
+            for user, items in raw["recommendations"].items()
+        }
+        return cls(**{**raw, "users": users, "recommendations": shown})

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from recsys_dist.interests.record import InterestRecord
-from recsys_dist.report.data import ReportData
+from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
 from recsys_dist.report.svg import esc, fmt, histogram_svg, line_chart_svg
 from recsys_dist.report.trajectory import describe_moves, group_colors, stacked_area_svg
 
@@ -21,6 +21,7 @@ __all__ = [
     "interest_table_html",
     "line_chart_svg",
     "ranking_table_html",
+    "recommendations_html",
     "beyond_table_html",
     "render_report",
     "stacked_area_svg",
@@ -44,6 +45,9 @@ svg.chart .chart-title { font-size: 13px; font-weight: 600; }
 svg.chart .grid { stroke: #eee; } svg.chart .axis { stroke: #999; }
 svg.chart .series { stroke-width: 2; } svg.chart .axis-label { fill: #555; }
 ul.change-points { margin: 0; color: #444; font-size: 13px; }
+h4 { margin: 16px 0 4px; font-size: 14px; }
+table.recommendations th, table.recommendations td { text-align: left; vertical-align: top; }
+ul.because { margin: 0; padding-left: 16px; color: #444; font-size: 13px; }
 """
 
 _INTEREST_COLUMNS = {  # key -> (header, True when higher is better)
@@ -240,7 +244,11 @@ def _utc(timestamp: float) -> str:
 
 
 def _user_section(
-    user: InterestRecord, groups: Sequence[str], index: int, colors: Mapping[str, str]
+    user: InterestRecord,
+    groups: Sequence[str],
+    index: int,
+    colors: Mapping[str, str],
+    recommended: Sequence[RecommendationShown] = (),
 ) -> str:
     chart = stacked_area_svg(
         groups,
@@ -260,16 +268,65 @@ def _user_section(
     )
     return (
         f'<article class="user"><h3>User <code>{esc(user.user_id)}</code></h3>'
-        f'<p class="meta">{meta}</p>{chart}{_change_point_list(user)}</article>'
+        f'<p class="meta">{meta}</p>{chart}{_change_point_list(user)}'
+        f"{recommendations_html(recommended)}</article>"
     )
 
 
-def _users_section(groups: Sequence[str], users: Sequence[InterestRecord]) -> str:
+def _item_label(item_id: str, title: str | None) -> str:
+    return f"{esc(title)} <code>{esc(item_id)}</code>" if title else f"<code>{esc(item_id)}</code>"
+
+
+def _because_list(reasons: Sequence[ReasonShown]) -> str:
+    if not reasons:
+        return '<span class="meta">no single event raised its score</span>'
+    items = "".join(
+        f'<li>{_item_label(r.item_id, r.title)} <span class="meta">{esc(_utc(r.timestamp))}'
+        f" · weight {fmt(r.weight)} · share {r.share:.0%}</span></li>"
+        for r in reasons
+    )
+    return f'<ul class="because">{items}</ul>'
+
+
+def recommendations_html(items: Sequence[RecommendationShown]) -> str:
+    """A user's top items, each beside the history events it owes its score to (``because
+    you …``); empty when there are none, so a page from older data just leaves it out."""
+    if not items:
+        return ""
+    head = "<tr><th>#</th><th>recommended</th><th>score</th><th>because you …</th></tr>"
+    rows = "".join(
+        f"<tr><td>{rank}</td><td>{_item_label(item.item_id, item.title)}</td>"
+        f"<td>{fmt(item.score)}</td><td>{_because_list(item.because)}</td></tr>"
+        for rank, item in enumerate(items, start=1)
+    )
+    return (
+        f'<h4>Top recommendations</h4><table class="recommendations"><thead>{head}</thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+# Said once above the users: what the numbers beside each "because you …" event mean.
+_BECAUSE_NOTE = (
+    '<p class="protocol">Each user\'s top recommendations after their whole history, and the '
+    "events each owes its score to: weight is the score's drop without the event "
+    "(leave-one-out), share its part of the drops of all events that raised the score.</p>"
+)
+
+
+def _users_section(
+    groups: Sequence[str],
+    users: Sequence[InterestRecord],
+    recommendations: Mapping[str, Sequence[RecommendationShown]],
+) -> str:
     if not users:
         return ""
     colors = group_colors([groups])
-    body = "".join(_user_section(user, groups, i, colors) for i, user in enumerate(users))
-    return f'<section id="users"><h2>Users\' interests</h2>{body}</section>'
+    body = "".join(
+        _user_section(user, groups, i, colors, recommendations.get(user.user_id, ()))
+        for i, user in enumerate(users)
+    )
+    note = _BECAUSE_NOTE if any(recommendations.get(u.user_id) for u in users) else ""
+    return f'<section id="users"><h2>Users\' interests</h2>{note}{body}</section>'
 
 
 def _drift_section(scores: Sequence[float]) -> str:
@@ -290,7 +347,7 @@ def render_report(data: ReportData) -> str:
             _header(data),
             _training_section(data.training_curves),
             _metrics_section(data),
-            _users_section(data.groups, data.users),
+            _users_section(data.groups, data.users, data.recommendations),
             _drift_section(data.drift_scores),
         )
     )

@@ -1,6 +1,7 @@
 """Explanations by leave-one-out occlusion: each weight is the score drop it claims to be
-(on the tiny untrained export, fast), and on the shared trained model removing the top-3
-events lowers a recommendation's score more than removing 3 random ones (slow)."""
+(on the tiny untrained export, fast; a rated event leaves with its rating), and on the shared
+trained model removing the top-3 events lowers a recommendation's score more than removing 3
+random ones (slow)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,36 @@ def test_each_weight_is_the_score_drop_without_its_event(tiny_run):
                 recommender, ids[:at] + ids[at + 1 :], np.delete(times, at), item, query
             )
             assert whole - without == pytest.approx(reason.weight, abs=1e-4)
+
+
+def test_a_rated_event_leaves_with_its_rating(tiny_run):
+    """The tiny model reads ratings (its data has some): the reasons are those of the rated
+    history, each weight the score drop without the event and its rating."""
+    recommender = Recommender(run_layout.model_dir(tiny_run.run), k=1)
+    assert recommender.predicts_ratings
+    read = recommender.model.config.max_len - 1
+    users = pq.read_table(tiny_run.prepared / schema.USERS_DIR).to_pylist()
+    rated_users = [u for u in users if not np.isnan(np.float32(u[schema.RATINGS][-read:])).all()]
+    user = rated_users[0]
+    ids = recommender.vocab.to_item_ids(np.asarray(user["items"][-read:])).to_pylist()
+    times = np.asarray(user[schema.TIMESTAMPS][-read:], np.int64)
+    rated = np.asarray(user[schema.RATINGS][-read:], np.float32)
+    (item,) = recommender.recommend([ids], [times], ratings=[rated]).item_ids[0]
+    found = explain(recommender, ids, times, [item], top=read, ratings=list(rated))[item]
+    assert found and found != explain(recommender, ids, times, [item], top=read)[item]
+    history, column = recommender.vocab.lookup(ids), recommender.vocab.lookup([item])[0]
+
+    def score(keep: np.ndarray) -> float:
+        query = np.array([times[-1]])
+        scores = recommender.next_item_scores([history[keep]], [times[keep]], query, [rated[keep]])
+        return float(scores[0, column])
+
+    for reason in found:
+        keep = ~((np.asarray(ids) == reason.item_id) & (times == reason.timestamp))
+        assert keep.sum() == len(ids) - 1
+        assert score(np.ones(len(ids), bool)) - score(keep) == pytest.approx(
+            reason.weight, abs=1e-5
+        )
 
 
 @pytest.mark.slow

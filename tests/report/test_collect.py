@@ -1,5 +1,6 @@
 """``collect_report`` on the session's tiny untrained export (a copy of the run), and the page
-rendered from what it collected.
+rendered from what it collected, with each drawn user's top recommendations and the events
+behind them.
 
 The interest forecast's own evaluation is tested on the same run in
 ``tests/interests/test_evaluate.py``; here it is a stand-in that records how the collector
@@ -17,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_dist import run_layout, schema
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.report import collect
-from recsys_dist.report.collect import collect_report
+from recsys_dist.report.collect import RECOMMENDATIONS_SHOWN, collect_report
 from recsys_dist.report.data import ReportData
 from recsys_dist.report.html import render_report
 
@@ -89,3 +91,29 @@ def test_the_page_shows_every_section(collected):
     assert "Next-item ranking" in page and "Interest forecast" in page
     assert all(f"<code>{u.user_id}</code>" in page for u in data.users)
     assert page.count('<article class="user">') == SAMPLE
+
+
+def test_each_drawn_user_gets_top_items_and_the_events_behind_them(tiny_run, collected):
+    """After the whole stored history, seen items excluded (the run's eval default); items
+    and events named by the generated catalogue's titles (``item-K (cat-N)`` for ``iK``)."""
+    data, *_ = collected
+    assert set(data.recommendations) == {u.user_id for u in data.users}
+    vocab = Vocabulary.load(str(tiny_run.prepared / schema.VOCAB_FILE))
+    stored = {
+        u[schema.USER_ID]: u
+        for u in pq.read_table(tiny_run.prepared / schema.USERS_DIR).to_pylist()
+    }
+    for user, items in data.recommendations.items():
+        history = stored[user]
+        ids = vocab.to_item_ids(np.asarray(history[schema.ITEMS])).to_pylist()
+        events = set(zip(ids, history[schema.TIMESTAMPS]))
+        assert 1 <= len(items) <= RECOMMENDATIONS_SHOWN
+        assert [i.score for i in items] == sorted((i.score for i in items), reverse=True)
+        assert not {i.item_id for i in items} & set(ids)
+        for item in items:
+            assert item.title.startswith(f"item-{item.item_id[1:]} (cat-")
+            assert all((r.item_id, r.timestamp) in events for r in item.because)
+            assert all(r.title.startswith(f"item-{r.item_id[1:]} (") for r in item.because)
+    page = render_report(data)
+    assert page.count('<table class="recommendations">') == SAMPLE
+    assert page.count("because you …") == SAMPLE

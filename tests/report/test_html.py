@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 
 from recsys_dist.interests.record import ChangePointRecord, InterestRecord, MovedGroup
-from recsys_dist.report.data import ReportData
+from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
 from recsys_dist.report.html import (
     beyond_table_html,
     interest_table_html,
     ranking_table_html,
+    recommendations_html,
     render_report,
     training_families,
 )
@@ -83,6 +84,18 @@ def make_user(user_id: str, *, shift_at: int | None, forecast: bool, windows: in
     )
 
 
+def make_recommendations(title: str | None = "Heat (1995)") -> list[RecommendationShown]:
+    """Two explained items: one owing its score to two events (one untitled), one to none."""
+    because = [
+        ReasonShown("m7", title, START + 3 * DAY, 0.84, 0.6),
+        ReasonShown("m9", None, START + 5 * DAY, 0.42, 0.3),
+    ]
+    return [
+        RecommendationShown("m1", "Ronin (1998)", 7.25, because),
+        RecommendationShown("m2", None, 6.5, []),
+    ]
+
+
 def make_report_data() -> ReportData:
     """3 users × 8 windows × 5 groups, one change point, forecasts, curves, both metric tables."""
     rng = random.Random(0)
@@ -135,6 +148,7 @@ def make_report_data() -> ReportData:
             make_user("bob", shift_at=None, forecast=False),
         ],
         drift_scores=[rng.betavariate(2, 6) for _ in range(57)],
+        recommendations={"alice": make_recommendations(), HOSTILE: make_recommendations()},
     )
 
 
@@ -186,6 +200,8 @@ def test_untrusted_text_is_escaped():
     data.users[0].change_points[0].fell[0].group = HOSTILE_GROUP
     data.interest_metrics["methods"][HOSTILE] = {"js": 0.3}
     data.ranking_metrics["protocol"] = HOSTILE
+    data.recommendations["alice"] = make_recommendations(title=HOSTILE_GROUP)
+    data.recommendations["alice"][1].item_id = HOSTILE
     page = render_report(data)
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -329,6 +345,26 @@ def test_beyond_accuracy_sits_beside_the_baseline_without_a_winner():
     assert beyond_table_html({"ndcg@10": 0.1}) == ""  # evaluations from before: no table
 
 
+def test_drawn_users_top_recommendations_say_because_you():
+    data = make_report_data()
+    page = render_report(data)
+    assert page.count('<table class="recommendations">') == 2  # bob has none: no table
+    assert page.count("because you …") == 2 and "weight is the score's drop" in page
+    table = recommendations_html(data.recommendations["alice"])
+    assert "<td>1</td><td>Ronin (1998) <code>m1</code></td><td>7.25</td>" in table
+    assert re.search(
+        r"<li>Heat \(1995\) <code>m7</code> <span[^>]*>2023-11-17 [^<]*"
+        r"· weight 0.84 · share 60%</span></li>",
+        table,
+    )
+    assert "<li><code>m9</code> " in table  # no title: the id alone
+    assert "<td><code>m2</code></td><td>6.5</td>" in table
+    assert "no single event raised its score" in table
+    assert recommendations_html([]) == ""
+    bob = page[page.index("<code>bob</code>") :]
+    assert "Top recommendations" not in bob[: bob.find("</article>")]
+
+
 def test_best_value_per_column_is_bold():
     data = make_report_data()
     interest = interest_table_html(data.interest_metrics)
@@ -449,4 +485,5 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert dom.count('<svg class="chart stacked-area"') == 3
     assert dom.count('<path class="area"') == page.count('<path class="area"') == 15
     assert dom.count('class="chart line-chart"') == 4 and "<script" not in dom
+    assert dom.count('<table class="recommendations">') == 2 and "Heat (1995)" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
