@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_recommend,
         _add_score,
+        _add_score_ratings,
         _add_serve,
+        _add_export,
         _add_interests,
         _add_report,
         _add_config,
@@ -336,9 +338,29 @@ def _add_recommend(commands, flags):
     sub.add_argument("--k", type=int, default=10)
     sub.add_argument("--output", required=True)
     sub.add_argument("--keep-seen", action="store_true")
+    sub.add_argument(
+        "--explain",
+        action="store_true",
+        help="add a 'because' column: the history events each item owes its score to "
+        "(leave-one-out; costs one more forward pass over max_len sequences per user)",
+    )
+    sub.add_argument(
+        "--rank-by",
+        choices=["score", "rating"],
+        default="score",
+        help="'rating': rank by predicted rating (a model trained with ratings); "
+        "the score column is then the rating",
+    )
     _add_config_args(sub)  # on top of the run's own data and eval settings
     sub.set_defaults(handler=_run_recommend)
     return sub
+
+
+def _predicts_ratings(model_dir: str) -> bool:
+    """Whether an export has a rating head (its config.json says so; no weights loaded)."""
+    from recsys_dist import storage
+
+    return bool(storage.read_json(storage.join(model_dir, "config.json")).get("rating_head"))
 
 
 def _add_score(commands, flags):
@@ -353,6 +375,38 @@ def _add_score(commands, flags):
     _add_config_args(sub)  # on top of the run's own eval settings
     sub.set_defaults(handler=_run_score)
     return sub
+
+
+def _add_score_ratings(commands, flags):
+    sub = commands.add_parser(
+        "score-ratings",
+        help="predicted ratings of (user, item) pairs, from the users' histories",
+        parents=[flags],
+    )
+    _add_model_source(sub)
+    sub.add_argument("--pairs", required=True, help="Parquet file: user_id, item_id")
+    sub.add_argument(
+        "--data", help="prepared dataset with the users' histories (default: the run's)"
+    )
+    sub.add_argument(
+        "--output",
+        required=True,
+        help="Parquet file: user_id, item_id, predicted_rating, history_events",
+    )
+    sub.set_defaults(handler=_run_score_ratings)
+    return sub
+
+
+def _run_score_ratings(args):
+    _check_run(args.run)
+    _check_prepared(args.data)
+    from recsys_dist import run_layout
+    from recsys_dist.inference.rating_pairs import read_pairs, score_ratings
+
+    pairs = read_pairs(args.pairs)  # a bad file is named before Ray starts
+    init_ray(args.address)
+    data = args.data or run_layout.prepared_dir_of(args.run)
+    return score_ratings(run_layout.model_dir(args.run), data, pairs, args.output)
 
 
 def _add_serve(commands, flags):
@@ -526,6 +580,13 @@ def _run_recommend(args):
     from recsys_dist import run_layout
     from recsys_dist.inference.batch import recommend_histories
 
+    if args.rank_by == "rating":
+        _require(not args.explain, "--explain explains next-item scores: not with --rank-by rating")
+        _require(
+            _predicts_ratings(run_layout.model_dir(args.run)),
+            f"--rank-by rating: {args.run}'s model was trained without ratings",
+        )
+
     config = _config(
         args,
         run_layout.saved_settings(args.run, ["data", "eval"], args.config),
@@ -539,6 +600,8 @@ def _run_recommend(args):
         args.k,
         exclude_seen=config.eval.exclude_seen,
         data=config.data,
+        explain=args.explain,
+        rank_by=args.rank_by,
     )
 
 
@@ -610,6 +673,30 @@ def _wait_for_interrupt() -> None:
         stop.wait()
     except KeyboardInterrupt:
         pass
+
+
+def _add_export(commands, flags):
+    sub = commands.add_parser(
+        "export",
+        help="a smaller serving artefact of a run's model: int8 weights (serve --model DIR)",
+        parents=[flags],
+    )
+    _add_model_source(sub)
+    sub.add_argument("--quantize", required=True, help="the weights' format: int8")
+    sub.add_argument("--output", required=True, help="the new export's directory")
+    sub.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    sub.set_defaults(handler=_run_export)
+    return sub
+
+
+def _run_export(args):
+    from recsys_dist import run_layout
+    from recsys_dist.inference.quantize import check_scheme, export_quantized
+
+    check_scheme(args.quantize)
+    _check_run(args.run)
+    model = run_layout.model_dir(args.run)
+    return export_quantized(model, args.output, args.quantize, overwrite=args.overwrite)
 
 
 def _add_interests(commands, flags):

@@ -359,7 +359,19 @@ def format_metrics_table(result: dict[str, Any]) -> str:
             figures = metrics["beyond_accuracy"]
             cells = "".join(f"{_figure(figures[key]):>12}" for key in _BEYOND)
             lines.append(f"{name:{len(label)}}{cells}")
+    lines += _ratings_lines(result.get("ratings"))
     return "\n".join(lines)
+
+
+def _ratings_lines(ratings: dict[str, Any] | None) -> list[str]:
+    """RMSE/MAE of the model and the rating baselines (a model with a rating head)."""
+    if not ratings or "model" not in ratings:
+        return []
+    rows = {"model": ratings["model"], **ratings["baselines"]}
+    lines = [f"ratings, {ratings['rated_targets']:,} held-out events:{'rmse':>10}{'mae':>10}"]
+    width = len(lines[0]) - 20
+    lines += [f"{name:{width}}{e['rmse']:>10.4f}{e['mae']:>10.4f}" for name, e in rows.items()]
+    return lines
 
 
 # Beyond-accuracy columns (recsys_dist/evaluation/beyond.py): key -> header.
@@ -384,6 +396,19 @@ def _recommend_summary(r: dict, args: Any, seconds: float) -> list[str]:
     if r.get("unknown_items_ignored"):
         unknown = _n(r["unknown_items_ignored"])
         lines.append(f"ignored {unknown} history item(s) the model does not know")
+    return lines
+
+
+def _score_ratings_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    lines = [
+        f"predicted ratings of {_n(r['pairs'])} pairs ({_n(r['users'])} users) in {seconds:.1f} s",
+        f"output: {r['output']}",
+    ]
+    if r.get("users_without_history"):
+        cold = _n(r["users_without_history"])
+        lines.append(f"{cold} user(s) not in the dataset: rated from an empty history")
+    if r.get("unknown_items"):
+        lines.append(f"{_n(r['unknown_items'])} pair(s) name an item the model does not know")
     return lines
 
 
@@ -423,6 +448,15 @@ def _report_summary(r: dict, args: Any, seconds: float) -> list[str]:
 
 def _serve_summary(r: dict, args: Any, seconds: float) -> list[str]:
     return [f"stopped serving {r['url']}"]
+
+
+def _export_summary(r: dict, args: Any, seconds: float) -> list[str]:
+    return [
+        f"exported {r['model_version']} ({r['quantization']}) in {seconds:.1f} s: "
+        f"{_n(r['bytes'])} bytes, the fp32 export {_n(r['source_bytes'])}",
+        f"output: {r['output']}",
+        f"next:   recsys-dist serve --run {args.run} --model {r['output']}",
+    ]
 
 
 def _config_summary(r: dict, args: Any, seconds: float) -> list[str]:
@@ -507,9 +541,11 @@ _SUMMARIES = {
     "evaluate": _evaluate_summary,
     "recommend": _recommend_summary,
     "score": _recommend_summary,
+    "score-ratings": _score_ratings_summary,
     "interests": _interests_summary,
     "report": _report_summary,
     "serve": _serve_summary,
+    "export": _export_summary,
     "config": _config_summary,
     "models": _models_summary,
     "retrain": _retrain_summary,

@@ -86,7 +86,19 @@ CASES = {
         "recommend --run {run} --histories {missing} --output {out}/r.parquet",
         "{missing}",
     ),
+    "recommend-rank-by": (
+        "recommend --run {run} --histories {raw} --output {out}/r.parquet --rank-by votes",
+        "--rank-by",
+    ),
     "score-k": ("score --run {run} --output {out}/s.parquet --k 0", "--k"),
+    "score-ratings-pairs": (
+        "score-ratings --run {run} --pairs {missing} --output {out}/r.parquet",
+        "{missing}",
+    ),
+    "score-ratings-not-a-run": (
+        "score-ratings --run {missing} --pairs {raw} --output {out}/r.parquet",
+        "{missing}",
+    ),
     "score-not-a-run": ("score --run {missing} --output {out}/s.parquet", "{missing}"),
     "serve-model": ("serve --run {run} --model {missing}", "--model"),
     "serve-port": ("serve --run {run} --port 0", "--port"),
@@ -114,6 +126,8 @@ CASES = {
     ),
     "serve-version": ("serve --registry {out} --version v1", "--version"),
     "serve-model-with-registry": ("serve --registry {out} --model {missing}", "--model"),
+    "export-quantize": ("export --run {run} --quantize int4 --output {out}", "--quantize 'int4'"),
+    "export-not-a-run": ("export --run {missing} --quantize int8 --output {out}", "{missing}"),
     "no-command": ("", "command"),
 }
 

@@ -173,12 +173,17 @@ class Recommender:
 
     @torch.no_grad()
     def next_item_scores(
-        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray], query_times: np.ndarray
+        self,
+        histories: Sequence[np.ndarray],
+        times: Sequence[np.ndarray],
+        query_times: np.ndarray,
+        ratings: Sequence[np.ndarray] | None = None,
     ) -> torch.Tensor:
         """``[B, vocab]`` next-item logits of each history (item *indices* in), ``-inf`` at PAD
         and MASK: a softmax of them, at some temperature, is what interest forecasts sum by
-        group."""
-        return self._from_states(self._states(histories, times, query_times)[0])
+        group. ``ratings``: the histories' (NaN: none), read by a model trained with them, so
+        an explanation scores the history as :meth:`recommend` did."""
+        return self._from_states(self._states(histories, times, query_times, ratings)[0])
 
     def _states(self, histories, times, query_times: np.ndarray, ratings=None):
         """``[B, H]`` query states, what both the next-item scores and the ratings read, and

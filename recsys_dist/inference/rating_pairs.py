@@ -25,6 +25,7 @@ from recsys_dist import schema, storage
 from recsys_dist.data.prepared import load_manifest, rating_scale
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import UserInputError
+from recsys_dist.inference.batch import with_raw_ids
 from recsys_dist.inference.predictor import Recommender
 
 PREDICTED_RATING = "predicted_rating"
@@ -161,7 +162,4 @@ def _users_with_pairs(prepared_dir: str, pairs: dict[str, list[str]]) -> ray.dat
 
 def _select_with_raw_ids(users: pa.Table, wanted: pa.Array, item_ids: pa.Array) -> pa.Table:
     users = users.filter(pc.is_in(users.column(schema.USER_ID), value_set=wanted))
-    items = users.column(schema.ITEMS).combine_chunks()
-    raw = item_ids.take(pc.subtract(items.values, schema.NUM_SPECIAL_TOKENS))
-    as_lists = pa.ListArray.from_arrays(items.offsets, raw)
-    return users.drop_columns([schema.ITEMS]).append_column(schema.ITEM_IDS, as_lists)
+    return with_raw_ids(users, item_ids)

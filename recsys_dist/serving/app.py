@@ -664,7 +664,8 @@ class RecommenderService:
             history.item_ids,
             history.timestamps,
             [item.item_id for item in answer.items],
-            query_time,
+            query_time if query_time is not None else max(history.timestamps),  # as _score
+            ratings=history.rating_list(),  # read as _score read them
         )
         for item in answer.items:
             item.because = [Reason(**asdict(r)) for r in reasons[item.item_id]]

@@ -33,15 +33,77 @@ def test_evaluate_full_catalogue_beats_popularity_and_sampled_is_labelled(traine
     assert result["ndcg@10"] > 1.5 * popular, (result["ndcg@10"], popular)
     sampled = cli_json("evaluate", "--run", run, "--sampled", "50")
     assert sampled["protocol"].startswith("SAMPLED") and sampled["hr@10"] >= result["hr@10"]
+    # Generated purchases carry ratings: RMSE/MAE beside the ranking, with the baselines.
+    ratings = result["ratings"]
+    assert ratings["rated_targets"] > 0
+    for errors in (ratings["model"], *ratings["baselines"].values()):
+        assert 0 < errors["mae"] <= errors["rmse"] < 4  # ratings are 1-5
 
 
-def test_recommend_ranks_unseen_items_and_counts_unknown_ones(trained_run, tmp_path, cli_json):
+def test_recommend_can_rank_by_predicted_rating(trained_run, tmp_path, cli_json, capsys):
+    events = pq.read_table(sorted((trained_run.raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
+    user = events.column(schema.USER_ID)[0].as_py()
+    pq.write_table(
+        events.filter(pc.equal(events.column(schema.USER_ID), user)), tmp_path / "h.parquet"
+    )
+    run, out = str(trained_run.run), tmp_path / "by-rating.parquet"
+    argv = ["recommend", "--run", run, "--histories", str(tmp_path / "h.parquet"), "--k", "5"]
+    result = cli_json(*argv, "--output", str(out), "--rank-by", "rating")
+    assert result["rows"] == 5
+    rated = pq.read_table(out).column("score").to_pylist()
+    assert rated == sorted(rated, reverse=True) and all(1 <= r <= 5 for r in rated)
+    assert cli.main([*argv, "--output", str(out), "--rank-by", "rating", "--explain"]) == 2
+    assert "--explain" in capsys.readouterr().err
+
+
+def test_score_ratings_rates_pairs_and_names_a_bad_file(trained_run, tmp_path, cli_json, capsys):
+    users = pq.read_table(trained_run.prepared / schema.USERS_DIR).column(schema.USER_ID)[:3]
+    events = pq.read_table(sorted((trained_run.raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
+    items = events.column(schema.ITEM_ID).unique()[:2].to_pylist()
+    pairs = pa.table(
+        {
+            schema.USER_ID: [u for u in users.to_pylist() for _ in items],
+            schema.ITEM_ID: items * len(users),
+        }
+    )
+    pq.write_table(pairs, tmp_path / "pairs.parquet")
+    out = tmp_path / "rated.parquet"
+    run = str(trained_run.run)
+    result = cli_json(
+        *("score-ratings", "--run", run, "--pairs", str(tmp_path / "pairs.parquet")),
+        *("--output", str(out)),
+    )
+    assert result["pairs"] == 6 and result["users_without_history"] == 0
+    rated = pq.read_table(out).column("predicted_rating").to_numpy()
+    assert ((1 <= rated) & (rated <= 5)).all()
+    pq.write_table(pa.table({"user": ["a"]}), tmp_path / "bad.parquet")
+    code = cli.main(
+        [
+            "score-ratings",
+            "--run",
+            run,
+            "--pairs",
+            str(tmp_path / "bad.parquet"),
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 2 and "no column 'user_id'" in capsys.readouterr().err
+
+
+def two_users_histories(trained_run, path) -> tuple[pa.Array, pa.Table]:
+    """Two generated users' events and one unknown item, written to ``path``."""
     events = pq.read_table(sorted((trained_run.raw / schema.EVENTS_DIR).glob("*.parquet"))[0])
     users = events.column(schema.USER_ID).unique()[:2]
     histories = events.filter(pc.is_in(events.column(schema.USER_ID), users))
     unknown = histories.slice(0, 1).set_column(1, schema.ITEM_ID, [["never-seen"]])
     unknown = unknown.cast(histories.schema)
-    pq.write_table(pa.concat_tables([histories, unknown]), tmp_path / "h.parquet")
+    pq.write_table(pa.concat_tables([histories, unknown]), path)
+    return users, histories
+
+
+def test_recommend_ranks_unseen_items_and_counts_unknown_ones(trained_run, tmp_path, cli_json):
+    users, histories = two_users_histories(trained_run, tmp_path / "h.parquet")
     out = tmp_path / "recs.parquet"
     rec = cli_json(
         *("recommend", "--run", str(trained_run.run), "--histories", str(tmp_path / "h.parquet")),
@@ -60,6 +122,51 @@ def test_recommend_ranks_unseen_items_and_counts_unknown_ones(trained_run, tmp_p
             .to_pylist()
         )
         assert not seen & {r["item_id"] for r in mine}  # seen items excluded by default
+
+
+def test_recommend_explain_gives_each_row_the_events_behind_it(trained_run, tmp_path, cli_json):
+    """``--explain`` adds ``because`` and changes nothing else: the same rows as without it,
+    each with up to 3 of its user's recent events, strongest first."""
+    users, histories = two_users_histories(trained_run, tmp_path / "h.parquet")
+    run = ("recommend", "--run", str(trained_run.run), "--histories", str(tmp_path / "h.parquet"))
+    plain, explained = tmp_path / "plain.parquet", tmp_path / "explained.parquet"
+    cli_json(*run, "--k", "5", "--output", str(plain))
+    rec = cli_json(*run, "--k", "5", "--output", str(explained), "--explain")
+    assert rec["users"] == 2 and rec["rows"] == 10 and rec["unknown_items_ignored"] == 1
+    table = pq.read_table(explained)
+    assert table.column_names == ["user_id", "rank", "item_id", "score", "because"]
+    assert table.schema.field("because").type == pa.list_(
+        pa.struct(
+            [
+                ("item_id", pa.string()),
+                ("timestamp", pa.int64()),
+                ("weight", pa.float32()),
+                ("share", pa.float32()),
+            ]
+        )
+    )
+    order = [("user_id", "ascending"), ("rank", "ascending")]
+    without = pq.read_table(plain).sort_by(order)
+    table = table.sort_by(order)
+    assert table.select(["user_id", "rank", "item_id"]).equals(
+        without.select(["user_id", "rank", "item_id"])
+    )
+    config = json.loads((trained_run.run / "model" / "config.json").read_text())
+    read = config["max_len"] - 1  # the events the model reads: the most recent ones
+    for user in users.to_pylist():
+        mine = histories.filter(pc.equal(histories.column("user_id"), user)).sort_by("timestamp")
+        recent = set(
+            zip(mine["item_id"].to_pylist()[-read:], mine["timestamp"].to_pylist()[-read:])
+        )
+        rows = table.filter(pc.equal(table.column("user_id"), user)).to_pylist()
+        assert all(row["because"] for row in rows)  # a trained model's top items owe it to some
+        for row in rows:
+            reasons = row["because"]
+            assert len(reasons) <= 3
+            assert {(r["item_id"], r["timestamp"]) for r in reasons} <= recent
+            weights = [r["weight"] for r in reasons]
+            assert weights == sorted(weights, reverse=True) and weights[-1] > 0
+            assert 0 < sum(r["share"] for r in reasons) <= 1 + 1e-5
 
 
 def test_interests_of_every_user_and_of_a_few(trained_run, tmp_path, cli_json):
@@ -83,6 +190,7 @@ def test_report_draws_every_section(trained_run, tmp_path, cli_json):
     for section in ("training", "metrics", "users", "drift"):
         assert f'<section id="{section}"' in html, section
     assert html.count('<article class="user">') == 6 and "forecast" in html
+    assert html.count('<table class="recommendations">') == 6 and "because you …" in html
 
 
 def test_a_run_of_other_data_or_shape_is_refused_not_resumed(
