@@ -69,7 +69,7 @@ EVENT_TYPES = "event_types"  # list<string>: event types of ``item_ids`` (null w
 NUM_EVENTS = "num_events"  # int64: events of this user after de-duplication
 NUM_DUPLICATES = "num_duplicates"  # int64: exact duplicates dropped for this user
 NUM_TRUNCATED = "num_truncated"  # int64: oldest events cut to keep ``data.max_history``
-RATINGS = "ratings"  # list<float32>: ratings of ``items``/``item_ids``, NaN where an event has none
+RATINGS = "ratings"  # list<float32>: ratings of ``items``/``item_ids``, null where unrated
 TARGET_RATING = "target_rating"  # float32: the held-out event's rating (NaN: it has none)
 
 TRAIN_SPLIT = "train"

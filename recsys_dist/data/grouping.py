@@ -449,11 +449,10 @@ def _previous_state(previous_users: str | None, indexed: bool) -> tuple[pa.Table
 
 def _flat_ratings(users: pa.Table, events: int) -> pa.Array:
     """The stored users' ratings as nullable event values (users prepared before ratings were
-    kept have none)."""
+    kept have none: all null)."""
     if schema.RATINGS not in users.column_names:
         return pa.nulls(events, pa.float32())
-    values = pc.list_flatten(users.column(schema.RATINGS))
-    return pc.if_else(pc.is_nan(values), pa.scalar(None, pa.float32()), values)
+    return pc.list_flatten(users.column(schema.RATINGS))
 
 
 def _sum_counters(counters: list[pa.Table]) -> pa.Table:
@@ -491,15 +490,10 @@ def _users_table(state: pa.Table, counters: pa.Table, indexed: bool) -> pa.Table
             pc.subtract(accepted, duplicates),
             duplicates,
             truncated,
-            pa.ListArray.from_arrays(offsets, _nan_where_unrated(state.column(schema.RATING))),
+            pa.ListArray.from_arrays(offsets, state.column(schema.RATING).combine_chunks()),
         ],
         schema=users_schema,
     )
-
-
-def _nan_where_unrated(ratings: pa.ChunkedArray) -> pa.Array:
-    """Stored lists hold NaN, not null, for an unrated event: numpy reads them without masks."""
-    return pc.fill_null(ratings.combine_chunks(), pa.scalar(float("nan"), pa.float32()))
 
 
 def iter_skewed(users: pa.Table, limit: int = SKEWED_USERS_REPORTED) -> Iterator[dict]:

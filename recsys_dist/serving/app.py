@@ -30,6 +30,7 @@ import ray
 import torch
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -56,6 +57,15 @@ api = FastAPI(
     version="1",
     description="Sequential recommendations that follow users' interests as they happen.",
 )
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(request, error: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field, without echoing its input: FastAPI's own answer echoes it,
+    and a non-finite number (JSON's NaN, which Python reads) cannot be written back, which
+    turned a bad request into a 500."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 # --- request and response bodies --------------------------------------------------------------

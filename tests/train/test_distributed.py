@@ -170,6 +170,9 @@ def test_two_workers_reach_what_one_worker_reaches(prepared, tmp_path):
     prepared_dir, _ = prepared
     other = next(o for o in OBJECTIVES if o != ModelConfig().objective)
     common = [f"model.objective={other}", "model.use_event_ages=true", "train.seed=0"]
+    # Without the rating head: its noise figures above predate it, and with it (cloze, the
+    # generated 10 % rated purchases) both runs reached only ~0.26 on CI 2026-12-02 (issue 16).
+    common += ["model.rating_head=false"]
     common += ["train.epochs=30", "train.eval_every=30"]
     one = train_run(
         prepared_dir, tmp_path / "one", *common, "train.workers=1", "train.batch_size=32"
