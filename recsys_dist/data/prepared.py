@@ -58,13 +58,17 @@ def rating_scale(manifest: dict[str, Any]) -> dict[str, float] | None:
     return ratings if ratings and ratings["events"] else None
 
 
-def read_users(prepared_dir: str) -> ray.data.Dataset:
-    """A lazy Ray Dataset of the users' whole sequences: user id, item indices, times, and
-    ratings where the dataset has any."""
+def user_columns(prepared_dir: str) -> list[str]:
+    """What reading a user's sequence takes: id, item indices, times, and the ratings where
+    the dataset has any (the counters and event types stay on disk)."""
     rated = rating_scale(load_manifest(prepared_dir)) is not None
+    return [*_SPLIT_COLUMNS, schema.RATINGS] if rated else _SPLIT_COLUMNS
+
+
+def read_users(prepared_dir: str) -> ray.data.Dataset:
+    """A lazy Ray Dataset of the users' whole sequences (:func:`user_columns`)."""
     return storage.read_parquet_dataset(
-        storage.join(prepared_dir, schema.USERS_DIR),
-        columns=[*_SPLIT_COLUMNS, schema.RATINGS] if rated else _SPLIT_COLUMNS,
+        storage.join(prepared_dir, schema.USERS_DIR), columns=user_columns(prepared_dir)
     )
 
 
@@ -92,8 +96,8 @@ def stored_histories(
     an empty list when the dataset has no ratings), one bucket file at a time, so memory does
     not grow with the dataset: what the online store is seeded with."""
     vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
-    rated = rating_scale(load_manifest(prepared_dir)) is not None
-    columns = [*_SPLIT_COLUMNS, schema.RATINGS] if rated else _SPLIT_COLUMNS
+    columns = user_columns(prepared_dir)
+    rated = schema.RATINGS in columns
     for path in storage.list_files(storage.join(prepared_dir, schema.USERS_DIR), ".parquet"):
         with storage.open_input(path) as handle:
             users = pq.read_table(handle, columns=columns)

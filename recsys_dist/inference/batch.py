@@ -25,7 +25,7 @@ from recsys_dist import schema, storage
 from recsys_dist.config import DataConfig
 from recsys_dist.data import grouping
 from recsys_dist.data.events import event_file_stats, readable
-from recsys_dist.data.prepared import load_manifest, rating_scale
+from recsys_dist.data.prepared import read_users
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.inference.explain import BECAUSE_TYPE, explain_many
 from recsys_dist.inference.predictor import (
@@ -104,12 +104,7 @@ def score_prepared(
     Users' item indices are turned back into raw ids with the dataset's vocabulary, so a model
     trained on an older vocabulary scores them too (items it does not know are counted).
     """
-    columns = [schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS]
-    if rating_scale(load_manifest(prepared_dir)) is not None:
-        columns.append(schema.RATINGS)  # the model reads each event's rating
-    users = storage.read_parquet_dataset(
-        storage.join(prepared_dir, schema.USERS_DIR), columns=columns
-    )
+    users = read_users(prepared_dir)  # with ratings where the dataset has them
     vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
     with_ids = users.map_batches(
         with_raw_ids, batch_format="pyarrow", fn_kwargs={"item_ids": vocab.item_ids}

@@ -108,18 +108,16 @@ class Recommender:
         """
         rows = len(item_ids)
         histories, times, rated, unknown = self._index_histories(item_ids, timestamps, ratings)
-        if query_times is None:
-            query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
         states, prior = self._states(histories, times, query_times, rated)
         scores = self._from_states(states)
-        predicted = self.model.ratings_of(states, prior).float() if self.predicts_ratings else None
-        for row, key in enumerate(rank_by or [self.rank_by] * rows):
-            if key == "rating":
-                if predicted is None:
-                    raise ValueError("the model has no rating head to rank by rating")
-                scores[row, schema.NUM_SPECIAL_TOKENS :] = predicted[
-                    row, schema.NUM_SPECIAL_TOKENS :
-                ]
+        by_rating = [r for r, key in enumerate(rank_by or [self.rank_by] * rows) if key == "rating"]
+        if by_rating:  # the whole catalogue's ratings only for the rows ranked by them
+            if not self.predicts_ratings:
+                raise ValueError("the model has no rating head to rank by rating")
+            chosen_rows = torch.as_tensor(by_rating, device=self.device)
+            predicted = self.model.ratings_of(states[chosen_rows], prior[chosen_rows]).float()
+            first = schema.NUM_SPECIAL_TOKENS
+            scores[chosen_rows, first:] = predicted[:, first:]
         exclude = exclude_seen if exclude_seen is not None else [self.exclude_seen] * rows
         masked = [
             h if e else np.zeros(0, np.int64) for h, e in zip(histories, exclude, strict=True)
@@ -131,10 +129,7 @@ class Recommender:
         values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
         kept = [np.isfinite(values[r, : ks[r]]) for r in range(rows)]  # filters may leave < k
         chosen = [indices[r, : ks[r]][kept[r]] for r in range(rows)]
-        rated_items = None
-        if predicted is not None:
-            predicted = predicted.cpu().numpy()
-            rated_items = [predicted[r, chosen[r]] for r in range(rows)]
+        rated_items = self._ratings_of(states, prior, chosen) if self.predicts_ratings else None
         return Recommendations(
             [self.vocab.to_item_ids(chosen[r]).to_pylist() for r in range(rows)],
             [values[r, : ks[r]][kept[r]] for r in range(rows)],
@@ -160,16 +155,25 @@ class Recommender:
         if not self.predicts_ratings:
             raise ValueError("the model has no rating head (it was trained without ratings)")
         histories, times, rated, _ = self._index_histories(item_ids, timestamps, ratings)
-        if query_times is None:
-            query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
         states, prior = self._states(histories, times, query_times, rated)
-        predicted = self.model.ratings_of(states, prior).float().cpu().numpy()  # [B, V]
+        indices = [self.vocab.lookup(list(items)) for items in candidates]
+        known = [row >= schema.NUM_SPECIAL_TOKENS for row in indices]
+        predicted = self._ratings_of(states, prior, [i[k] for i, k in zip(indices, known)])
         out = []
-        for row, items in enumerate(candidates):
-            indices = self.vocab.lookup(list(items))
-            known = indices >= schema.NUM_SPECIAL_TOKENS
-            out.append(np.where(known, predicted[row, np.where(known, indices, 0)], np.nan))
-        return [row.astype(np.float32) for row in out]
+        for row_known, row_predicted in zip(known, predicted, strict=True):
+            row = np.full(len(row_known), np.nan, np.float32)
+            row[row_known] = row_predicted
+            out.append(row)
+        return out
+
+    def _ratings_of(self, states, prior, items: list[np.ndarray]) -> list[np.ndarray]:
+        """Each row's predicted ratings of its ``items`` (indices), float32: only those items
+        are rated, not the whole catalogue."""
+        lengths = [len(row) for row in items]
+        owner = torch.as_tensor(np.repeat(np.arange(len(items)), lengths), device=self.device)
+        flat = torch.as_tensor(np.concatenate([*items, np.zeros(0, np.int64)]), device=self.device)
+        rated = self.model.ratings_of_items(states[owner], prior[owner], flat.long())
+        return list(np.split(rated.float().cpu().numpy(), np.cumsum(lengths)[:-1]))
 
     @torch.no_grad()
     def next_item_scores(
@@ -185,9 +189,12 @@ class Recommender:
         an explanation scores the history as :meth:`recommend` did."""
         return self._from_states(self._states(histories, times, query_times, ratings)[0])
 
-    def _states(self, histories, times, query_times: np.ndarray, ratings=None):
+    def _states(self, histories, times, query_times: np.ndarray | None, ratings=None):
         """``[B, H]`` query states, what both the next-item scores and the ratings read, and
-        the ``[B]`` rating priors of the histories."""
+        the ``[B]`` rating priors of the histories; ``query_times`` default to each
+        history's last time."""
+        if query_times is None:
+            query_times = np.asarray([t[-1] if len(t) else 0 for t in times], np.int64)
         config = self.model.config
         inputs = prediction_inputs(
             histories,

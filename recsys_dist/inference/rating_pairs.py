@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import ray
 
 from recsys_dist import schema, storage
-from recsys_dist.data.prepared import load_manifest, rating_scale
+from recsys_dist.data.prepared import read_users
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import UserInputError
 from recsys_dist.inference.batch import with_raw_ids
@@ -146,12 +146,7 @@ def _write(writer: pq.ParquetWriter, table: pa.Table, summary: RatingSummary) ->
 
 def _users_with_pairs(prepared_dir: str, pairs: dict[str, list[str]]) -> ray.data.Dataset:
     """The prepared users that have pairs, with raw item ids (and ratings where rated)."""
-    rated = rating_scale(load_manifest(prepared_dir)) is not None
-    columns = [schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS]
-    users = storage.read_parquet_dataset(
-        storage.join(prepared_dir, schema.USERS_DIR),
-        columns=[*columns, schema.RATINGS] if rated else columns,
-    )
+    users = read_users(prepared_dir)
     vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
     return users.map_batches(
         _select_with_raw_ids,

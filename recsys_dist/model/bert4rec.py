@@ -332,6 +332,15 @@ class Bert4Rec(nn.Module):
         ratings = self.rating_head.of_all(state, self.item_embedding.weight, prior)  # [B, V]
         return ratings.clamp(self.config.rating_min, self.config.rating_max)
 
+    def ratings_of_items(self, state: torch.Tensor, prior: torch.Tensor, items: torch.Tensor):
+        """``[N, H]`` states, their ``[N]`` priors and ``[N]`` items → ``[N]`` predicted
+        ratings, clipped to the scale: what :meth:`ratings_of` gives those items, without
+        scoring the whole catalogue."""
+        if self.rating_head is None:
+            raise ValueError("this model has no rating head (trained without ratings)")
+        ratings = self.rating_head.of_items(state, items, self.item_embedding.weight, prior)
+        return ratings.clamp(self.config.rating_min, self.config.rating_max)
+
     def rating_prior(self, rating_buckets: torch.Tensor | None, items: torch.Tensor):
         """``[B, L]``: the mean of the ratings each position has seen, minus the data's mean
         (0 where none is seen): a causal position has seen the events up to itself, a cloze
