@@ -7,6 +7,8 @@ catalogue without being told.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -21,18 +23,22 @@ def catalogue_dir(prepared_dir: str) -> str | None:
     return storage.join(sources[0]["path"], schema.ITEMS_DIR) if sources else None
 
 
-def read_categories(items_dir: str | None) -> dict[str, list[str]] | None:
-    """Item id → its categories (items without any are left out); ``None`` when there is no
-    catalogue at ``items_dir``. Read one file at a time."""
-    if not items_dir or not storage.exists(items_dir):
-        return None
-    categories: dict[str, list[str]] = {}
+def catalogue_rows(items_dir: str, columns: list[str]) -> Iterator[tuple]:
+    """Each catalogue item's ``columns`` as a tuple, read one file at a time: the one reader
+    of ``items/`` (categories, titles, item texts)."""
     for path in storage.list_files(items_dir, ".parquet"):
         with storage.open_input(path) as handle:
-            items = pq.read_table(handle, columns=[schema.ITEM_ID, schema.CATEGORIES])
-        ids, lists = (items.column(n).to_pylist() for n in items.column_names)
-        categories.update((i, c) for i, c in zip(ids, lists, strict=True) if c)
-    return categories
+            items = pq.read_table(handle, columns=columns)
+        yield from zip(*(items.column(name).to_pylist() for name in columns), strict=True)
+
+
+def read_categories(items_dir: str | None) -> dict[str, list[str]] | None:
+    """Item id → its categories (items without any are left out); ``None`` when there is no
+    catalogue at ``items_dir``."""
+    if not items_dir or not storage.exists(items_dir):
+        return None
+    rows = catalogue_rows(items_dir, [schema.ITEM_ID, schema.CATEGORIES])
+    return {item: categories for item, categories in rows if categories}
 
 
 def items_by_category(categories: dict[str, list[str]]) -> dict[str, list[str]]:

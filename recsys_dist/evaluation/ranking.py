@@ -94,11 +94,13 @@ def evaluation_sums(
     event_ages: bool = False,
     exposure: Exposure | None = None,
     rating_scale: RatingScale | None = None,
+    ranks: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Sum HR/NDCG/MRR@k over validation or test rows (``count`` holds the row count);
     ``event_ages``: the inputs include the events' age buckets (a model that reads them);
     ``exposure``: also tally each row's top-k list (beyond-accuracy figures);
-    ``rating_scale``: the inputs include the events' ratings (a model with a rating head)."""
+    ``rating_scale``: the inputs include the events' ratings (a model with a rating head);
+    ``ranks``: also append each batch's ``[B]`` target ranks here (a rank distribution)."""
     rng = np.random.default_rng(eval_config.seed)
     sums: dict[str, float] = defaultdict(float)
     for batch in batches:
@@ -109,10 +111,12 @@ def evaluation_sums(
         # A copy: Arrow hands out read-only arrays, which torch refuses to wrap.
         targets = torch.tensor(batch[schema.TARGET_ITEM], dtype=torch.long, device=device)
         seen = _seen_items(batch, device) if eval_config.exclude_seen else None
-        ranks = _ranks(scores, targets, seen, eval_config, rng, popularity)
+        batch_ranks = _ranks(scores, targets, seen, eval_config, rng, popularity)
         if exposure is not None:
             exposure.add(scores, seen)
-        for name, value in ranking_metric_sums(ranks, eval_config.ks).items():
+        if ranks is not None:
+            ranks.append(batch_ranks.cpu())
+        for name, value in ranking_metric_sums(batch_ranks, eval_config.ks).items():
             sums[name] += value
     return dict(sums)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -93,35 +94,60 @@ def rating_errors(
 
 
 def _add_batch(model: Bert4Rec, batch: dict, device: torch.device, held_out: HeldOut) -> None:
-    actual = np.asarray(batch[schema.TARGET_RATING], np.float32)
-    targets = np.asarray(batch[schema.TARGET_ITEM], np.int64)
-    rated = ~np.isnan(actual) & (targets < model.config.vocab_size)
+    rated = _rated_rows(model, batch)
     if not rated.any():
         return
     chosen = {name: np.asarray(column)[rated] for name, column in batch.items()}
+    actual = np.asarray(chosen[schema.TARGET_RATING], np.float32)
+    targets = np.asarray(chosen[schema.TARGET_ITEM], np.int64)
+    held_out.model.add(_predicted(model, chosen, device), actual)
+    held_out.users.extend(str(u) for u in chosen[schema.USER_ID])
+    held_out.items.append(targets)
+    held_out.actual.append(actual)
+    held_out.history.append(_rated_history(chosen))
+
+
+@torch.no_grad()
+def model_rating_errors(
+    model: Bert4Rec, batches: Iterable[dict[str, np.ndarray]], device: torch.device
+) -> Errors:
+    """The model's own squared/absolute error sums on the rated rows of ``batches``, without
+    the baselines: cheap enough for every validation during training."""
+    errors = Errors()
+    for batch in batches:
+        rated = _rated_rows(model, batch)
+        if rated.any():
+            chosen = {name: np.asarray(column)[rated] for name, column in batch.items()}
+            errors.add(_predicted(model, chosen, device), chosen[schema.TARGET_RATING])
+    return errors
+
+
+def _rated_rows(model: Bert4Rec, batch: dict) -> np.ndarray:
+    """Rows whose target carries a rating and is an item the model knows."""
+    actual = np.asarray(batch[schema.TARGET_RATING], np.float32)
+    targets = np.asarray(batch[schema.TARGET_ITEM], np.int64)
+    return ~np.isnan(actual) & (targets < model.config.vocab_size)
+
+
+def _predicted(model: Bert4Rec, rows: dict, device: torch.device) -> np.ndarray:
+    """The model's predicted rating of each row's target after the row's history."""
     config = model.config
     inputs = evaluation_inputs(
-        chosen,
+        rows,
         config.max_len,
         config.num_time_buckets,
         config.use_event_ages,
         config.rating_scale(),
     )
-    items = torch.as_tensor(inputs.items, device=device)
-    ages = inputs.age_buckets
-    predicted = model.predict_ratings(
-        items.masked_fill(items >= config.vocab_size, PAD_INDEX),
-        torch.as_tensor(inputs.time_buckets, device=device),
-        None if ages is None else torch.as_tensor(ages, device=device),
-        torch.as_tensor(inputs.rating_buckets, device=device),
-    )
-    rows = torch.arange(len(predicted), device=device)
-    predicted = predicted[rows, torch.as_tensor(targets[rated], device=device)].cpu().numpy()
-    held_out.model.add(predicted, actual[rated])
-    held_out.users.extend(str(u) for u in chosen[schema.USER_ID])
-    held_out.items.append(targets[rated])
-    held_out.actual.append(actual[rated])
-    held_out.history.append(_rated_history(chosen))
+    model.eval()
+    tensor = partial(torch.as_tensor, device=device)
+    items = tensor(inputs.items).masked_fill(tensor(inputs.items) >= config.vocab_size, PAD_INDEX)
+    ages = None if inputs.age_buckets is None else tensor(inputs.age_buckets)
+    rated = tensor(inputs.rating_buckets)
+    state = model.query_state(items, tensor(inputs.time_buckets), ages, rated)
+    targets = torch.as_tensor(np.asarray(rows[schema.TARGET_ITEM], np.int64), device=device)
+    prior = model.query_rating_prior(rated, items)
+    return model.ratings_of_items(state, prior, targets).float().cpu().numpy()
 
 
 def _rated_history(rows: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -81,7 +81,7 @@ class InterestAnalyzer:
         self.recommender = recommender
         self.config = config
         self.calibration = calibration
-        embeddings = recommender.model.item_embedding.weight.detach().float().cpu().numpy()
+        embeddings = recommender.model.item_table().detach().float().cpu().numpy()
         self.groups: InterestGroups = build_groups(
             recommender.vocab, categories, embeddings, config.clusters, config.seed
         )

@@ -20,6 +20,11 @@ Two objectives share the encoder (``config.objective``):
   predicts the NEXT item. The time-gap input of position t is the gap from event t to the
   event it predicts (to the query time at inference), so the model knows when it is asked.
 
+With ``config.item_text`` every item's vector, wherever it is read (:meth:`Bert4Rec.item_table`),
+is its ID embedding plus a learned projection of its text embedding (``item_text``, a
+``[V, D]`` buffer the trainer fills and the weights file carries), so an item no training
+event showed is still placed by its title and categories.
+
 With ``config.use_event_ages`` the attention logits also get a learned per-head bias of each
 key event's log2-bucketed age at the time the query position predicts for (a relative time
 bias, as in TiSASRec and HSTU), passed to BERT as a 4-D additive attention mask.
@@ -34,6 +39,7 @@ Pure torch + transformers: no Ray, no DeepSpeed, no device moves inside ``forwar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -76,12 +82,26 @@ class Bert4RecOutput:
     rating_loss: torch.Tensor | None = None  # mean squared error over rated labelled positions
 
 
+_START_DECAY = 0.5 ** (1 / 4)  # the rating prior's decay per event: a half-life of 4 events
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
 class RatingHead(nn.Module):
-    """Predicted rating of item ``j`` from a position's hidden state ``h`` and the mean ``m`` of
-    the ratings it has seen: ``mean + w * (m - mean) + user(h) + item_bias[j] + <proj(h), E[j]>``
-    with ``E`` the model's one item table, so the rating and the next item are read off the
-    same item vectors (matrix factorisation whose user factor is the sequence state). The
-    seen-ratings mean is the classic user-bias estimate, given outright rather than left for
+    """Predicted rating of item ``j`` from a position's hidden state ``h`` and the user's recent
+    deviation ``d`` from the items' usual ratings:
+    ``mean + w * d + user(h) + item_bias[j] + <proj(h), E[j]>`` with ``E`` the model's one
+    item table, so the rating and the next item are read off the same item vectors (matrix
+    factorisation whose user factor is the sequence state).
+
+    ``d`` (:meth:`prior`) is the classic user bias made recent: the mean of the seen ratings'
+    residuals (rating - mean - item_bias), weighted by ``decay ** events_back`` and shrunk
+    toward 0 by a few pseudo-events; decay and shrinkage are learned. Users rate in sessions,
+    so their latest ratings say far more about the next one than their lifetime mean
+    (ml-100k's last rating: user+item biases from the last 3-5 ratings RMSE 0.964-0.973,
+    from all of them 1.034; docs/benchmarks.md). It is given outright rather than left for
     attention to average out of the rating embeddings."""
 
     def __init__(self, config: Bert4RecConfig) -> None:
@@ -90,13 +110,30 @@ class RatingHead(nn.Module):
         self.proj = nn.Linear(hidden, hidden, bias=False)
         self.user_bias = nn.Linear(hidden, 1)
         self.item_bias = nn.Embedding(config.vocab_size, 1)
-        # [1], not a 0-d scalar: DeepSpeed's broadcast of the weights views every one as bytes.
+        # [1], not 0-d scalars: DeepSpeed's broadcast of the weights views every one as bytes.
         self.mean = nn.Parameter(torch.full((1,), float(config.rating_mean)))
         self.prior_weight = nn.Parameter(torch.ones(1))
+        # The prior's decay per event back (sigmoid; starts at a half-life of 4 events) and its
+        # shrinkage in pseudo-events (exp; starts at 2).
+        self.decay_logit = nn.Parameter(torch.full((1,), _logit(_START_DECAY)))
+        self.log_shrinkage = nn.Parameter(torch.full((1,), math.log(2.0)))
         nn.init.normal_(self.proj.weight, std=config.initializer_range)
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.user_bias.bias)
         nn.init.zeros_(self.item_bias.weight)
+
+    def prior(self, values: torch.Tensor, rated: torch.Tensor, items, causal: bool):
+        """``[B, L]`` ratings (0 where ``rated`` is 0) of ``[B, L]`` items → ``[B, L]``: each
+        position's recent deviation ``d`` over the rated events it sees (a causal position:
+        itself and those before it; a cloze one: every other event, by distance)."""
+        residuals = (values - self.mean - self.item_bias(items)[..., 0]) * rated  # [B, L]
+        steps = torch.arange(values.shape[1], device=values.device)
+        back = steps[:, None] - steps[None, :]  # [L, L]: events from s back to t
+        weights = torch.exp(back.abs() * F.logsigmoid(self.decay_logit))  # decay ** |t - s|
+        if causal:
+            weights = weights * (back >= 0)
+        sums, counts = residuals @ weights.T, rated @ weights.T  # [B, L]
+        return sums / (counts + self.log_shrinkage.exp())
 
     def of_items(self, hidden, items, table, prior) -> torch.Tensor:
         """``[N, H]`` states, ``[N]`` items and ``[N]`` priors (seen mean - data mean) →
@@ -110,7 +147,7 @@ class RatingHead(nn.Module):
         return self._user(hidden, prior) + self.item_bias.weight[:, 0] + factor
 
     def _user(self, hidden: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """``[N, 1]``: the intercept, the seen-ratings prior and the state's user bias."""
+        """``[N, 1]``: the intercept, the recent-ratings prior and the state's user bias."""
         return self.mean + self.prior_weight * prior[:, None] + self.user_bias(hidden)
 
 
@@ -163,12 +200,52 @@ class Bert4Rec(nn.Module):
             nn.Embedding(config.num_rating_buckets + 1, hidden) if config.rating_head else None
         )
         self.rating_head = RatingHead(config) if config.rating_head else None
+        # Cold start from text: a fixed [V, D] text embedding per item (zeros for PAD, MASK
+        # and items without text), saved with the weights, and its trainable projection.
+        text = config.item_text
+        self.text_projection = nn.Linear(config.item_text_dim, hidden, bias=False) if text else None
+        self.register_buffer(
+            "item_text", torch.zeros(config.vocab_size, config.item_text_dim) if text else None
+        )
         self._init_head_weights()
 
     @property
     def item_embedding(self) -> nn.Embedding:
         """The one item table: input embedding and (transposed) output decoder."""
         return self.bert.embeddings.word_embeddings
+
+    def item_table(self) -> torch.Tensor:
+        """``[V, H]``: every item's one vector, read by the input and the tied output head
+        alike: its ID embedding, plus with ``config.item_text`` the projection of its text."""
+        table = self.item_embedding.weight  # [V, H]
+        if self.text_projection is not None:
+            table = table + self.text_projection(self.item_text)  # [V, H]
+        return table
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """``[..., H]``: the :meth:`item_table` rows of ``items``, without building the table."""
+        vectors = self.item_embedding(items)  # [..., H]
+        if self.text_projection is not None:
+            vectors = vectors + self.text_projection(self.item_text[items])  # [..., H]
+        return vectors
+
+    @torch.no_grad()
+    def set_item_text(self, matrix: torch.Tensor) -> None:
+        """Fill the ``item_text`` buffer with a ``[V, D]`` text embedding matrix, rows in
+        vocabulary order (:func:`recsys_dist.model.text_encoder.encode_texts` of
+        :func:`recsys_dist.data.item_text.item_texts`; the trainer computes it).
+
+        Raises:
+            ValueError: If the model has no text input or the matrix has another shape.
+        """
+        if self.item_text is None:
+            raise ValueError("this model has no item text input (config.item_text is False)")
+        if tuple(matrix.shape) != tuple(self.item_text.shape):
+            raise ValueError(
+                f"item text matrix shape {tuple(matrix.shape)} != {tuple(self.item_text.shape)}"
+                " [vocab_size, item_text_dim]"
+            )
+        self.item_text.copy_(matrix)
 
     def _init_head_weights(self) -> None:
         """BERT's init for the modules ``BertModel.post_init`` does not know about."""
@@ -181,6 +258,8 @@ class Bert4Rec(nn.Module):
             nn.init.zeros_(self.age_bias.weight)  # starts as plain attention
         if self.rating_embedding is not None:
             nn.init.normal_(self.rating_embedding.weight, std=std)
+        if self.text_projection is not None:  # text vectors start as small as ID ones
+            nn.init.normal_(self.text_projection.weight, std=std)
 
     # --- forward ------------------------------------------------------------------------------
 
@@ -195,6 +274,7 @@ class Bert4Rec(nn.Module):
         rating_buckets: torch.Tensor | None = None,
         rating_labels: torch.Tensor | None = None,
         drop_hardest: float = 0.0,
+        left_out: torch.Tensor | None = None,
     ) -> Bert4RecOutput:
         """Encode ``items`` and, given ``labels``, score and compute the loss at labelled positions.
 
@@ -222,6 +302,10 @@ class Bert4Rec(nn.Module):
             drop_hardest: Leave this share of the labelled positions with the largest loss out
                 of the next-item loss (:func:`recsys_dist.model.losses.truncated_sum`, for
                 noisy logs); 0 keeps every position.
+            left_out: ``[V]`` bool: items the next-item softmax leaves out (never a labelled
+                target). The trainer leaves out the items no training event shows, with
+                ``config.item_text``: a softmax that can only ever call them wrong would
+                sink their ID rows and biases, and their text could not lift them back.
 
         Returns:
             :class:`Bert4RecOutput`; the head runs only on labelled positions when labels are given.
@@ -229,6 +313,11 @@ class Bert4Rec(nn.Module):
         self._check_inputs(items, time_buckets, labels, age_buckets, rating_buckets)
         if negatives is not None and labels is not None:
             self._check_negatives(negatives)
+        if left_out is not None and left_out.shape != (self.config.vocab_size,):
+            raise ValueError(
+                f"left_out shape {tuple(left_out.shape)} != [vocab_size] "
+                f"({self.config.vocab_size},)"
+            )
         hidden = self.encode(items, time_buckets, age_buckets, rating_buckets)  # [B, L, H]
         if labels is None:
             return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
@@ -238,16 +327,19 @@ class Bert4Rec(nn.Module):
         if self.rating_head is not None and rating_labels is not None:
             prior = self.rating_prior(rating_buckets, items)[selected]  # [N]
             rating_loss = self._rating_mse(hidden, targets, rating_labels[selected], prior)
+        if left_out is not None:  # a labelled target always stays in (a finite loss)
+            left_out = left_out.index_fill(0, targets, False)  # [V]
         if negatives is None:
-            width, loss_fn = self.config.vocab_size, self._cross_entropies
+            width = self.config.vocab_size
+            loss_fn = partial(self._cross_entropies, left_out=left_out)
         else:
             width = 1 + len(negatives.ids)  # the target, then the negatives
-            loss_fn = partial(self._sampled_cross_entropies, negatives=negatives)
+            loss_fn = partial(self._sampled_cross_entropies, negatives=negatives, left_out=left_out)
         rows = rows_per_chunk(max_logits, width, len(targets))
         logits = None
         if negatives is None and len(targets) <= rows:
             logits = self.item_logits(hidden)  # [N, V], returned with the loss
-            losses = self._cross_entropies(hidden, targets, logits)  # [N]
+            losses = loss_fn(hidden, targets, logits)  # [N]
         else:
             losses = chunked_losses(loss_fn, hidden, targets, rows)  # [N]
         kept = len(losses) - int(drop_hardest * len(losses))
@@ -264,22 +356,36 @@ class Bert4Rec(nn.Module):
         parameters get a gradient every step, as DeepSpeed's all-reduce expects.
         """
         rated = ~torch.isnan(ratings)  # [N]
-        predicted = self.rating_head.of_items(hidden, targets, self.item_embedding.weight, prior)
+        predicted = self.rating_head.of_items(hidden, targets, self.item_table(), prior)
         errors = torch.where(rated, predicted - ratings.nan_to_num(), 0.0)  # [N]
         return errors.square().sum() / rated.sum().clamp(min=1)
 
     def _cross_entropies(
-        self, hidden: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        left_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[N]`` cross-entropies of ``[N, H]`` hidden states against ``[N]`` targets."""
+        """``[N]`` cross-entropies of ``[N, H]`` hidden states against ``[N]`` targets, over
+        every item but the ``[V]`` ``left_out`` ones."""
         logits = self.item_logits(hidden) if logits is None else logits  # [N, V]
+        if left_out is not None:
+            logits = logits.masked_fill(left_out, float("-inf"))  # [N, V]
         return full_softmax_losses(logits, targets)
 
     def _sampled_cross_entropies(
-        self, hidden: torch.Tensor, targets: torch.Tensor, negatives: NegativeSample
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        negatives: NegativeSample,
+        left_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[N]`` sampled-softmax cross-entropies of ``[N, H]`` hidden states; the same head."""
-        weight, bias = self.item_embedding.weight, self.output_bias
+        """``[N]`` sampled-softmax cross-entropies of ``[N, H]`` hidden states; the same head,
+        ``left_out`` negatives masked (an ``-inf`` bias)."""
+        weight, bias = self.item_table(), self.output_bias
+        if left_out is not None:
+            bias = bias.masked_fill(left_out, float("-inf"))  # [V]
         return sampled_softmax_losses(self.head(hidden), targets, weight, bias, negatives)
 
     @torch.no_grad()
@@ -329,7 +435,7 @@ class Bert4Rec(nn.Module):
         ``[B, V]`` predicted ratings, clipped to the scale."""
         if self.rating_head is None:
             raise ValueError("this model has no rating head (trained without ratings)")
-        ratings = self.rating_head.of_all(state, self.item_embedding.weight, prior)  # [B, V]
+        ratings = self.rating_head.of_all(state, self.item_table(), prior)  # [B, V]
         return ratings.clamp(self.config.rating_min, self.config.rating_max)
 
     def ratings_of_items(self, state: torch.Tensor, prior: torch.Tensor, items: torch.Tensor):
@@ -338,29 +444,26 @@ class Bert4Rec(nn.Module):
         scoring the whole catalogue."""
         if self.rating_head is None:
             raise ValueError("this model has no rating head (trained without ratings)")
-        ratings = self.rating_head.of_items(state, items, self.item_embedding.weight, prior)
+        ratings = self.rating_head.of_items(state, items, self.item_table(), prior)
         return ratings.clamp(self.config.rating_min, self.config.rating_max)
 
     def rating_prior(self, rating_buckets: torch.Tensor | None, items: torch.Tensor):
-        """``[B, L]``: the mean of the ratings each position has seen, minus the data's mean
-        (0 where none is seen): a causal position has seen the events up to itself, a cloze
-        one every unmasked event of its sequence."""
+        """``[B, L]``: the recent rating deviation each position has seen
+        (:meth:`RatingHead.prior`; 0 where no rating is seen)."""
         if rating_buckets is None:
             return torch.zeros(items.shape, device=items.device)
         config = self.config
         rated = (rating_buckets > 0).float()  # [B, L]
         step = (config.rating_max - config.rating_min) / max(config.num_rating_buckets - 1, 1)
         values = (config.rating_min + (rating_buckets - 1).clamp(min=0) * step) * rated
-        if config.objective == "causal":
-            sums, counts = values.cumsum(1), rated.cumsum(1)  # [B, L]
-        else:
-            sums, counts = (t.sum(1, keepdim=True).expand_as(t) for t in (values, rated))
-        means = sums / counts.clamp(min=1)
-        return torch.where(counts > 0, means - config.rating_mean, 0.0)
+        return self.rating_head.prior(values, rated, items, config.objective == "causal")
 
     def query_rating_prior(self, rating_buckets: torch.Tensor | None, items: torch.Tensor):
-        """``[B]``: the prior at the query (the MASK has no rating): every rated history event's."""
-        return self.rating_prior(rating_buckets, items)[:, -1]  # the last has seen them all
+        """``[B]``: the prior at the query, over every rated history event: a causal model's
+        last event's (as its state, :meth:`query_state`), a cloze model's MASK's."""
+        if self.config.objective == "causal" and rating_buckets is not None:
+            rating_buckets, items = rating_buckets[:, :-1], items[:, :-1]
+        return self.rating_prior(rating_buckets, items)[:, -1]
 
     def query_state(
         self,
@@ -391,7 +494,7 @@ class Bert4Rec(nn.Module):
     ) -> torch.Tensor:
         """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs."""
         length = items.shape[1]
-        embeds = self.item_embedding(items)  # [B, L, H]
+        embeds = self.item_vectors(items)  # [B, L, H]
         if self.time_embedding is not None:
             embeds = embeds + self.time_embedding(time_buckets)  # [B, L, H]
         if self.rating_embedding is not None:
@@ -435,7 +538,7 @@ class Bert4Rec(nn.Module):
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens."""
         h = self.head(hidden)  # [..., H]
-        logits = F.linear(h, self.item_embedding.weight, self.output_bias)  # [..., V]
+        logits = F.linear(h, self.item_table(), self.output_bias)  # [..., V]
         # PAD and MASK (columns 0 .. NUM_SPECIAL_TOKENS - 1) are never targets.
         logits[..., :NUM_SPECIAL_TOKENS] = float("-inf")
         return logits

@@ -57,6 +57,13 @@ class Bert4RecConfig(PretrainedConfig):
         rating_min: Lowest rating of the data's scale (predictions are clipped to the scale).
         rating_max: Highest rating of the data's scale.
         rating_mean: Mean rating of the data, the head's starting intercept.
+        item_text: Add to every item's ID embedding a learned projection (``item_text_dim``
+            -> ``hidden_size``) of its text embedding, a buffer saved with the weights, so
+            an item seen in no training event still gets a vector its text places. False
+            here: exports written before the field had none.
+        item_text_dim: Width of the text embeddings (the sentence model's, 384 for
+            all-MiniLM-L6-v2); 0 without ``item_text``. Set by ``from_model_config`` from
+            the matrix the trainer computed (:mod:`recsys_dist.data.item_text`).
         initializer_range: Std of the normal initialisation (BERT's 0.02).
         layer_norm_eps: Epsilon of every LayerNorm (BERT's 1e-12).
         pad_token_id: Always ``schema.PAD_INDEX``; stored so an export is self-describing.
@@ -82,6 +89,8 @@ class Bert4RecConfig(PretrainedConfig):
     rating_min: float = 0.0
     rating_max: float = 0.0
     rating_mean: float = 0.0
+    item_text: bool = False
+    item_text_dim: int = 0
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX
@@ -111,6 +120,8 @@ class Bert4RecConfig(PretrainedConfig):
                 f"a rating head needs rating_min < rating_max, got "
                 f"[{self.rating_min}, {self.rating_max}]"
             )
+        if self.item_text and self.item_text_dim <= 0:
+            raise ValueError(f"item_text needs item_text_dim > 0, got {self.item_text_dim}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
@@ -137,6 +148,7 @@ class Bert4RecConfig(PretrainedConfig):
         vocab_size: int,
         max_len: int,
         ratings: dict[str, float] | None = None,
+        item_text_dim: int = 0,
     ) -> Bert4RecConfig:
         """Translate the run's ``model`` section; the only mapping from run config to model.
 
@@ -151,6 +163,8 @@ class Bert4RecConfig(PretrainedConfig):
             ratings: The data's rating scale (``{"min", "max", "mean", ...}``, from the
                 prepared manifest), or ``None``: no event has a rating, so no rating head.
                 A one-value scale (every rating equal) has nothing to learn either.
+            item_text_dim: Width of the item text matrix the trainer computed; used (and
+                required) with ``cfg.item_text``.
         """
         section = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(cfg)}
         undeclared = set(section) - {field.name for field in dataclasses.fields(cls)}
@@ -163,6 +177,7 @@ class Bert4RecConfig(PretrainedConfig):
             vocab_size=vocab_size,
             max_len=max_len,
             rating_mean=ratings["mean"] if rated else 0.0,
+            item_text_dim=item_text_dim if cfg.item_text else 0,
             **scale,
             **section,
         )

@@ -11,8 +11,10 @@ and ``config.json`` records ``"quantization": {"scheme": "int8", "weights": [NAM
 so a loader knows the format before it reads a tensor (:func:`load_model`). The quantized
 weights are those of every ``nn.Linear`` (encoder, MLM head, any other head) and the tied item
 table, which is both the input embedding and the output decoder and, with a large catalogue,
-nearly all of the file. Embeddings of positions, time gaps and ratings, LayerNorms and biases
-are small and stay fp32.
+nearly all of the file; and, in a model with item text, the ``item_text`` buffer (``[V, 384]``,
+larger still). Embeddings of positions, time gaps and ratings, LayerNorms and biases are small
+and stay fp32. With item text the table the fast path scores is the fused one (ID rows plus
+projected text, ``Bert4Rec.item_table``), quantized again per row when the model is built.
 
 Loading dequantizes the weights into an ordinary :class:`Bert4Rec` (:class:`Int8Bert4Rec`),
 so every path (input embeddings, the rating head, explanations, interest forecasts that read
@@ -73,10 +75,12 @@ def quantization_of(config: Bert4RecConfig) -> dict[str, Any] | None:
 
 
 def quantized_weights(model: Bert4Rec) -> list[str]:
-    """State-dict names of the weights int8 stores: every ``nn.Linear``'s and the item table."""
+    """State-dict names of the weights int8 stores: every ``nn.Linear``'s, the item table
+    and the item text buffer (with ``config.item_text``)."""
     linears = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     table = next(n for n, p in model.named_parameters() if p is model.item_embedding.weight)
-    return sorted({*linears, table})
+    text = {"item_text"} if model.item_text is not None else set()
+    return sorted({*linears, table, *text})
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +174,11 @@ class Int8Bert4Rec(Bert4Rec):
         model.load_state_dict({**state, **weights}, strict=True)
         model._ints = ints
         table = next(n for n, p in model.named_parameters() if p is model.item_embedding.weight)
-        model._table = _pack(*ints[table])
+        if model.text_projection is None:
+            model._table = _pack(*ints[table])
+        else:  # the scored table is the fused one: ID rows plus the projected text
+            with torch.no_grad():
+                model._table = _pack(*quantize_rows(model.item_table()))
         return model.eval()
 
     @classmethod

@@ -9,7 +9,9 @@ parent never saw, the mean of its peers' rows (items of its catalogue categories
 knew) or, without any, the mean of all the parent's items: a cold item starts where its kind
 of item is, not at noise the softmax would have to climb out of. With a vocabulary that only
 grows (``prepare --append``) every known item keeps its index, so the copy is the identity on
-them; the mapping works for any vocabulary all the same.
+them; the mapping works for any vocabulary all the same. A model with item text keeps its
+own ``item_text`` buffer, the text matrix of the NEW vocabulary (the trainer fills it before
+the warm start); the projection of the text is copied like any other weight.
 
 Pure torch + numpy; the caller (training) works out the mapping from the vocabularies.
 """
@@ -30,6 +32,8 @@ ITEM_ROWS = (
     "output_bias",
     "rating_head.item_bias.weight",  # with a rating head
 )
+# Computed for the model's own vocabulary, not learned: kept as it is, never copied.
+OWN_ROWS = ("item_text",)  # with model.item_text
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ def warm_start(
             "warm start needs the same model options (e.g. model.use_event_ages)"
         )
     for name, tensor in own.items():
+        if name in OWN_ROWS:
+            continue
         if name not in ITEM_ROWS and tensor.shape != inherited[name].shape:
             raise ValueError(
                 f"{name}: the parent's shape {tuple(inherited[name].shape)} differs from "

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import STATE_FILE
 from recsys_dist.config import Config
-from recsys_dist.data.catalogue import catalogue_dir
+from recsys_dist.data.catalogue import catalogue_dir, catalogue_rows
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.evaluate import evaluate_run
 from recsys_dist.inference.explain import explain_many
@@ -144,10 +144,5 @@ def _titles(prepared_dir: str, item_ids: set[str]) -> dict[str, str]:
     items_dir = catalogue_dir(prepared_dir)
     if not items_dir or not storage.exists(items_dir):
         return {}
-    titles = {}
-    for path in storage.list_files(items_dir, ".parquet"):
-        with storage.open_input(path) as handle:
-            table = pq.read_table(handle, columns=[schema.ITEM_ID, schema.TITLE])
-        ids, names = (table.column(name).to_pylist() for name in table.column_names)
-        titles.update((i, t) for i, t in zip(ids, names, strict=True) if t and i in item_ids)
-    return titles
+    rows = catalogue_rows(items_dir, [schema.ITEM_ID, schema.TITLE])
+    return {item: title for item, title in rows if title and item in item_ids}

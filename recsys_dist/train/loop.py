@@ -36,6 +36,7 @@ from recsys_dist.data.catalogue import category_peers, read_categories
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
+from recsys_dist.evaluation.ratings import Errors, model_rating_errors
 from recsys_dist.model import Bert4Rec, Bert4RecConfig, sample_negatives
 from recsys_dist.model.warm_start import warm_start
 from recsys_dist.train import resume
@@ -97,10 +98,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
-    model_config = Bert4RecConfig.from_model_config(
-        config.model, loop_config["vocab_size"], config.data.max_len, loop_config.get("ratings")
-    )
-    model, progress, saved = _restore(Bert4Rec(model_config), rank, world)
+    model, left_out = _build_model(config, loop_config)
+    model, progress, saved = _restore(model, rank, world)
     if not progress.step and config.train.init_from:  # a resumed run keeps its own weights
         _warm_start(model, config.train.init_from, loop_config, rank)
     engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"])
@@ -128,7 +127,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _fit_schedule(engine, config, progress, rank, device)  # a resumed run re-plans what is left
     while progress.epoch < progress.planned_epochs:
         epoch_start = time.monotonic()
-        epoch = _train_epoch(engine, train_batches, config, progress, rank, device)
+        epoch = _train_epoch(engine, train_batches, config, progress, rank, device, left_out)
         progress.train_s += time.monotonic() - epoch_start
         progress.sequences += epoch.sequences
         progress.epoch += 1
@@ -169,9 +168,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress.record(metrics)
         if rank == 0:
             logger.info(
-                "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f, %.0f sequences/s",
-                *(progress.epoch, config.train.epochs, epoch.loss),
-                *(metrics[SELECTION_METRIC], speed),
+                "epoch %d/%d: loss %.4f, valid NDCG@10 %.4f%s, %.0f sequences/s",
+                *(progress.epoch, config.train.epochs, epoch.loss, metrics[SELECTION_METRIC]),
+                f", RMSE {metrics['valid_rmse']:.4f}" if "valid_rmse" in metrics else "",
+                speed,
             )
         _report(engine, metrics, progress, loop_config, rank, world, device)
         if progress.evals_without_improvement >= config.train.patience or out_of_time:
@@ -235,6 +235,26 @@ def _peak_resident_mib() -> float:
 def _pace_window(config: Config) -> int:
     """Epochs a budget's pace is averaged over: a whole validation cycle at least."""
     return max(PACE_EPOCHS, config.train.eval_every)
+
+
+def _build_model(config: Config, loop_config: dict) -> tuple[Bert4Rec, torch.Tensor | None]:
+    """The run's model; with ``model.item_text``, its text matrix filled in, and the items the
+    softmax leaves out (``[V]`` bool: no training event shows them), both computed once by
+    the driver (``loop_config["item_text"]``, an object-store reference)."""
+    text = loop_config.get("item_text")
+    text = None if text is None else ray.get(text)
+    model_config = Bert4RecConfig.from_model_config(
+        config.model,
+        loop_config["vocab_size"],
+        config.data.max_len,
+        loop_config.get("ratings"),
+        item_text_dim=0 if text is None else text["matrix"].shape[1],
+    )
+    model = Bert4Rec(model_config)
+    if text is None:
+        return model, None
+    model.set_item_text(torch.from_numpy(text["matrix"]))
+    return model, torch.from_numpy(~text["trained"])
 
 
 def _restore(
@@ -307,7 +327,7 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
 
 
 def _train_epoch(
-    engine, batches: ShardBatches, config, progress: Progress, rank: int, device
+    engine, batches: ShardBatches, config, progress: Progress, rank: int, device, left_out=None
 ) -> EpochStats:
     """One pass over this worker's shard, in step with the other ranks.
 
@@ -322,15 +342,16 @@ def _train_epoch(
     torch.manual_seed(seed)  # dropout: an epoch after a restart draws what it drew before
     batches_left = batches.epoch(seed)
     drop = denoise_share(config.train, progress.epoch)
+    step = partial(_train_step, left_out=None if left_out is None else left_out.to(device))
     total_loss, steps, sequences, checksum = 0.0, 0, 0, 0
     while True:
         batch = next(batches_left, None)
         if not _any_rank(batch is not None, device):
             break
         if batch is None:
-            _train_step(engine, placeholder_batch(), config, rng, device, 0.0, drop)
+            step(engine, placeholder_batch(), config, rng, device, 0.0, drop)
         else:
-            total_loss += _train_step(engine, batch, config, rng, device, 1.0, drop)
+            total_loss += step(engine, batch, config, rng, device, 1.0, drop)
             steps += 1
             sequences += len(batch[schema.ITEMS])
             checksum = (checksum + sequence_checksum(batch)) % CHECKSUM_MODULUS
@@ -346,9 +367,17 @@ def denoise_share(train: TrainConfig, epoch: int) -> float:
 
 
 def _train_step(
-    engine, batch: dict, config: Config, rng, device, weight: float, drop: float = 0.0
+    engine,
+    batch: dict,
+    config: Config,
+    rng,
+    device,
+    weight: float,
+    drop: float = 0.0,
+    left_out=None,
 ) -> float:
-    """Forward, backward and optimizer step on one batch; returns its (unweighted) loss."""
+    """Forward, backward and optimizer step on one batch; returns its (unweighted) loss.
+    ``left_out``: ``[V]`` bool, items the softmax leaves out (``Bert4Rec.forward``)."""
     inputs = training_inputs(
         batch,
         config.data.max_len,
@@ -374,6 +403,7 @@ def _train_step(
         rating_buckets=_tensor(inputs.rating_buckets, device),
         rating_labels=_tensor(inputs.rating_labels, device),
         drop_hardest=drop,
+        left_out=left_out,
     )
     loss = output.loss
     if output.rating_loss is not None:
@@ -424,7 +454,24 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
     if dist.is_initialized():
         dist.all_reduce(totals)
     final = finalize_metrics(dict(zip(names, totals.tolist(), strict=True)))
+    if model.config.rating_head:
+        final.update(_rating_errors(model, batches, rank, world, device))
     return {f"valid_{name}": value for name, value in final.items()}
+
+
+def _rating_errors(model, batches: ShardBatches, rank: int, world: int, device) -> dict:
+    """The rating head's RMSE/MAE on the rated validation targets, beside the ranking: how
+    the head fares at the epoch ranking selects (all-reduced like the ranking sums)."""
+    mine = (_rows_of_rank(batch, rank, world) for batch in batches.epoch(seed=0))
+    errors = model_rating_errors(model, mine, device)
+    model.train()
+    totals = torch.tensor(
+        [errors.squared, errors.absolute, errors.count], dtype=torch.float64, device=device
+    )
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    squared, absolute, count = totals.tolist()
+    return Errors(squared, absolute, int(count)).summary() if count else {}
 
 
 def _rows_of_rank(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:

@@ -17,13 +17,17 @@ from typing import Any
 
 import ray
 import ray.train
+import torch
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from recsys_dist import checkpoint, run_layout, schema, storage, tracking
 from recsys_dist.config import Config, ConfigError, config_json
 from recsys_dist.data.catalogue import catalogue_dir
+from recsys_dist.data.item_text import item_texts, trained_items
 from recsys_dist.data.prepared import load_manifest, rating_scale, read_split
+from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed
+from recsys_dist.model.text_encoder import encode_texts
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
@@ -58,6 +62,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         "ratings": rating_scale(manifest),  # None: no rating head
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),
         "items_dir": catalogue_dir(prepared_dir),  # a warm start's category peers
+        "item_text": _item_text(prepared_dir, config),  # None without model.item_text
         "data_hash": manifest["data_hash"],
         "run_dir": storage.absolute(run_dir),
         "steps_per_epoch": _steps_per_epoch(manifest["counts"]["train_rows"], config.train),
@@ -102,6 +107,23 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             [schema.TRAIN_SPLIT], config.train.batch_size, config.train.preserve_order
         ),
     )
+
+
+def _item_text(prepared_dir: str, config: Config) -> ray.ObjectRef | None:
+    """With ``model.item_text``: the vocabulary's text embedding matrix and the items some
+    training window holds, computed once here (on a GPU if the driver has one) and handed to
+    every worker through the object store; ``None`` otherwise.
+
+    Raises:
+        MissingInputError: If the dataset has no catalogue with titles or categories.
+    """
+    if not config.model.item_text:
+        return None
+    vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
+    texts = item_texts(vocab, catalogue_dir(prepared_dir))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    matrix = encode_texts(texts, device=device)  # [V, D]
+    return ray.put({"matrix": matrix, "trained": trained_items(prepared_dir, vocab.size)})
 
 
 def _steps_per_epoch(rows: int, train_config) -> int:

@@ -72,8 +72,8 @@ def test_the_model_and_every_baseline_are_scored_on_the_rated_held_out_events(mo
     assert set(result["baselines"]) == set(BASELINES)
     for errors in (result["model"], *result["baselines"].values()):
         assert 0 < errors["mae"] <= errors["rmse"] < 4
-    # An untrained head predicts the data's mean plus the user's seen-ratings prior (weight 1):
-    # each user's own mean, which beats the global mean for users who rate consistently.
+    # An untrained head predicts the data's mean plus the user's recent-ratings prior (weight
+    # 1): near each user's own mean, which beats the global mean for users who rate consistently.
     assert result["model"]["rmse"] < result["baselines"]["global_mean"]["rmse"] - 0.2
     # Users rate consistently: their biases beat the global mean.
     assert result["baselines"]["biases"]["rmse"] < result["baselines"]["global_mean"]["rmse"] - 0.2

@@ -41,10 +41,13 @@ def test_every_model_config_field_reaches_the_model():
         objective="causal" if ModelConfig().objective == "cloze" else "cloze",
         rating_head=False,
         num_rating_buckets=4,
+        item_text=True,
     )
     defaults = ModelConfig()
     assert all(getattr(cfg, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(cfg))
-    config = Bert4RecConfig.from_model_config(cfg, vocab_size=41, max_len=9, ratings=RATINGS)
+    config = Bert4RecConfig.from_model_config(
+        cfg, vocab_size=41, max_len=9, ratings=RATINGS, item_text_dim=12
+    )
     model = Bert4Rec(config)
     bert = model.bert.config
     assert model.item_embedding.weight.shape == (41, 24)
@@ -60,12 +63,14 @@ def test_every_model_config_field_reaches_the_model():
     assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).time_embedding is not None
     assert config.num_time_buckets == 7
     with_gaps = dataclasses.replace(cfg, use_time_gaps=True)
-    built = Bert4Rec(Bert4RecConfig.from_model_config(with_gaps, 41, 9))
+    built = Bert4Rec(Bert4RecConfig.from_model_config(with_gaps, 41, 9, item_text_dim=12))
     assert built.time_embedding.num_embeddings == 7
     assert model.rating_head is None and model.rating_embedding is None  # switched off
+    assert model.item_text.shape == (41, 12) and model.text_projection.weight.shape == (24, 12)
+    assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).item_text is None
     rated = Bert4Rec(
         Bert4RecConfig.from_model_config(
-            dataclasses.replace(cfg, rating_head=True), 41, 9, ratings=RATINGS
+            dataclasses.replace(cfg, rating_head=True), 41, 9, ratings=RATINGS, item_text_dim=12
         )
     )
     assert rated.rating_embedding.num_embeddings == 5  # 4 buckets and "no rating"
@@ -118,7 +123,10 @@ def test_every_non_default_model_config_value_reaches_the_saved_model_config(tmp
         for f in dataclasses.fields(ModelConfig)
     }
     cfg = ModelConfig(**changed)
-    model = Bert4Rec(Bert4RecConfig.from_model_config(cfg, vocab_size=VOCAB, max_len=MAX_LEN))
+    model_config = Bert4RecConfig.from_model_config(
+        cfg, vocab_size=VOCAB, max_len=MAX_LEN, item_text_dim=4
+    )
+    model = Bert4Rec(model_config)
     model.save(tmp_path)
     rebuilt = Bert4Rec.load(tmp_path).config
     for name, value in changed.items():

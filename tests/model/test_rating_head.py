@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -102,14 +104,32 @@ def test_a_rated_model_round_trips(tmp_path):
     assert loaded.config.rating_scale() == model.config.rating_scale()
 
 
-def test_the_rating_prior_is_the_mean_of_the_ratings_seen_so_far():
-    """Causal: position t has seen the ratings up to itself; cloze: every unmasked one."""
-    causal = rated_model()  # scale 1-5 in 5 buckets: bucket b is rating b; data mean 3
-    buckets = torch.tensor([[0, 5, 0, 1, 3]])
+def _with_prior(model: Bert4Rec, decay: float, shrinkage: float) -> Bert4Rec:
+    head = model.rating_head
+    with torch.no_grad():
+        head.decay_logit.fill_(math.log(decay / (1 - decay)))
+        head.log_shrinkage.fill_(math.log(shrinkage))
+    return model
+
+
+def test_the_rating_prior_is_the_recent_decayed_shrunk_mean_of_the_residuals_seen():
+    """Causal: position t sees the ratings up to itself; cloze: every other one, by distance.
+    Each rating counts as its residual (rating - mean - item bias), weighted decay ** back."""
+    causal = _with_prior(rated_model(), decay=0.5, shrinkage=1.0)  # bucket b is rating b
+    buckets = torch.tensor([[0, 5, 0, 1, 3]])  # residuals +2, -2 and 0 at positions 1, 3, 4
     items = torch.tensor([[0, 4, 5, 6, 7]])
-    prior = causal.rating_prior(buckets, items)
-    torch.testing.assert_close(prior, torch.tensor([[0.0, 2.0, 2.0, 0.0, 0.0]]))  # 5, 5, 3, 3
-    assert causal.query_rating_prior(buckets, items).tolist() == [0.0]
+    expected = [0.0, 2 / 2, 1 / 1.5, -1.5 / 2.25, -0.75 / 2.625]
+    torch.testing.assert_close(causal.rating_prior(buckets, items), torch.tensor([expected]))
+    # The query is read at the last event, as the causal state is.
+    query = causal.query_rating_prior(buckets, items)
+    torch.testing.assert_close(query, torch.tensor([-1.5 / 2.25]))
+    with torch.no_grad():
+        causal.rating_head.item_bias.weight[4] = 1.0  # item 4's 5 is 1 above its usual 4
+    torch.testing.assert_close(causal.rating_prior(buckets, items)[0, 1], torch.tensor(1 / 2))
     cloze = Bert4Rec(tiny_config(objective="cloze", rating_mean=3.0, **RATED))
-    assert cloze.rating_prior(buckets, items).tolist() == [[0.0] * 5]  # (5 + 1 + 3) / 3 = 3
+    cloze = _with_prior(cloze, decay=0.5, shrinkage=1.0)
+    masked = torch.tensor([[0, 5, 0, 1, 0]])  # the query's MASK last, unrated
+    torch.testing.assert_close(
+        cloze.query_rating_prior(masked, items), torch.tensor([(0.25 - 1) / (1 + 0.625)])
+    )
     assert cloze.rating_prior(None, items).tolist() == [[0.0] * 5]

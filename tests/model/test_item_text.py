@@ -1,0 +1,165 @@
+"""Cold start from text in the model: the fused item table, cold items kept out of the softmax,
+and the text buffer through save/load, int8 and warm start (a tiny model, a made-up matrix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_dist.model import Bert4Rec, Bert4RecConfig
+from recsys_dist.model.quantize import load_model, quantize, quantized_weights
+from recsys_dist.model.warm_start import warm_start
+
+from .tiny import BUCKETS, MAX_LEN, VOCAB, tiny_config
+
+DIM = 8
+COLD = (20, 21, 22)  # never in a training batch below
+
+
+def text_matrix(vocab: int = VOCAB, seed: int = 0) -> torch.Tensor:
+    """Unit rows as the sentence model's; PAD and MASK zeros; 20 and 21 share item 5's text."""
+    text = F.normalize(torch.randn(vocab, DIM, generator=torch.Generator().manual_seed(seed)))
+    text[:2] = 0
+    text[20] = text[21] = text[5]
+    return text
+
+
+def text_model(**overrides) -> Bert4Rec:
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(item_text=True, item_text_dim=DIM, **overrides))
+    model.set_item_text(text_matrix(model.config.vocab_size))
+    return model
+
+
+def warm_batch(seed: int = 0, size: int = 4):
+    """Items 2..19 only (the cold ones never appear), labels at the last position."""
+    gen = torch.Generator().manual_seed(seed)
+    items = torch.randint(2, 20, (size, MAX_LEN), generator=gen)
+    buckets = torch.randint(0, BUCKETS, (size, MAX_LEN), generator=gen)
+    labels = torch.full_like(items, -100)
+    labels[:, -1] = items[:, -1]
+    return items, buckets, labels
+
+
+def cold_mask(vocab: int = VOCAB) -> torch.Tensor:
+    left_out = torch.zeros(vocab, dtype=torch.bool)
+    left_out[list(COLD)] = True
+    return left_out
+
+
+def test_the_table_is_the_id_embedding_plus_the_projected_text():
+    model = text_model()
+    expected = model.item_embedding.weight + model.item_text @ model.text_projection.weight.T
+    torch.testing.assert_close(model.item_table(), expected)
+    items = torch.tensor([[3, 20, 7]])
+    torch.testing.assert_close(model.item_vectors(items), expected[items])
+    plain = Bert4Rec(tiny_config())
+    assert plain.item_text is None and plain.item_table() is plain.item_embedding.weight
+
+
+def test_a_never_trained_item_is_scored_by_its_text():
+    """Cold items without ID evidence (zero rows) score by their text: the same text, the same
+    score; another text, another score; and through the projection, not by accident."""
+    model = text_model().eval()
+    with torch.no_grad():
+        model.item_embedding.weight[list(COLD)] = 0
+    items, buckets, _ = warm_batch()
+    scores = model.score_next(items, buckets)
+    torch.testing.assert_close(scores[:, 20], scores[:, 21])
+    assert (scores[:, 20] - scores[:, 22]).abs().min() > 1e-4
+    assert scores[:, 20].abs().min() > 1e-4  # a real score, not a constant
+    with torch.no_grad():
+        model.text_projection.weight.zero_()
+    torch.testing.assert_close(model.score_next(items, buckets)[:, 22], scores[:, 20] * 0)
+
+
+def test_the_text_reaches_the_input_too():
+    model = text_model().eval()
+    items, buckets, _ = warm_batch()
+    items[0, 3] = 22  # only the first history holds it
+    before = model.query_state(items, buckets)
+    text = model.item_text.clone()
+    text[22] = -text[22]
+    model.set_item_text(text)
+    after = model.query_state(items, buckets)
+    assert not torch.allclose(before[0], after[0])
+    torch.testing.assert_close(before[1:], after[1:])
+
+
+def test_left_out_items_are_not_pushed_down_by_the_softmax():
+    """Without ``left_out`` a cold item's bias and ID row get a gradient at every step (it is
+    always wrong); with it they get none, while the shared projection still learns."""
+    items, buckets, labels = warm_batch()
+    model = text_model()
+    model(items, buckets, labels).loss.backward()
+    assert model.output_bias.grad[list(COLD)].abs().min() > 0
+    model.zero_grad()
+    output = model(items, buckets, labels, left_out=cold_mask())
+    output.loss.backward()
+    assert torch.isfinite(output.loss)
+    assert model.output_bias.grad[list(COLD)].abs().max() == 0
+    assert model.item_embedding.weight.grad[list(COLD)].abs().max() == 0
+    assert model.text_projection.weight.grad.abs().sum() > 0
+
+
+def test_left_out_also_masks_sampled_negatives_and_never_a_target():
+    from recsys_dist.model import NegativeSample
+
+    items, buckets, labels = warm_batch()
+    model = text_model()
+    negatives = NegativeSample(torch.tensor([20, 21, 4, 9]), torch.tensor(0.0))
+    model(items, buckets, labels, negatives=negatives, left_out=cold_mask()).loss.backward()
+    assert model.output_bias.grad[list(COLD)].abs().max() == 0
+    everything = torch.ones(VOCAB, dtype=torch.bool)  # targets stay in: a finite loss
+    assert torch.isfinite(model(items, buckets, labels, left_out=everything).loss)
+    with pytest.raises(ValueError, match="left_out shape"):
+        model(items, buckets, labels, left_out=everything[:-1])
+
+
+def test_save_and_load_keep_the_text(tmp_path):
+    model = text_model().eval()
+    model.save(tmp_path)
+    loaded = Bert4Rec.load(tmp_path)
+    torch.testing.assert_close(loaded.item_text, model.item_text)
+    items, buckets, _ = warm_batch()
+    torch.testing.assert_close(loaded.score_next(items, buckets), model.score_next(items, buckets))
+    assert Bert4RecConfig.from_pretrained(tmp_path).item_text_dim == DIM
+
+
+def test_int8_export_stores_the_text_and_scores_the_fused_table(tmp_path):
+    model = text_model(vocab_size=200).eval()
+    assert "item_text" in quantized_weights(model)
+    quantize(model).save(tmp_path)
+    loaded = load_model(tmp_path)
+    torch.testing.assert_close(loaded.item_text, model.item_text, atol=0.01, rtol=0)
+    items, buckets, _ = warm_batch()
+    fp32 = model.score_next(items, buckets)[:, 2:]
+    spread = float(fp32.max() - fp32.min())
+    for kernel in (True, False):  # the int8 matmul, and fp32 over the dequantized weights
+        loaded.int8_kernel = kernel
+        error = (loaded.score_next(items, buckets)[:, 2:] - fp32).abs().max()
+        assert error < 0.02 * spread
+
+
+def test_warm_start_keeps_the_new_vocabularys_text():
+    parent = text_model().eval()
+    child = text_model(vocab_size=VOCAB + 3)
+    own = text_matrix(VOCAB + 3, seed=1)
+    child.set_item_text(own)
+    rows = np.concatenate([np.arange(VOCAB), [-1, -1, -1]])
+    warm_start(child, parent, rows)
+    torch.testing.assert_close(child.item_text, own)
+    torch.testing.assert_close(child.text_projection.weight, parent.text_projection.weight)
+    torch.testing.assert_close(child.item_embedding.weight[:VOCAB], parent.item_embedding.weight)
+
+
+def test_the_config_and_the_matrix_are_checked():
+    with pytest.raises(ValueError, match="item_text_dim"):
+        tiny_config(item_text=True)
+    model = text_model()
+    with pytest.raises(ValueError, match=r"\[vocab_size, item_text_dim\]"):
+        model.set_item_text(torch.zeros(VOCAB, DIM + 1))
+    with pytest.raises(ValueError, match="no item text"):
+        Bert4Rec(tiny_config()).set_item_text(torch.zeros(VOCAB, DIM))
