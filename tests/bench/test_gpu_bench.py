@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
+from tests.bench.scripts import load_bench
+
 KEYS = {
     *("benchmark", "date", "smoke", "device", "gpu_name", "machine", "torch", "overrides"),
     *("dataset", "dataset_path", "dataset_note", "workers", "bf16", "batch_size", "max_len"),
@@ -28,16 +28,10 @@ POSITIVE = (
 )
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run(tmp_path: Path, *argv: str) -> dict:
     out = tmp_path / "out" / "gpu.json"
-    assert _bench().main(["--out", str(out), "--workdir", str(tmp_path / "work"), *argv]) == 0
+    bench = load_bench("gpu")
+    assert bench.main(["--out", str(out), "--workdir", str(tmp_path / "work"), *argv]) == 0
     result = json.loads(out.read_text())
     assert set(result) == KEYS
     for key in POSITIVE:
@@ -75,7 +69,7 @@ def test_real_path_on_gpu(ray_session, tmp_path):
 def test_flops_per_sequence_follows_the_documented_formula():
     from recsys_dist.config import load_config
 
-    bench = _bench()
+    bench = load_bench("gpu")
     overrides = ["data.max_len=10", "model.hidden_size=8", "model.intermediate_size=16"]
     overrides += ["model.num_layers=2", "train.mask_prob=0.5", "train.last_item_mask_prob=0"]
     encoder = 2 * (8 * 10 * 64 + 4 * 100 * 8 + 4 * 10 * 8 * 16)
@@ -89,7 +83,7 @@ def test_flops_per_sequence_follows_the_documented_formula():
 
 
 def test_time_to_target_is_the_first_validation_reaching_it():
-    bench = _bench()
+    bench = load_bench("gpu")
     history = [
         {"epoch": 1, "elapsed_s": 5.0, "valid_ndcg@10": 0.1},
         {"epoch": 2, "elapsed_s": 9.5, "valid_ndcg@10": 0.16},

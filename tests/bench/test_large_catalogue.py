@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "large_catalogue.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_large_catalogue", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.scripts import load_bench
 
 
 def _results(lines: list[str]) -> list[dict]:
@@ -24,7 +15,8 @@ def test_smallest_path_measures_every_loss(capsys):
     """Every loss at a tiny size, measured in this process (fresh processes cost seconds of
     imports each; the next test runs that path once)."""
     argv = ["--items", "1000", "--steps", "1", "--batch-size", "4", "--threads", "1"]
-    assert _bench().main([*argv, "--device", "cpu", "--max-logits", "4000", "--in-process"]) == 0
+    argv += ["--device", "cpu", "--max-logits", "4000", "--in-process"]
+    assert load_bench("large_catalogue").main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     results = _results(lines)
     assert [r["mode"] for r in results] == ["full", "full-chunked", "sampled"]
@@ -42,14 +34,15 @@ def test_smallest_path_measures_every_loss(capsys):
 
 def test_each_configuration_runs_in_a_fresh_process(capsys):
     argv = ["--items", "1000", "--steps", "1", "--batch-size", "4", "--threads", "1"]
-    assert _bench().main([*argv, "--device", "cpu", "--modes", "sampled", "--json"]) == 0
+    argv += ["--device", "cpu", "--modes", "sampled", "--json"]
+    assert load_bench("large_catalogue").main(argv) == 0
     (result,) = _results(capsys.readouterr().out.strip().splitlines())
     assert "in_process" not in result and result["mode"] == "sampled"
     assert result["seq_per_s"] > 0 and result["peak_memory_mib"] > 0
 
 
 def test_the_unchunked_loss_is_skipped_above_the_memory_cap(capsys):
-    bench = _bench()
+    bench = load_bench("large_catalogue")
     argv = ["--items", "1000", "--steps", "1", "--batch-size", "4", "--modes", "full"]
     assert bench.main([*argv, "--memory-cap-gib", "1e-6", "--json"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()

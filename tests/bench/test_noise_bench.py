@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_dist import schema
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "noise.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_noise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.scripts import load_bench
 
 
 def test_noise_is_the_share_asked_and_never_among_the_held_out_events(tmp_path):
-    bench = load_bench()
+    bench = load_bench("noise")
     users = np.repeat(["a", "b"], [22, 12])
     events = pa.table(
         {

@@ -3,22 +3,13 @@ is measured and the tables are printed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "quantize.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_quantize", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.scripts import load_bench
 
 
 def test_latency_size_and_matmul_at_a_tiny_size(tmp_path, capsys):
-    bench = _bench()
+    bench = load_bench("quantize")
     bench.WARMUP_S = 0.1
     argv = ["--skip-quality", "--items", "1000", "--seconds", "0.3", "--rounds", "2"]
     assert bench.main([*argv, "--qps", "50", "--workdir", str(tmp_path)]) == 0
