@@ -11,7 +11,8 @@ of item is, not at noise the softmax would have to climb out of. With a vocabula
 grows (``prepare --append``) every known item keeps its index, so the copy is the identity on
 them; the mapping works for any vocabulary all the same. A model with item text keeps its
 own ``item_text`` buffer, the text matrix of the NEW vocabulary (the trainer fills it before
-the warm start); the projection of the text is copied like any other weight.
+the warm start); the projection of the text is copied like any other weight, or, from a
+parent without item text, starts at zero (the new model first scores as its parent did).
 
 Pure torch + numpy; the caller (training) works out the mapping from the vocabularies.
 """
@@ -34,6 +35,9 @@ ITEM_ROWS = (
 )
 # Computed for the model's own vocabulary, not learned: kept as it is, never copied.
 OWN_ROWS = ("item_text",)  # with model.item_text
+# What a model with item text adds to an ID-only parent: started at zero, so the warm-started
+# model scores exactly as its parent did until training has learned what the text adds.
+TEXT_ONLY = ("text_projection.weight", "item_text")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,10 @@ def warm_start(
     if parent_rows.shape != (vocab,) or parent_rows.max(initial=-1) >= parent_vocab:
         raise ValueError(f"parent_rows must be [{vocab}] rows of the parent's {parent_vocab}")
     own, inherited = model.state_dict(), parent.state_dict()
+    adds_text = not any(name in inherited for name in TEXT_ONLY)
+    if adds_text and "text_projection.weight" in own:
+        own["text_projection.weight"].zero_()
+        own = {name: tensor for name, tensor in own.items() if name not in TEXT_ONLY}
     if own.keys() != inherited.keys():
         raise ValueError(
             f"the parent's tensors differ: {sorted(own.keys() ^ inherited.keys())}; "

@@ -155,6 +155,18 @@ def test_warm_start_keeps_the_new_vocabularys_text():
     torch.testing.assert_close(child.item_embedding.weight[:VOCAB], parent.item_embedding.weight)
 
 
+def test_text_turned_on_in_a_warm_start_first_scores_as_the_id_only_parent():
+    torch.manual_seed(0)
+    parent = Bert4Rec(tiny_config()).eval()
+    child = text_model().eval()
+    warm_start(child, parent, np.arange(VOCAB))
+    assert not child.text_projection.weight.any()
+    items, buckets = warm_batch()[:2]
+    torch.testing.assert_close(child.score_next(items, buckets), parent.score_next(items, buckets))
+    with pytest.raises(ValueError, match="tensors differ"):  # text cannot be dropped silently
+        warm_start(Bert4Rec(tiny_config()), text_model(), np.arange(VOCAB))
+
+
 def test_the_config_and_the_matrix_are_checked():
     with pytest.raises(ValueError, match="item_text_dim"):
         tiny_config(item_text=True)
