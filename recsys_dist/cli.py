@@ -153,17 +153,34 @@ def _require(condition: bool, message: str) -> None:
         raise UserInputError(message)
 
 
-def _add_model_source(sub, pick_version: bool = True) -> None:
-    """``--run RUN``, or ``--registry R [--version V]`` (default: R's current version).
+def _add_model_source(sub, pick_version: bool = True, other_export: bool = True) -> None:
+    """``--run RUN [--model DIR]``, or ``--registry R [--version V]`` (default: R's current
+    version).
 
-    ``pick_version=False`` where the command follows the current version (``serve``).
+    ``--model`` reads another export of the run's model in place of ``RUN/model`` (its int8
+    export, ``recsys-dist export``); the run still gives the settings and the data.
+    ``pick_version=False`` where the command follows the current version (``serve``);
+    ``other_export=False`` where only the run's own export makes sense (``export`` itself).
     """
     source = sub.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a trained run directory")
     source.add_argument("--registry", help="a model registry (directory or s3:// prefix)")
     if pick_version:
         sub.add_argument("--version", help="with --registry: this version (default: the current)")
-    sub.set_defaults(model_source=True, version=None)
+    if other_export:
+        described = "with --run: another export of its model, e.g. int8 (default: RUN/model)"
+        sub.add_argument("--model", help=described)
+    sub.set_defaults(model_source=True, version=None, model=None)
+
+
+def _model_dir(args) -> str:
+    """The export a command reads: ``--model`` where given (checked), else the run's own."""
+    from recsys_dist import run_layout
+
+    if args.model is None:
+        return run_layout.model_dir(args.run)
+    _check_model(args.model, f"--model {args.model}")
+    return args.model
 
 
 def _resolve_model_source(args) -> None:
@@ -399,6 +416,7 @@ def _add_score_ratings(commands, flags):
 
 def _run_score_ratings(args):
     _check_run(args.run)
+    model = _model_dir(args)
     _check_prepared(args.data)
     from recsys_dist import run_layout
     from recsys_dist.inference.rating_pairs import read_pairs, score_ratings
@@ -406,7 +424,7 @@ def _run_score_ratings(args):
     pairs = read_pairs(args.pairs)  # a bad file is named before Ray starts
     init_ray(args.address)
     data = args.data or run_layout.prepared_dir_of(args.run)
-    return score_ratings(run_layout.model_dir(args.run), data, pairs, args.output)
+    return score_ratings(model, data, pairs, args.output)
 
 
 def _add_serve(commands, flags):
@@ -416,7 +434,6 @@ def _add_serve(commands, flags):
         parents=[flags],
     )
     _add_model_source(sub, pick_version=False)  # --registry: follow its current version
-    sub.add_argument("--model", help="with --run: another export to serve (default: RUN/model)")
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--host", default="127.0.0.1")
     sub.add_argument(
@@ -549,6 +566,7 @@ def _run_train(args):
 
 def _run_evaluate(args):
     _check_run(args.run)
+    model = _model_dir(args)
     _check_prepared(args.data)
     sampled = args.sampled
     _require(sampled is None or sampled >= 0, f"--sampled must be >= 0, got {sampled}")
@@ -565,7 +583,7 @@ def _run_evaluate(args):
         },
     )
     init_ray(args.address)
-    result = evaluate_run(args.run, args.split, config.eval, args.data)
+    result = evaluate_run(args.run, args.split, config.eval, args.data, model)
     if args.output:  # the numbers, for a pipeline step or a dashboard to pick up
         storage.write_json(args.output, result)
     return result
@@ -575,6 +593,7 @@ def _run_recommend(args):
     from recsys_dist.data.events import event_files
 
     _check_run(args.run)
+    model = _model_dir(args)
     _check_k(args.k)
     event_files(args.histories)  # there, with Parquet files, before Ray starts
     from recsys_dist import run_layout
@@ -583,7 +602,7 @@ def _run_recommend(args):
     if args.rank_by == "rating":
         _require(not args.explain, "--explain explains next-item scores: not with --rank-by rating")
         _require(
-            _predicts_ratings(run_layout.model_dir(args.run)),
+            _predicts_ratings(model),
             f"--rank-by rating: {args.run}'s model was trained without ratings",
         )
 
@@ -594,7 +613,7 @@ def _run_recommend(args):
     )
     init_ray(args.address)
     return recommend_histories(
-        run_layout.model_dir(args.run),
+        model,
         args.histories,
         args.output,
         args.k,
@@ -607,6 +626,7 @@ def _run_recommend(args):
 
 def _run_score(args):
     _check_run(args.run)
+    model = _model_dir(args)
     _check_prepared(args.data)
     _check_k(args.k)
     from recsys_dist import run_layout
@@ -619,14 +639,13 @@ def _run_score(args):
     )
     init_ray(args.address)
     data = args.data or run_layout.prepared_dir_of(args.run)
-    model = run_layout.model_dir(args.run)
     return score_prepared(model, data, args.output, args.k, config.eval.exclude_seen)
 
 
 def _run_serve(args):
     _check_run(args.run)
     if args.model is not None:
-        _check_model(args.model, f"--model {args.model}")
+        _model_dir(args)
     _require(1 <= args.port <= 65535, f"--port must be in [1, 65535], got {args.port}")
     from recsys_dist.serving.app import run_service, use_haproxy_ingress
 
@@ -681,7 +700,7 @@ def _add_export(commands, flags):
         help="a smaller serving artefact of a run's model: int8 weights (serve --model DIR)",
         parents=[flags],
     )
-    _add_model_source(sub)
+    _add_model_source(sub, other_export=False)
     sub.add_argument("--quantize", required=True, help="the weights' format: int8")
     sub.add_argument("--output", required=True, help="the new export's directory")
     sub.add_argument("--overwrite", action="store_true", help="replace what --output holds")
@@ -705,7 +724,7 @@ def _add_interests(commands, flags):
         help="interest trajectories, drift, change points and forecasts per user (Ray Data)",
         parents=[flags],
     )
-    _add_model_source(sub)
+    _add_model_source(sub, other_export=False)
     sub.add_argument("--data", help="prepared dataset (default: the run's)")
     sub.add_argument("--users", nargs="+", metavar="USER_ID", help="only these users")
     sub.add_argument("--output", help="directory for interests.parquet and groups.json")

@@ -35,21 +35,24 @@ def evaluate_run(
     split: str,
     eval_config: EvalConfig | None = None,
     data_dir: str | None = None,
+    model_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``RUN/model`` and of the most-popular baseline on ``split``.
+    """Metrics of ``RUN/model`` (or another export of it) and of the most-popular baseline on
+    ``split``.
 
     Args:
         run_dir: A trained run.
         split: ``"valid"`` or ``"test"``.
         eval_config: The ranking protocol; default: the run's saved ``eval`` section.
         data_dir: A prepared dataset; default: the one the run was trained on.
+        model_dir: Another export of the run's model (e.g. its int8 one); default: RUN/model.
     """
     if split not in (schema.VALID_SPLIT, schema.TEST_SPLIT):
         raise UserInputError(f"split (--split) must be 'valid' or 'test', got {split!r}")
     if eval_config is None:
         eval_config = load_config(None, run_layout.saved_settings(run_dir, ["eval"])).eval
     data_dir = data_dir or run_layout.prepared_dir_of(run_dir)
-    loaded = load_checkpoint(run_layout.model_dir(run_dir))
+    loaded = load_checkpoint(model_dir or run_layout.model_dir(run_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = loaded.model.to(device)
     # The data's own vocabulary: an appended dataset may know items the model never saw.
