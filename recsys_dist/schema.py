@@ -111,3 +111,6 @@ USERS_DIR = "users"
 # --- files of a prepared dataset and of an exported model ------------------------------------
 MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.parquet"
+# Beside them: the sentence embeddings of item texts encoded so far (model.item_text), so a
+# retraining turn over a grown catalogue encodes only the new texts. A cache: safe to delete.
+ITEM_TEXT_CACHE_FILE = "item_text_cache.parquet"

@@ -202,21 +202,25 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part.
+    """Write JSON so that readers see the old file or the whole new one, never a part."""
+    write_bytes_atomic(path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
-    On object storage one PUT already is (an object appears whole); locally the text goes to
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the whole new one, never a part.
+
+    On object storage one PUT already is (an object appears whole); locally the bytes go to
     a temporary file beside ``path`` that is then renamed over it (atomic within a file
     system, and the temporary name never matches what readers look for).
     """
-    text = json.dumps(payload, indent=2, sort_keys=True).encode()
     if is_remote(path):
-        write_bytes(path, text)
+        write_bytes(path, data)
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     with open(temporary, "wb") as out:
-        out.write(text)
+        out.write(data)
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, target)

@@ -27,7 +27,7 @@ from recsys_dist.data.item_text import item_texts, trained_items
 from recsys_dist.data.prepared import load_manifest, rating_scale, read_split
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed
-from recsys_dist.model.text_encoder import encode_texts
+from recsys_dist.model.text_encoder import encode_texts_cached
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
 
@@ -122,7 +122,8 @@ def _item_text(prepared_dir: str, config: Config) -> ray.ObjectRef | None:
     vocab = Vocabulary.load(storage.join(prepared_dir, schema.VOCAB_FILE))
     texts = item_texts(vocab, catalogue_dir(prepared_dir))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    matrix = encode_texts(texts, device=device)  # [V, D]
+    cache = storage.join(prepared_dir, schema.ITEM_TEXT_CACHE_FILE)
+    matrix = encode_texts_cached(texts, cache, device=device)  # [V, D]
     return ray.put({"matrix": matrix, "trained": trained_items(prepared_dir, vocab.size)})
 
 

@@ -55,3 +55,31 @@ def test_a_missing_text_extra_is_a_user_error(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_package)
     with pytest.raises(UserInputError, match=r"recsys-dist\[text\]"):
         text_encoder._encoder.__wrapped__("cpu")  # the uncached loader
+
+
+def test_the_cache_encodes_each_text_once_and_only_for_this_model(matrix, tmp_path, monkeypatch):
+    cache = str(tmp_path / "prepared" / "item_text_cache.parquet")
+    encoded = []
+    real_encode = text_encoder.encode_texts
+
+    def counting(texts, **kwargs):
+        encoded.append(list(texts))
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(text_encoder, "encode_texts", counting)
+    first = text_encoder.encode_texts_cached(TEXTS[:3], cache)
+    np.testing.assert_allclose(first, matrix[:3], atol=1e-5)
+    grown = text_encoder.encode_texts_cached(TEXTS, cache)  # a catalogue that grew
+    np.testing.assert_allclose(grown, matrix, atol=1e-5)
+    assert encoded == [TEXTS[1:3], [TEXTS[4], TEXTS[5]]]  # the new texts only, once each
+    text_encoder.encode_texts_cached(TEXTS, cache)
+    assert len(encoded) == 2  # everything was cached
+    monkeypatch.setattr(text_encoder, "TEXT_MODEL", "another-model")
+    text_encoder.encode_texts_cached(TEXTS, cache)
+    assert len(encoded[-1]) == 4  # another model's vectors are not reused
+    (tmp_path / "prepared" / "item_text_cache.parquet").write_bytes(b"not parquet")
+    np.testing.assert_allclose(text_encoder.encode_texts_cached(TEXTS, cache), matrix, atol=1e-5)
+    assert len(encoded) == 4  # an unreadable cache is encoded anew, and replaced
+    assert list((tmp_path / "prepared").iterdir()) == [
+        tmp_path / "prepared" / "item_text_cache.parquet"
+    ]
