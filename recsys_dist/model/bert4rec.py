@@ -323,22 +323,27 @@ class Bert4Rec(nn.Module):
             return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
         selected = labels != IGNORE_INDEX  # [B, L]
         hidden, targets = hidden[selected], labels[selected]  # [N, H], [N]
+        # Once per step, not per chunk of rows: with item text it is a [V, D] x [D, H] product.
+        table = self.item_table()  # [V, H]
         rating_loss = None
         if self.rating_head is not None and rating_labels is not None:
             prior = self.rating_prior(rating_buckets, items)[selected]  # [N]
-            rating_loss = self._rating_mse(hidden, targets, rating_labels[selected], prior)
+            ratings = rating_labels[selected]  # [N]
+            rating_loss = self._rating_mse(hidden, targets, ratings, prior, table)
         if left_out is not None:  # a labelled target always stays in (a finite loss)
             left_out = left_out.index_fill(0, targets, False)  # [V]
         if negatives is None:
             width = self.config.vocab_size
-            loss_fn = partial(self._cross_entropies, left_out=left_out)
+            loss_fn = partial(self._cross_entropies, left_out=left_out, table=table)
         else:
             width = 1 + len(negatives.ids)  # the target, then the negatives
-            loss_fn = partial(self._sampled_cross_entropies, negatives=negatives, left_out=left_out)
+            loss_fn = partial(
+                self._sampled_cross_entropies, negatives=negatives, left_out=left_out, table=table
+            )
         rows = rows_per_chunk(max_logits, width, len(targets))
         logits = None
         if negatives is None and len(targets) <= rows:
-            logits = self.item_logits(hidden)  # [N, V], returned with the loss
+            logits = self.item_logits(hidden, table)  # [N, V], returned with the loss
             losses = loss_fn(hidden, targets, logits)  # [N]
         else:
             losses = chunked_losses(loss_fn, hidden, targets, rows)  # [N]
@@ -348,7 +353,12 @@ class Bert4Rec(nn.Module):
         return Bert4RecOutput(loss=loss, logits=logits, rating_loss=rating_loss)
 
     def _rating_mse(
-        self, hidden: torch.Tensor, targets: torch.Tensor, ratings: torch.Tensor, prior
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        ratings: torch.Tensor,
+        prior: torch.Tensor,
+        table: torch.Tensor,
     ) -> torch.Tensor:
         """Mean squared error of the rated ones among ``[N]`` targets (0 if none is rated).
 
@@ -356,7 +366,7 @@ class Bert4Rec(nn.Module):
         parameters get a gradient every step, as DeepSpeed's all-reduce expects.
         """
         rated = ~torch.isnan(ratings)  # [N]
-        predicted = self.rating_head.of_items(hidden, targets, self.item_table(), prior)
+        predicted = self.rating_head.of_items(hidden, targets, table, prior)
         errors = torch.where(rated, predicted - ratings.nan_to_num(), 0.0)  # [N]
         return errors.square().sum() / rated.sum().clamp(min=1)
 
@@ -366,10 +376,11 @@ class Bert4Rec(nn.Module):
         targets: torch.Tensor,
         logits: torch.Tensor | None = None,
         left_out: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[N]`` cross-entropies of ``[N, H]`` hidden states against ``[N]`` targets, over
         every item but the ``[V]`` ``left_out`` ones."""
-        logits = self.item_logits(hidden) if logits is None else logits  # [N, V]
+        logits = self.item_logits(hidden, table) if logits is None else logits  # [N, V]
         if left_out is not None:
             logits = logits.masked_fill(left_out, float("-inf"))  # [N, V]
         return full_softmax_losses(logits, targets)
@@ -380,10 +391,12 @@ class Bert4Rec(nn.Module):
         targets: torch.Tensor,
         negatives: NegativeSample,
         left_out: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[N]`` sampled-softmax cross-entropies of ``[N, H]`` hidden states; the same head,
         ``left_out`` negatives masked (an ``-inf`` bias)."""
-        weight, bias = self.item_table(), self.output_bias
+        weight = self.item_table() if table is None else table  # [V, H]
+        bias = self.output_bias
         if left_out is not None:
             bias = bias.masked_fill(left_out, float("-inf"))  # [V]
         return sampled_softmax_losses(self.head(hidden), targets, weight, bias, negatives)
@@ -535,10 +548,12 @@ class Bert4Rec(nn.Module):
         is dotted with the item table."""
         return self.head_norm(F.gelu(self.head_dense(hidden)))
 
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens."""
+    def item_logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens.
+        ``table``: :meth:`item_table`, where the caller has it already."""
         h = self.head(hidden)  # [..., H]
-        logits = F.linear(h, self.item_table(), self.output_bias)  # [..., V]
+        table = self.item_table() if table is None else table  # [V, H]
+        logits = F.linear(h, table, self.output_bias)  # [..., V]
         # PAD and MASK (columns 0 .. NUM_SPECIAL_TOKENS - 1) are never targets.
         logits[..., :NUM_SPECIAL_TOKENS] = float("-inf")
         return logits

@@ -212,11 +212,11 @@ class Int8Bert4Rec(Bert4Rec):
         metadata = {"format": "pt", CONFIG_KEY: quantization_of(self.config)["scheme"]}
         save_file(state, str(directory / WEIGHTS_FILE), metadata=metadata)
 
-    def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def item_logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """The tied head, ``[..., H] -> [..., V]``, over the int8 table where it can."""
         usable = self._table is not None and self.int8_kernel and not self.training
         if not usable or hidden.device.type != "cpu" or torch.is_grad_enabled():
-            return super().item_logits(hidden)
+            return super().item_logits(hidden, table)
         h = self.head(hidden).float()  # [..., H]
         rows = h.reshape(-1, h.shape[-1])  # [N, H]
         logits = _int8_linear(rows, self._table, self.output_bias)  # [N, V]

@@ -167,6 +167,30 @@ def test_text_turned_on_in_a_warm_start_first_scores_as_the_id_only_parent():
         warm_start(Bert4Rec(tiny_config()), text_model(), np.arange(VOCAB))
 
 
+def test_a_chunked_loss_projects_the_text_once_and_equals_the_whole_one(monkeypatch):
+    model = text_model().eval()
+    items, buckets, labels = warm_batch()
+    labels[:, -3:] = items[:, -3:]  # 12 labelled rows
+    whole = model(items, buckets, labels)
+    whole.loss.backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    projections = []
+    monkeypatch.setattr(
+        model.text_projection,
+        "forward",
+        lambda x: projections.append(x) or x @ model.text_projection.weight.T,
+    )
+    chunked = model(items, buckets, labels, max_logits=3 * VOCAB)  # 4 chunks of 3 rows
+    chunked.loss.backward()
+    assert len(projections) == 2  # the input's items, and the table once for all the chunks
+    torch.testing.assert_close(chunked.loss, whole.loss)
+    assert "text_projection.weight" in expected
+    for name, param in model.named_parameters():
+        if name in expected:
+            torch.testing.assert_close(param.grad, expected[name], msg=name)
+
+
 def test_the_config_and_the_matrix_are_checked():
     with pytest.raises(ValueError, match="item_text_dim"):
         tiny_config(item_text=True)
