@@ -49,7 +49,7 @@ def calls(monkeypatch):
     """Stand-ins for Ray and the library functions: what each command passed them."""
     seen: dict[str, list] = {"evaluate": [], "score": []}
 
-    def evaluate_run(run, split, eval_config, data=None):
+    def evaluate_run(run, split, eval_config, data=None, model_dir=None):
         seen["evaluate"].append(eval_config)
         return {"split": split}
 
