@@ -10,6 +10,7 @@ of epochs (no time budget, so a busy machine changes the time, not the result), 
 NDCG@10 is reported with the popularity baseline's::
 
     python bench/noise.py --workdir /tmp/bench-noise [--levels 0 0.1 0.2] [--drop 0.2]
+        [--draw uniform|popularity]
 
 Prints one JSON object per run and the Markdown rows for ``docs/benchmarks.md``.
 """
@@ -51,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", type=float, default=0.2, help="train.denoise_drop when on")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--draw",
+        choices=["uniform", "popularity"],
+        default="uniform",
+        help="noise items: uniformly, or as often as the log holds them (accidental clicks "
+        "land where clicks are)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = parser.parse_args(argv)
     if not Path(args.dataset).exists():
@@ -62,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     events = pq.read_table(work / "raw" / schema.EVENTS_DIR).drop_columns([schema.RATING])
     rows = []
     for level in args.levels:
-        noisy = work / f"noise-{level:g}"
-        added = write_noisy(events, level, noisy / "raw", np.random.default_rng(args.seed))
+        noisy = work / (f"noise-{level:g}" + ("" if args.draw == "uniform" else f"-{args.draw}"))
+        rng = np.random.default_rng(args.seed)
+        added = write_noisy(events, level, noisy / "raw", rng, args.draw)
         config = load_config(None, [*args.overrides, f"train.epochs={args.epochs}"])
         prepare_dataset(str(noisy / "raw"), str(noisy / "prepared"), config.data)
         for drop in (0.0, args.drop) if args.drop else (0.0,):
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"train.denoise_drop={drop}",
             ]
             result = run(noisy, load_config(None, overrides), drop)
-            result.update(noise=level, noise_events=added)
+            result.update(noise=level, noise_events=added, draw=args.draw)
             print(json.dumps(result, sort_keys=True), flush=True)
             rows.append(result)
     for row in rows:
@@ -81,10 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_noisy(events: pa.Table, share: float, output: Path, rng) -> int:
-    """``events`` plus ``share`` x each user's training events of noise; returns how many."""
+def write_noisy(events: pa.Table, share: float, output: Path, rng, draw: str = "uniform") -> int:
+    """``events`` plus ``share`` x each user's training events of noise; returns how many.
+
+    ``draw``: each noise item uniformly from the catalogue, or by popularity (each event of
+    the log equally likely, so items as often as the log holds them)."""
     frame = events.to_pandas().sort_values([schema.USER_ID, schema.TIMESTAMP], kind="stable")
     items = frame[schema.ITEM_ID].unique()
+    counts = frame[schema.ITEM_ID].value_counts().reindex(items).to_numpy()
+    chance = counts / counts.sum() if draw == "popularity" else None
     noise = []
     for user, group in frame.groupby(schema.USER_ID, sort=False):
         times = group[schema.TIMESTAMP].to_numpy()
@@ -95,7 +109,7 @@ def write_noisy(events: pa.Table, share: float, output: Path, rng) -> int:
         noise.append(
             {
                 schema.USER_ID: [user] * count,
-                schema.ITEM_ID: rng.choice(items, count).tolist(),
+                schema.ITEM_ID: rng.choice(items, count, p=chance).tolist(),
                 schema.TIMESTAMP: rng.integers(times[0], latest + 1, count).tolist(),
             }
         )
