@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="which items are held out")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     args = parser.parse_args(argv)
     if not (Path(args.dataset) / "ml-100k.inter").exists():
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         **checks,
     }
-    for name, extra in MODELS.items():
+    for name, extra in ((name, MODELS[name]) for name in args.models):
         run_dir = work / f"run-{name}"
         started = time.perf_counter()
         summary = train(str(prepared), str(run_dir), load_config(None, [*overrides, *extra]))
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({name: result[name]}), flush=True)
     (work / "cold_start.json").write_text(json.dumps(result, indent=2, sort_keys=True))
     print(json.dumps(result, sort_keys=True))
-    for name in MODELS:
+    for name in args.models:
         print(markdown_row(result, name))
     return 0
 
