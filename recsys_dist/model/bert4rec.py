@@ -247,42 +247,6 @@ class Bert4Rec(nn.Module):
             )
         self.item_text.copy_(matrix)
 
-    @torch.no_grad()
-    def place_untrained_items(
-        self, trained: torch.Tensor, neighbours: int = 10, chunk: int = 4096
-    ) -> int:
-        """Give every item no training event showed (``[V]`` bool ``trained`` False) the ID
-        row, output bias and rating item bias of its text's ``neighbours`` nearest trained items
-        (cosine over ``item_text``, their plain mean); returns how many were placed.
-
-        Why: such an item's vector is otherwise its projected text plus its untrained initial
-        ID row, shorter than any trained item's (ID row and text together), so it scores below
-        the items its text resembles, however close. Placed, it starts where they are, and its
-        own text still tells it apart. Items without text (a zero row) keep their rows. The
-        trainer calls this before every validation, so what is validated is what is exported.
-        """
-        if self.item_text is None:
-            raise ValueError("this model has no item text input (config.item_text is False)")
-        trained = trained.to(self.item_text.device).clone()
-        trained[:NUM_SPECIAL_TOKENS] = False
-        has_text = self.item_text.abs().sum(dim=1) > 0  # [V]
-        cold = ~trained & has_text
-        cold[:NUM_SPECIAL_TOKENS] = False
-        warm_rows = torch.nonzero(trained & has_text).squeeze(1)  # [W]
-        cold_rows = torch.nonzero(cold).squeeze(1)  # [C]
-        if not len(cold_rows) or not len(warm_rows):
-            return 0
-        warm_text = F.normalize(self.item_text[warm_rows], dim=1)  # [W, D]
-        tables = [self.item_embedding.weight, self.output_bias.unsqueeze(1)]
-        if self.rating_head is not None:
-            tables.append(self.rating_head.item_bias.weight)
-        for rows in cold_rows.split(chunk):
-            similar = F.normalize(self.item_text[rows], dim=1) @ warm_text.T  # [c, W]
-            nearest = warm_rows[similar.topk(min(neighbours, len(warm_rows)), dim=1).indices]
-            for table in tables:  # [V, ...]: each row the mean of its neighbours'
-                table[rows] = table[nearest].mean(dim=1)
-        return len(cold_rows)
-
     def _init_head_weights(self) -> None:
         """BERT's init for the modules ``BertModel.post_init`` does not know about."""
         std = self.config.initializer_range

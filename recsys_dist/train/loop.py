@@ -150,8 +150,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         last = progress.epoch >= progress.planned_epochs or out_of_time
         if progress.epoch % config.train.eval_every and not last:
             continue
-        if left_out is not None:  # what is validated and saved: untrained items placed by text
-            engine.module.place_untrained_items(~left_out)
         metrics = _validate(engine.module, valid_batches, config, rank, world, device)
         metrics.update(
             epoch=progress.epoch,

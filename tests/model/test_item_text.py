@@ -191,35 +191,6 @@ def test_a_chunked_loss_projects_the_text_once_and_equals_the_whole_one(monkeypa
             torch.testing.assert_close(param.grad, expected[name], msg=name)
 
 
-def test_untrained_items_take_the_rows_of_their_texts_nearest_trained_items():
-    model = text_model(rating_head=True, num_rating_buckets=5, rating_min=1.0, rating_max=5.0)
-    model.eval()
-    with torch.no_grad():
-        model.output_bias.normal_()
-    trained = ~cold_mask()
-    before = model.item_embedding.weight.clone()
-    text = model.item_text.clone()
-    text[22] = 0  # no text: nothing to place it by
-    model.set_item_text(text)
-    assert model.place_untrained_items(trained, neighbours=1) == 2  # 20 and 21; not 22
-    for cold in (20, 21):  # both share item 5's text: item 5 is the nearest
-        torch.testing.assert_close(model.item_embedding.weight[cold], before[5])
-        torch.testing.assert_close(model.output_bias[cold], model.output_bias[5])
-        torch.testing.assert_close(
-            model.rating_head.item_bias.weight[cold], model.rating_head.item_bias.weight[5]
-        )
-    torch.testing.assert_close(model.item_embedding.weight[22], before[22])
-    unchanged = torch.ones(VOCAB, dtype=torch.bool)
-    unchanged[[20, 21]] = False
-    torch.testing.assert_close(model.item_embedding.weight[unchanged], before[unchanged])
-    model.place_untrained_items(trained, neighbours=3)  # the mean of the 3 nearest
-    nearest = F.normalize(text[20], dim=0) @ F.normalize(text, dim=1).T
-    nearest[list(COLD)] = -2
-    nearest[:2] = -2
-    top = nearest.topk(3).indices
-    torch.testing.assert_close(model.item_embedding.weight[20], before[top].mean(0))
-
-
 def test_the_config_and_the_matrix_are_checked():
     with pytest.raises(ValueError, match="item_text_dim"):
         tiny_config(item_text=True)
