@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 import torch
@@ -60,16 +61,24 @@ def model_scorer(model: Bert4Rec, device: torch.device, vocab_size: int = 0) -> 
 
     def score(inputs: ModelInputs) -> torch.Tensor:
         model.eval()
-        items = torch.as_tensor(inputs.items, device=device)
-        buckets = torch.as_tensor(inputs.time_buckets, device=device)
-        ages, rated = inputs.age_buckets, inputs.rating_buckets
-        ages = None if ages is None else torch.as_tensor(ages, device=device)
-        rated = None if rated is None else torch.as_tensor(rated, device=device)
-        items = items.masked_fill(items >= known, PAD_INDEX)
-        scores = model.score_next(items, buckets, ages, rated)
+        scores = model.score_next(*model_tensors(inputs, known, device))
         return F.pad(scores.float(), (0, max(0, vocab_size - known)), value=float("-inf"))
 
     return score
+
+
+def model_tensors(inputs: ModelInputs, known: int, device: torch.device) -> tuple:
+    """``inputs`` as the model's ``(items, time_buckets, age_buckets, rating_buckets)``
+    tensors, items the model does not know (index ``>= known``) replaced by PAD."""
+    tensor = partial(torch.as_tensor, device=device)
+    items = tensor(inputs.items)
+    ages, rated = inputs.age_buckets, inputs.rating_buckets
+    return (
+        items.masked_fill(items >= known, PAD_INDEX),
+        tensor(inputs.time_buckets),
+        None if ages is None else tensor(ages),
+        None if rated is None else tensor(rated),
+    )
 
 
 def popularity_scorer(popularity: np.ndarray, device: torch.device) -> Scorer:

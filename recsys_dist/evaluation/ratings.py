@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -25,8 +24,8 @@ import torch
 
 from recsys_dist import schema
 from recsys_dist.data.batching import evaluation_inputs
+from recsys_dist.evaluation.ranking import model_tensors
 from recsys_dist.model import Bert4Rec
-from recsys_dist.schema import PAD_INDEX
 
 BASELINES = ("global_mean", "biases", "svd")
 PROTOCOL = (
@@ -140,11 +139,8 @@ def _predicted(model: Bert4Rec, rows: dict, device: torch.device) -> np.ndarray:
         config.rating_scale(),
     )
     model.eval()
-    tensor = partial(torch.as_tensor, device=device)
-    items = tensor(inputs.items).masked_fill(tensor(inputs.items) >= config.vocab_size, PAD_INDEX)
-    ages = None if inputs.age_buckets is None else tensor(inputs.age_buckets)
-    rated = tensor(inputs.rating_buckets)
-    state = model.query_state(items, tensor(inputs.time_buckets), ages, rated)
+    items, buckets, ages, rated = model_tensors(inputs, config.vocab_size, device)
+    state = model.query_state(items, buckets, ages, rated)
     targets = torch.as_tensor(np.asarray(rows[schema.TARGET_ITEM], np.int64), device=device)
     prior = model.query_rating_prior(rated, items)
     return model.ratings_of_items(state, prior, targets).float().cpu().numpy()

@@ -79,7 +79,8 @@ def encode_texts_cached(
 
     A cache of another model, or one that cannot be read, is ignored and replaced (logged).
     """
-    unique = {_text_key(text): text for text in texts if text}
+    keys = [_text_key(text) if text else None for text in texts]
+    unique = {key: text for key, text in zip(keys, texts, strict=True) if key}
     if not unique:
         return encode_texts(texts, device=device)  # zero rows: nothing to cache
     known = _read_cache(cache)
@@ -90,15 +91,10 @@ def encode_texts_cached(
         _write_cache(cache, known)
     else:
         logger.info("all %d item texts were in the cache %s", len(unique), cache)
-    dim = (
-        next(iter(known.values())).shape[0]
-        if known
-        else _encoder(str(device))[1].config.hidden_size
-    )
-    matrix = np.zeros((len(texts), dim), dtype=np.float32)
-    for row, text in enumerate(texts):
-        if text:
-            matrix[row] = known[_text_key(text)]
+    matrix = np.zeros((len(texts), next(iter(known.values())).shape[0]), dtype=np.float32)
+    for row, key in enumerate(keys):
+        if key:
+            matrix[row] = known[key]
     return matrix
 
 
@@ -122,7 +118,8 @@ def _read_cache(cache: str) -> dict[str, np.ndarray]:
         if any(metadata.get(key) != value for key, value in _cache_identity().items()):
             logger.info("the item text cache %s is of another model: encoding anew", cache)
             return {}
-        vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+        column = table.column("vector").combine_chunks()  # fixed-size lists: one flat buffer
+        vectors = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
         return dict(zip(table.column("text_sha256").to_pylist(), vectors, strict=True))
     except (OSError, pa.ArrowException, KeyError, ValueError) as error:
         logger.warning("the item text cache %s is unreadable (%s): encoding anew", cache, error)
