@@ -15,7 +15,7 @@ scikit-surprise is a well-kept library, so its models are not rewritten here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,19 +106,22 @@ def _add_batch(model: Bert4Rec, batch: dict, device: torch.device, held_out: Hel
     held_out.history.append(_rated_history(chosen))
 
 
-@torch.no_grad()
-def model_rating_errors(
-    model: Bert4Rec, batches: Iterable[dict[str, np.ndarray]], device: torch.device
-) -> Errors:
-    """The model's own squared/absolute error sums on the rated rows of ``batches``, without
-    the baselines: cheap enough for every validation during training."""
-    errors = Errors()
+def tally_rating_errors(
+    model: Bert4Rec,
+    batches: Iterable[dict[str, np.ndarray]],
+    errors: Errors,
+    device: torch.device,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Pass ``batches`` on unchanged, adding the model's own squared/absolute errors on each
+    one's rated rows to ``errors`` (no baselines: cheap enough for every validation during
+    training). Chained in front of the ranking, one read of the rows serves both."""
     for batch in batches:
         rated = _rated_rows(model, batch)
         if rated.any():
             chosen = {name: np.asarray(column)[rated] for name, column in batch.items()}
-            errors.add(_predicted(model, chosen, device), chosen[schema.TARGET_RATING])
-    return errors
+            with torch.no_grad():
+                errors.add(_predicted(model, chosen, device), chosen[schema.TARGET_RATING])
+        yield batch
 
 
 def _rated_rows(model: Bert4Rec, batch: dict) -> np.ndarray:

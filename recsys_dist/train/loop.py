@@ -36,7 +36,7 @@ from recsys_dist.data.catalogue import category_peers, read_categories
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
-from recsys_dist.evaluation.ratings import Errors, model_rating_errors
+from recsys_dist.evaluation.ratings import Errors, tally_rating_errors
 from recsys_dist.model import Bert4Rec, Bert4RecConfig, sample_negatives
 from recsys_dist.model.warm_start import warm_start
 from recsys_dist.train import resume
@@ -159,6 +159,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             train_checksum=epoch.checksum,
             train_seq_per_s=round(progress.sequences / max(1e-9, progress.train_s), 1),
             elapsed_s=round(progress.elapsed_s, 2),
+            train_s=round(progress.train_s, 2),  # training steps only: no validation, no start
             train_nodes=nodes,
             train_restarts=progress.restarts,
             planned_epochs=progress.planned_epochs,
@@ -435,9 +436,13 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
     """Full-ranking validation; each rank scores the users hashed to it, sums are all-reduced.
 
     Hashing users (not counting batches) keeps the partition exact whatever order Ray Data
-    delivers the rows in on each rank.
+    delivers the rows in on each rank. With a rating head the same pass over the rows also
+    sums its errors: RMSE/MAE at the epoch ranking selects.
     """
     mine = (_rows_of_rank(batch, rank, world) for batch in batches.epoch(seed=0))
+    errors = Errors()
+    if model.config.rating_head:
+        mine = tally_rating_errors(model, mine, errors, device)
     sums = evaluation_sums(
         model_scorer(model, device),
         mine,
@@ -450,28 +455,17 @@ def _validate(model, batches: ShardBatches, config, rank: int, world: int, devic
     )
     model.train()
     names = sorted({"count", *(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in config.eval.ks)})
-    totals = torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    final = finalize_metrics(dict(zip(names, totals.tolist(), strict=True)))
-    if model.config.rating_head:
-        final.update(_rating_errors(model, batches, rank, world, device))
-    return {f"valid_{name}": value for name, value in final.items()}
-
-
-def _rating_errors(model, batches: ShardBatches, rank: int, world: int, device) -> dict:
-    """The rating head's RMSE/MAE on the rated validation targets, beside the ranking: how
-    the head fares at the epoch ranking selects (all-reduced like the ranking sums)."""
-    mine = (_rows_of_rank(batch, rank, world) for batch in batches.epoch(seed=0))
-    errors = model_rating_errors(model, mine, device)
-    model.train()
+    rating_sums = [errors.squared, errors.absolute, errors.count]
     totals = torch.tensor(
-        [errors.squared, errors.absolute, errors.count], dtype=torch.float64, device=device
+        [*(sums.get(n, 0.0) for n in names), *rating_sums], dtype=torch.float64, device=device
     )
     if dist.is_initialized():
         dist.all_reduce(totals)
-    squared, absolute, count = totals.tolist()
-    return Errors(squared, absolute, int(count)).summary() if count else {}
+    *ranking, squared, absolute, count = totals.tolist()
+    final = finalize_metrics(dict(zip(names, ranking, strict=True)))
+    if count:
+        final.update(Errors(squared, absolute, int(count)).summary())
+    return {f"valid_{name}": value for name, value in final.items()}
 
 
 def _rows_of_rank(batch: dict[str, np.ndarray], rank: int, world: int) -> dict[str, np.ndarray]:

@@ -19,8 +19,13 @@ def test_the_shared_run_trained_on_two_workers_and_exported(trained_run):
     assert trained_run.manifest["counts"]["events"] == trained_run.generated["events"]
     assert trained_run.summary["workers"] == 2
     assert (trained_run.run / "model" / "model.safetensors").exists()
-    lines = (trained_run.run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [10, 20, 30]
+    rows = [
+        json.loads(line) for line in (trained_run.run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["epoch"] for row in rows] == [10, 20, 30]
+    for row in rows:  # purchases carry ratings: the head's errors beside every validation
+        assert 0 < row["valid_mae"] <= row["valid_rmse"] < 4
+        assert 0 < row["train_s"] <= row["elapsed_s"]  # steps only, within the whole
 
 
 def test_evaluate_full_catalogue_beats_popularity_and_sampled_is_labelled(trained_run, cli_json):

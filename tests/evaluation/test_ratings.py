@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recsys_dist import schema
-from recsys_dist.evaluation.ratings import BASELINES, rating_errors
+from recsys_dist.evaluation.ratings import BASELINES, Errors, rating_errors, tally_rating_errors
 from recsys_dist.model import Bert4Rec, Bert4RecConfig
 
 
@@ -85,3 +85,15 @@ def test_rows_without_a_rated_target_give_no_errors(model):
     result = rating_errors(model, [batch], torch.device("cpu"))
     assert result["rated_targets"] == 0
     assert "model" not in result and "baselines" not in result
+
+
+def test_tallying_passes_the_rows_on_and_sums_the_same_errors_as_the_full_report(model):
+    """Training's validation reads the rows once: the ranking gets them as they came, and
+    the errors summed on the way equal the model's in the full report."""
+    batches = [rows(users=20, seed=1), rows(users=20, seed=2)]
+    errors = Errors()
+    passed = list(tally_rating_errors(model, iter(batches), errors, torch.device("cpu")))
+    assert all(a is b for a, b in zip(passed, batches, strict=True))
+    assert errors.count == 36
+    report = rating_errors(model, batches, torch.device("cpu"))
+    assert errors.summary() == report["model"]
