@@ -92,9 +92,18 @@ class ModelConfig:
     # with few or no training events still get a vector their text places. Needs a catalogue
     # and the `text` extra (pip install 'recsys-dist[text]'); data/item_text.py.
     item_text: bool = False
+    # With item_text: each training step drops this share of the items' ID embeddings (input
+    # and output alike), so the text projection learns to place an item on its own, as it
+    # must for a cold one; items no training window holds then keep no ID vector at all
+    # (DropoutNet, Volkovs et al. 2017). 0: off. See benchmarks.md, "Cold start from text".
+    text_id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("model.objective", self.objective, OBJECTIVES)
+        if not 0 <= self.text_id_dropout < 1:
+            raise ConfigError(
+                f"model.text_id_dropout must be in [0, 1), got {self.text_id_dropout}"
+            )
         _check_positive("model.num_rating_buckets", self.num_rating_buckets)
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
             _check_positive(f"model.{name}", getattr(self, name))

@@ -60,7 +60,7 @@ from recsys_dist.model.losses import (
     sampled_softmax_losses,
     truncated_sum,
 )
-from recsys_dist.schema import NUM_SPECIAL_TOKENS, PAD_INDEX
+from recsys_dist.schema import MASK_INDEX, NUM_SPECIAL_TOKENS, PAD_INDEX
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -214,10 +214,13 @@ class Bert4Rec(nn.Module):
         """The one item table: input embedding and (transposed) output decoder."""
         return self.bert.embeddings.word_embeddings
 
-    def item_table(self) -> torch.Tensor:
+    def item_table(self, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``[V, H]``: every item's one vector, read by the input and the tied output head
-        alike: its ID embedding, plus with ``config.item_text`` the projection of its text."""
+        alike: its ID embedding, plus with ``config.item_text`` the projection of its text.
+        ``keep_ids``: ``[V]`` 1/0 per item, 0 dropping its ID embedding (:meth:`_id_dropout`)."""
         table = self.item_embedding.weight  # [V, H]
+        if keep_ids is not None:
+            table = table * keep_ids[:, None]  # [V, H]
         if self.text_projection is not None:
             table = table + self.text_projection(self.item_text)  # [V, H]
         return table
@@ -228,6 +231,29 @@ class Bert4Rec(nn.Module):
         if self.text_projection is not None:
             vectors = vectors + self.text_projection(self.item_text[items])  # [..., H]
         return vectors
+
+    def _id_dropout(self) -> torch.Tensor | None:
+        """``[V]`` 1/0 per item for one training step: 0 drops the item's ID embedding
+        (``config.text_id_dropout`` of them), so its vector is its text alone, as a cold
+        item's is; None when nothing is dropped (evaluation, no text, no dropout)."""
+        share = self.config.text_id_dropout
+        if not (self.training and share and self.text_projection is not None):
+            return None
+        weight = self.item_embedding.weight  # [V, H]
+        keep = (torch.rand(len(weight), device=weight.device) >= share).to(weight.dtype)
+        keep[PAD_INDEX] = 0.0  # a zero row no gradient may move, as BERT's padding_idx keeps it
+        keep[MASK_INDEX] = 1.0  # the cloze input token has no text to stand in for it
+        return keep  # [V]
+
+    @torch.no_grad()
+    def drop_untrained_ids(self, untrained: torch.Tensor) -> None:
+        """Zero the ID rows of the ``[V]`` bool ``untrained`` items (no training window holds
+        them). Trained with ``config.text_id_dropout``, the text projection places an item
+        alone; a random, never-trained ID row would only add noise to a cold item's vector.
+        The softmax leaves these items out, so no gradient moves the rows again."""
+        rows = untrained.clone()
+        rows[:NUM_SPECIAL_TOKENS] = False
+        self.item_embedding.weight[rows] = 0.0
 
     @torch.no_grad()
     def set_item_text(self, matrix: torch.Tensor) -> None:
@@ -318,13 +344,15 @@ class Bert4Rec(nn.Module):
                 f"left_out shape {tuple(left_out.shape)} != [vocab_size] "
                 f"({self.config.vocab_size},)"
             )
-        hidden = self.encode(items, time_buckets, age_buckets, rating_buckets)  # [B, L, H]
+        keep_ids = self._id_dropout()  # [V] or None: one draw serves inputs and outputs
+        table = None if keep_ids is None else self.item_table(keep_ids)  # [V, H]
+        hidden = self.encode(items, time_buckets, age_buckets, rating_buckets, table)  # [B, L, H]
         if labels is None:
-            return Bert4RecOutput(loss=None, logits=self.item_logits(hidden))  # [B, L, V]
+            return Bert4RecOutput(loss=None, logits=self.item_logits(hidden, table))  # [B, L, V]
         selected = labels != IGNORE_INDEX  # [B, L]
         hidden, targets = hidden[selected], labels[selected]  # [N, H], [N]
         # Once per step, not per chunk of rows: with item text it is a [V, D] x [D, H] product.
-        table = self.item_table()  # [V, H]
+        table = self.item_table() if table is None else table  # [V, H]
         rating_loss = None
         if self.rating_head is not None and rating_labels is not None:
             prior = self.rating_prior(rating_buckets, items)[selected]  # [N]
@@ -504,10 +532,12 @@ class Bert4Rec(nn.Module):
         time_buckets: torch.Tensor | None,
         age_buckets: torch.Tensor | None = None,
         rating_buckets: torch.Tensor | None = None,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs."""
+        """Contextual hidden states ``[B, L, H]`` of the (already checked) inputs; ``table``:
+        the step's :meth:`item_table`, where it differs from the stored one (ID dropout)."""
         length = items.shape[1]
-        embeds = self.item_vectors(items)  # [B, L, H]
+        embeds = self.item_vectors(items) if table is None else F.embedding(items, table)
         if self.time_embedding is not None:
             embeds = embeds + self.time_embedding(time_buckets)  # [B, L, H]
         if self.rating_embedding is not None:

@@ -64,6 +64,9 @@ class Bert4RecConfig(PretrainedConfig):
         item_text_dim: Width of the text embeddings (the sentence model's, 384 for
             all-MiniLM-L6-v2); 0 without ``item_text``. Set by ``from_model_config`` from
             the matrix the trainer computed (:mod:`recsys_dist.data.item_text`).
+        text_id_dropout: With ``item_text``, the share of items whose ID embedding each
+            training step drops (input and output alike), so the text projection learns
+            to place an item alone, as it must for a cold one.
         initializer_range: Std of the normal initialisation (BERT's 0.02).
         layer_norm_eps: Epsilon of every LayerNorm (BERT's 1e-12).
         pad_token_id: Always ``schema.PAD_INDEX``; stored so an export is self-describing.
@@ -91,6 +94,7 @@ class Bert4RecConfig(PretrainedConfig):
     rating_mean: float = 0.0
     item_text: bool = False
     item_text_dim: int = 0
+    text_id_dropout: float = 0.0
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX

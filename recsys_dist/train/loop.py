@@ -102,6 +102,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, progress, saved = _restore(model, rank, world)
     if not progress.step and config.train.init_from:  # a resumed run keeps its own weights
         _warm_start(model, config.train.init_from, loop_config, rank)
+    if left_out is not None and config.model.text_id_dropout:  # cold items: their text alone
+        model.drop_untrained_ids(left_out)
     engine = _deepspeed_engine(model, config, world, loop_config["steps_per_epoch"])
     if saved is not None:  # Adam's moments, master weights and the schedule, as they were
         resume.apply(engine, saved)
@@ -254,7 +256,7 @@ def _build_model(config: Config, loop_config: dict) -> tuple[Bert4Rec, torch.Ten
     model = Bert4Rec(model_config)
     if text is None:
         return model, None
-    model.set_item_text(torch.from_numpy(text["matrix"]))
+    model.set_item_text(torch.tensor(text["matrix"]))  # a copy: the object store's is read-only
     return model, torch.from_numpy(~text["trained"])
 
 

@@ -42,6 +42,7 @@ def test_every_model_config_field_reaches_the_model():
         rating_head=False,
         num_rating_buckets=4,
         item_text=True,
+        text_id_dropout=0.3,
     )
     defaults = ModelConfig()
     assert all(getattr(cfg, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(cfg))
@@ -67,6 +68,7 @@ def test_every_model_config_field_reaches_the_model():
     assert built.time_embedding.num_embeddings == 7
     assert model.rating_head is None and model.rating_embedding is None  # switched off
     assert model.item_text.shape == (41, 12) and model.text_projection.weight.shape == (24, 12)
+    assert model.config.text_id_dropout == 0.3
     assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).item_text is None
     rated = Bert4Rec(
         Bert4RecConfig.from_model_config(
@@ -114,7 +116,7 @@ def test_every_non_default_model_config_value_reaches_the_saved_model_config(tmp
     other = {
         bool: lambda v: not v,
         int: lambda v: v * 2,
-        float: lambda v: round(v / 2, 4),
+        float: lambda v: round(v / 2, 4) if v else 0.25,
         str: lambda v: next(o for o in OBJECTIVES if o != v),  # the one str field: objective
     }
     defaults = ModelConfig()

@@ -199,3 +199,49 @@ def test_the_config_and_the_matrix_are_checked():
         model.set_item_text(torch.zeros(VOCAB, DIM + 1))
     with pytest.raises(ValueError, match="no item text"):
         Bert4Rec(tiny_config()).set_item_text(torch.zeros(VOCAB, DIM))
+
+
+def test_id_dropout_drops_whole_items_in_training_and_never_in_evaluation():
+    """One draw per step serves the input and the output; dropped items get no ID gradient
+    (their vector was their text alone), PAD stays a zero row, MASK is never dropped."""
+    torch.manual_seed(0)
+    model = text_model(text_id_dropout=0.5, objective="cloze")
+    items, buckets, labels = warm_batch(size=8)
+    items[:, 2] = 1  # a MASK input: the cloze token has no text
+    draws = []
+    real = model._id_dropout
+    model._id_dropout = lambda: draws.append(real()) or draws[-1]
+    model(items, buckets, labels).loss.backward()
+    (keep,) = draws
+    assert keep[0] == 0 and keep[1] == 1 and 0 < keep[2:].sum() < VOCAB - 2
+    grad = model.item_embedding.weight.grad
+    dropped = (keep == 0).nonzero().flatten()
+    assert grad[dropped].abs().max() == 0
+    used = torch.unique(torch.cat([items.flatten(), labels[labels >= 0]]))
+    kept_used = [int(i) for i in used if keep[i] == 1 and i > 1]
+    assert grad[kept_used].abs().sum() > 0
+    model.eval()
+    assert model._id_dropout() is None
+    assert text_model()._id_dropout() is None  # off by default
+
+
+def test_untrained_items_keep_no_id_row_and_score_by_their_text():
+    model = text_model(text_id_dropout=0.2).eval()
+    before = model.item_embedding.weight.clone()
+    untrained = cold_mask()
+    untrained[:2] = True  # specials are never touched
+    model.drop_untrained_ids(untrained)
+    weight = model.item_embedding.weight
+    assert weight[list(COLD)].abs().max() == 0
+    torch.testing.assert_close(weight[:20], before[:20])
+    torch.testing.assert_close(weight[23:], before[23:])
+    items, buckets, _ = warm_batch()
+    scores = model.score_next(items, buckets)
+    torch.testing.assert_close(scores[:, 20], scores[:, 21])  # the same text, the same score
+
+
+def test_id_dropout_is_checked():
+    from recsys_dist.config import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match="text_id_dropout"):
+        ModelConfig(text_id_dropout=1.0)
