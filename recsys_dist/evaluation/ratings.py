@@ -93,10 +93,9 @@ def rating_errors(
 
 
 def _add_batch(model: Bert4Rec, batch: dict, device: torch.device, held_out: HeldOut) -> None:
-    rated = _rated_rows(model, batch)
-    if not rated.any():
+    chosen = _rated_rows(model, batch)
+    if chosen is None:
         return
-    chosen = {name: np.asarray(column)[rated] for name, column in batch.items()}
     actual = np.asarray(chosen[schema.TARGET_RATING], np.float32)
     targets = np.asarray(chosen[schema.TARGET_ITEM], np.int64)
     held_out.model.add(_predicted(model, chosen, device), actual)
@@ -116,19 +115,21 @@ def tally_rating_errors(
     one's rated rows to ``errors`` (no baselines: cheap enough for every validation during
     training). Chained in front of the ranking, one read of the rows serves both."""
     for batch in batches:
-        rated = _rated_rows(model, batch)
-        if rated.any():
-            chosen = {name: np.asarray(column)[rated] for name, column in batch.items()}
+        chosen = _rated_rows(model, batch)
+        if chosen is not None:
             with torch.no_grad():
                 errors.add(_predicted(model, chosen, device), chosen[schema.TARGET_RATING])
         yield batch
 
 
-def _rated_rows(model: Bert4Rec, batch: dict) -> np.ndarray:
-    """Rows whose target carries a rating and is an item the model knows."""
+def _rated_rows(model: Bert4Rec, batch: dict) -> dict[str, np.ndarray] | None:
+    """The rows whose target carries a rating and is an item the model knows (None: none)."""
     actual = np.asarray(batch[schema.TARGET_RATING], np.float32)
     targets = np.asarray(batch[schema.TARGET_ITEM], np.int64)
-    return ~np.isnan(actual) & (targets < model.config.vocab_size)
+    rated = ~np.isnan(actual) & (targets < model.config.vocab_size)
+    if not rated.any():
+        return None
+    return {name: np.asarray(column)[rated] for name, column in batch.items()}
 
 
 def _predicted(model: Bert4Rec, rows: dict, device: torch.device) -> np.ndarray:
