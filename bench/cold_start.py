@@ -52,8 +52,8 @@ from recsys_dist.train.trainer import train  # noqa: E402
 ML100K = REPO.parent / "shared" / "datasets" / "ml-100k"
 MODELS = {
     "id_only": [],
-    "item_text": ["model.item_text=true"],
-    "text_id_dropout": ["model.item_text=true", "model.text_id_dropout=0.25"],
+    "item_text": ["model.item_text=true"],  # with the default model.text_id_dropout
+    "item_text_no_id_dropout": ["model.item_text=true", "model.text_id_dropout=0"],
 }
 
 

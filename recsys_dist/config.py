@@ -96,7 +96,7 @@ class ModelConfig:
     # and output alike), so the text projection learns to place an item on its own, as it
     # must for a cold one; items no training window holds then keep no ID vector at all
     # (DropoutNet, Volkovs et al. 2017). 0: off. See benchmarks.md, "Cold start from text".
-    text_id_dropout: float = 0.0
+    text_id_dropout: float = 0.25
 
     def __post_init__(self) -> None:
         _check_choice("model.objective", self.objective, OBJECTIVES)

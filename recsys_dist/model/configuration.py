@@ -94,7 +94,7 @@ class Bert4RecConfig(PretrainedConfig):
     rating_mean: float = 0.0
     item_text: bool = False
     item_text_dim: int = 0
-    text_id_dropout: float = 0.0
+    text_id_dropout: float = _RUN_DEFAULTS.text_id_dropout
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
     pad_token_id: int = PAD_INDEX

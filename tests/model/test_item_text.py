@@ -222,7 +222,7 @@ def test_id_dropout_drops_whole_items_in_training_and_never_in_evaluation():
     assert grad[kept_used].abs().sum() > 0
     model.eval()
     assert model._id_dropout() is None
-    assert text_model()._id_dropout() is None  # off by default
+    assert text_model(text_id_dropout=0.0)._id_dropout() is None  # switched off
 
 
 def test_untrained_items_keep_no_id_row_and_score_by_their_text():
