@@ -23,7 +23,8 @@ Two objectives share the encoder (``config.objective``):
 With ``config.item_text`` every item's vector, wherever it is read (:meth:`Bert4Rec.item_table`),
 is its ID embedding plus a learned projection of its text embedding (``item_text``, a
 ``[V, D]`` buffer the trainer fills and the weights file carries), so an item no training
-event showed is still placed by its title and categories.
+event showed is still placed by its title and categories. ``config.text_id_dropout`` drops a
+share of the ID rows at each training step, so the projection learns to place items alone.
 
 With ``config.use_event_ages`` the attention logits also get a learned per-head bias of each
 key event's log2-bucketed age at the time the query position predicts for (a relative time
