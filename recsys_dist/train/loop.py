@@ -97,6 +97,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    keep_large_blocks_on_heap()
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     model, left_out = _build_model(config, loop_config)
     model, progress, saved = _restore(model, rank, world)
@@ -215,19 +216,48 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
 def release_freed_memory() -> bool:
     """Hand the heap memory torch has freed back to the OS (glibc's ``malloc_trim``).
 
-    A batch's tensors differ in size from step to step (labelled positions vary), and glibc's
-    allocator raises its mmap threshold as large blocks are freed, so later ones come from
-    the heap, which fragments and never shrinks: a MovieLens-1M run's workers grew from 2.7 to
-    10 GB in 25 epochs and were killed for memory. Trimming once an epoch keeps them flat at
-    no measurable cost (pinning the mmap threshold instead cost a third of the speed in page
-    faults). Returns whether it could trim (not on other C libraries).
+    A batch's tensors differ in size from step to step (labelled positions vary), so the
+    blocks :func:`keep_large_blocks_on_heap` keeps on the heap fragment it, and glibc never
+    shrinks a heap whose top is in use: a MovieLens-1M run's workers grew from 2.7 to 10 GB
+    in 25 epochs and were killed for memory. Trimming once an epoch keeps them flat at no
+    measurable cost. Returns whether it could trim (not on other C libraries).
     """
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
+    glibc = _glibc()
+    if glibc is None:
         return False
-    trim(0)
+    glibc.malloc_trim(0)
     return True
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (<malloc.h>)
+LARGEST_HEAP_BLOCK = 2**30  # bytes: larger blocks are still their own mappings
+
+
+def keep_large_blocks_on_heap() -> bool:
+    """Serve blocks up to 1 GiB from glibc's heap rather than from fresh mappings.
+
+    Every step allocates and frees the same large tensors (the [positions x items] logits of
+    a MovieLens-1M batch are 350 MB). Above glibc's mmap threshold, which adapts only up to
+    32 MB, each is a new mapping whose every page the kernel faults in and zeroes again, step
+    after step: a third of the workers' CPU time went to the kernel. From the heap the pages
+    stay mapped and are reused (the top of the heap too: glibc would otherwise give a freed
+    block there back at once), and :func:`release_freed_memory` still hands the free ones
+    back every epoch. Returns whether it could (not on other C libraries).
+    """
+    glibc = _glibc()
+    return glibc is not None and all(
+        glibc.mallopt(parameter, LARGEST_HEAP_BLOCK) == 1
+        for parameter in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD)
+    )
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``malloc_trim`` and ``mallopt``), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if all(hasattr(libc, name) for name in ("malloc_trim", "mallopt")) else None
 
 
 def _peak_resident_mib() -> float:
