@@ -320,8 +320,9 @@ def train_flops_per_sequence(config: Config, vocab_size: int) -> float:
         flops_per_seq = 3 * (encoder + head)           # backward ~ 2 x forward
         MFU = flops_per_seq * train_seq_per_s / (peak_tflops * 1e12)
 
-    Padding is counted (the encoder computes it); the labelled positions P assume full
-    windows, so short sequences make this an over-estimate of the head's share. Embedding
+    Every sequence is counted as a full window of L: batches are padded only to their longest
+    row (``train.group_by_length``), so short sequences make this an over-estimate of both the
+    encoder's and the head's work, and the MFU an upper bound. Embedding
     look-ups, LayerNorm, softmax and the loss's chunk recomputation are not counted (model
     FLOPs, not hardware FLOPs), nor is validation: sequences/s counts training steps only.
     """

@@ -63,17 +63,19 @@ def training_inputs(
     event_ages: bool = False,
     rating_scale: RatingScale | None = None,
 ) -> ModelInputs:
-    """Inputs and labels for a batch of training windows: cloze-masked, or shifted so that
+    """Inputs and labels for a batch of training windows, padded to its longest row
+    (:func:`batch_width`): cloze-masked, or shifted so that
     every event predicts the next (``objective="causal"``; ``rng`` and the masking
     probabilities are then unused, and the inputs are one column shorter). With
     ``event_ages``, each event's age as seen from every position, shifted alike. With
     ``rating_scale``, each event's rating as an input and the predicted event's as a label;
     a masked (cloze) event's rating is hidden, as its item is."""
-    items = pad_left(list(batch[schema.ITEMS]), max_len)
-    times = pad_left(list(batch[schema.TIMESTAMPS]), max_len, pad=0)
+    width = batch_width(batch, max_len)
+    items = pad_left(list(batch[schema.ITEMS]), width)
+    times = pad_left(list(batch[schema.TIMESTAMPS]), width, pad=0)
     buckets = time_gap_buckets(times, items, num_time_buckets)
     ages = event_age_buckets(times, items, num_time_buckets) if event_ages else None
-    ratings = _padded_ratings(batch, max_len) if rating_scale is not None else None
+    ratings = _padded_ratings(batch, width) if rating_scale is not None else None
     if objective == "causal":
         inputs, buckets, labels = shift_for_next_item(items, buckets)
         # Position t predicts event t + 1: it sees events .. t, aged at event t + 1's time.
@@ -92,14 +94,23 @@ def training_inputs(
     return ModelInputs(inputs, buckets, labels, ages, rated, rating_labels)
 
 
-def _padded_ratings(batch: dict[str, np.ndarray], max_len: int) -> np.ndarray:
-    """``[B, max_len]`` float32 ratings, NaN where unrated or padded (rows without a ratings
+def batch_width(batch: dict[str, np.ndarray], max_len: int) -> int:
+    """Columns a training batch is padded to: its longest row's events, at most ``max_len``.
+
+    Position ids are right-aligned (the newest event always sits at ``max_len - 1``), so a
+    narrower batch means the same to the model and only skips the padding's work."""
+    longest = max((len(items) for items in batch[schema.ITEMS]), default=0)
+    return min(max_len, max(2, longest))  # two: a causal batch keeps one input column
+
+
+def _padded_ratings(batch: dict[str, np.ndarray], width: int) -> np.ndarray:
+    """``[B, width]`` float32 ratings, NaN where unrated or padded (rows without a ratings
     column, e.g. a placeholder batch, are all unrated)."""
     if schema.RATINGS not in batch:
         rows = [np.full(len(items), np.nan) for items in batch[schema.ITEMS]]
     else:
         rows = list(batch[schema.RATINGS])
-    return pad_left(rows, max_len, pad=np.nan, dtype=np.float32)
+    return pad_left(rows, width, pad=np.nan, dtype=np.float32)
 
 
 def prediction_inputs(

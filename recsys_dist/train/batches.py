@@ -8,10 +8,18 @@ streamed every epoch with a local shuffle buffer, so memory stays bounded.
 
 Shards of the training split differ in size (no row is dropped to equalise them), so the
 ranks must also agree on when to replay: see :class:`ShardBatches`.
+
+Training batches are grouped by length (``train.group_by_length``): every batch is padded to
+its longest row, and on sparse logs a random batch of 128 almost always holds one long history
+(Amazon Beauty: median 4 events, but a random batch's longest averages 45 of 50), so most of
+the encoder's work is padding. :func:`length_grouped` sorts each run of rows by length before
+cutting it into batches (as HF ``transformers``' ``group_by_length`` and fairseq's token
+batches do), which leaves 14 % of the padded positions on Beauty.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -20,6 +28,9 @@ import numpy as np
 from recsys_dist import schema
 
 _SHUFFLE_BUFFER_ROWS = 8192
+# Rows are sorted by length within runs of this many batches' worth: long enough that similar
+# lengths meet, short enough that a batch's rows still come from across the epoch.
+GROUP_BATCHES = 50
 
 CHECKSUM_MODULUS = 2**61 - 1  # a Mersenne prime: sums of crc32 values stay exact in int64
 
@@ -37,6 +48,8 @@ class ShardBatches:
             if it is true on all). A rank replaying while another streams would leave Ray
             Data's split waiting for it forever, and the shards would no longer cover the
             data exactly once.
+        group_by_length: Batch rows of similar length together (:func:`length_grouped`);
+            only with ``shuffle``.
     """
 
     def __init__(
@@ -46,12 +59,14 @@ class ShardBatches:
         cache_rows: int,
         shuffle: bool,
         agree: Callable[[bool], bool] = lambda fits: fits,
+        group_by_length: bool = False,
     ) -> None:
         self.shard = shard
         self.batch_size = batch_size
         self.cache_rows = cache_rows
         self.shuffle = shuffle
         self.agree = agree
+        self.group_by_length = group_by_length and shuffle
         self.cached: dict[str, np.ndarray] | None = None
         self._streamed = False  # a streamed pass ended and its cache is not yet settled
         self._kept: dict[str, np.ndarray] | None = None
@@ -69,12 +84,7 @@ class ShardBatches:
     def _stream(self, seed: int) -> Iterator[dict[str, np.ndarray]]:
         kept: list[dict[str, np.ndarray]] | None = []
         rows = 0
-        for batch in self.shard.iter_batches(
-            batch_size=self.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=_SHUFFLE_BUFFER_ROWS if self.shuffle else None,
-            local_shuffle_seed=seed if self.shuffle else None,
-        ):
+        for batch in self._streamed_batches(seed):
             rows += len(next(iter(batch.values())))
             if kept is not None:
                 kept = kept + [batch] if rows <= self.cache_rows else None
@@ -85,12 +95,75 @@ class ShardBatches:
             )
         self._streamed = True
 
+    def _streamed_batches(self, seed: int) -> Iterator[dict[str, np.ndarray]]:
+        """Ray Data's batches, regrouped by length a run of ``GROUP_BATCHES`` at a time."""
+        streamed = self.shard.iter_batches(
+            batch_size=self.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=_SHUFFLE_BUFFER_ROWS if self.shuffle else None,
+            local_shuffle_seed=seed if self.shuffle else None,
+        )
+        if not self.group_by_length:
+            yield from streamed
+            return
+        rng, run = np.random.default_rng(seed), []
+        for batch in streamed:
+            run.append(batch)
+            if len(run) == GROUP_BATCHES:
+                yield from self._regrouped(run, rng)
+                run = []
+        if run:
+            yield from self._regrouped(run, rng)
+
+    def _regrouped(self, run: list[dict[str, np.ndarray]], rng: np.random.Generator):
+        rows = {name: np.concatenate([b[name] for b in run]) for name in run[0]}
+        for chosen in length_grouped(_lengths(rows), self.batch_size, rng):
+            yield {name: column[chosen] for name, column in rows.items()}
+
     def _replay(self, seed: int) -> Iterator[dict[str, np.ndarray]]:
         rows = len(next(iter(self.cached.values()), ()))
-        order = np.random.default_rng(seed).permutation(rows) if self.shuffle else np.arange(rows)
-        for start in range(0, rows, self.batch_size):
-            chosen = order[start : start + self.batch_size]
+        rng = np.random.default_rng(seed)
+        if self.group_by_length:
+            chosen_rows = length_grouped(_lengths(self.cached), self.batch_size, rng)
+        else:
+            order = rng.permutation(rows) if self.shuffle else np.arange(rows)
+            chosen_rows = (
+                order[start : start + self.batch_size] for start in range(0, rows, self.batch_size)
+            )
+        for chosen in chosen_rows:
             yield {name: column[chosen] for name, column in self.cached.items()}
+
+
+def length_grouped(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Row indices of one epoch's batches, rows of similar length together, in random order.
+
+    The rows are shuffled, then each run of ``GROUP_BATCHES * batch_size`` is sorted by length
+    and cut into as many batches as plain batching would make (so the schedule's step count
+    holds), each of about the same number of events rather than of rows: a batch of short
+    histories holds more of them, one of long histories fewer, so every step sees about as
+    many labelled positions, and a batch's padded positions stay near ``batch_size`` times
+    the mean length, never a whole long row per short one.
+    """
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    run_rows = GROUP_BATCHES * batch_size
+    for start in range(0, len(order), run_rows):
+        run = order[start : start + run_rows]
+        run = run[np.argsort(lengths[run], kind="stable")]
+        count = math.ceil(len(run) / batch_size)
+        events = np.cumsum(lengths[run])
+        cuts = np.searchsorted(events, events[-1] * np.arange(1, count) / count, side="right")
+        batches.extend(chosen for chosen in np.split(run, cuts) if len(chosen))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _lengths(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """``[N]`` events of each row."""
+    return np.fromiter(
+        (len(items) for items in rows[schema.ITEMS]), np.int64, len(rows[schema.ITEMS])
+    )
 
 
 def sequence_checksum(batch: dict[str, np.ndarray]) -> int:

@@ -117,6 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cache,
         shuffle=True,
         agree=agree,
+        group_by_length=config.train.group_by_length,
     )
     valid_batches = ShardBatches(
         ray.train.get_dataset_shard("valid"),

@@ -105,3 +105,32 @@ def test_prediction_inputs_carry_history_ratings_and_none_for_the_query():
         [np.array([4, 5, 6])], [np.array([0, 10, 20])], np.array([30]), 5, 32, rating_scale=SCALE
     )
     np.testing.assert_array_equal(unrated.rating_buckets, [[0, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("objective", ["causal", "cloze"])
+def test_a_batch_is_padded_to_its_longest_row_and_scores_as_if_padded_to_max_len(objective):
+    """Position ids are right-aligned, so dropping all-PAD columns changes nothing the model
+    computes: the same loss (dropout off) from the narrow batch and the max_len one."""
+    import torch
+
+    from recsys_dist.model import Bert4Rec
+    from tests.model.tiny import tiny_config
+
+    short = dict(windows())
+    short[schema.ITEMS], short[schema.TIMESTAMPS] = (
+        short[schema.ITEMS][:2],
+        short[schema.TIMESTAMPS][:2],
+    )
+    narrow = training_inputs(short, 8, 6, objective, np.random.default_rng(0), 0.4, 0.1)
+    assert narrow.items.shape[1] == 6 - (objective == "causal")  # the longest row: 6 events
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(objective=objective, dropout=0.0, attention_dropout=0.0)).eval()
+    wide_items = pad_left(list(narrow.items), 8 - (objective == "causal"))
+    wide = [
+        torch.as_tensor(pad_left(list(a), wide_items.shape[1], pad=p))
+        for a, p in ((narrow.items, 0), (narrow.time_buckets, 0), (narrow.labels, IGNORE_INDEX))
+    ]
+    loss_narrow = model(
+        *(torch.as_tensor(a) for a in (narrow.items, narrow.time_buckets, narrow.labels))
+    ).loss
+    torch.testing.assert_close(model(*wide).loss, loss_narrow)
