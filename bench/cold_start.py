@@ -174,12 +174,12 @@ def cold_metrics(run_dir: Path, prepared: Path, held: np.ndarray) -> dict:
     scorer = model_scorer(model, device)
     cold = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
     cold[torch.as_tensor(held, device=device)] = True
-    full = _target_ranks(scorer, model.config, prepared, held, device)
+    rows = _test_rows_with_target_in(prepared, held)  # read once, ranked twice
+    full = _target_ranks(scorer, model.config, rows, device)
     among = _target_ranks(
         lambda inputs: scorer(inputs).masked_fill(~cold, float("-inf")),
         model.config,
-        prepared,
-        held,
+        rows,
         device,
     )
     return {
@@ -189,14 +189,20 @@ def cold_metrics(run_dir: Path, prepared: Path, held: np.ndarray) -> dict:
     }
 
 
-def _target_ranks(scorer, config, prepared: Path, held: np.ndarray, device) -> dict:
+def _test_rows_with_target_in(prepared: Path, items: np.ndarray) -> list[dict]:
+    """The test split's batches, only the rows whose target is one of ``items`` (few: a
+    benchmark's held-out items), kept in memory so that each ranking reads none again."""
+    split = read_split(str(prepared), schema.TEST_SPLIT)
+    batches = split.iter_batches(batch_size=EvalConfig().batch_size, batch_format="numpy")
+    return [_rows_with_target_in(batch, items) for batch in batches]
+
+
+def _target_ranks(scorer, config, rows: list[dict], device) -> dict:
     eval_config = EvalConfig()
-    rows = read_split(str(prepared), schema.TEST_SPLIT)
-    batches = rows.iter_batches(batch_size=eval_config.batch_size, batch_format="numpy")
     ranks: list[torch.Tensor] = []
     sums = evaluation_sums(
         scorer,
-        (_rows_with_target_in(batch, held) for batch in batches),
+        iter(rows),
         eval_config,
         config.max_len,
         config.num_time_buckets,
