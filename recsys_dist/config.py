@@ -166,8 +166,8 @@ class TrainConfig:
     cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
     placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD
     cache_rows: int = 1_000_000  # a worker's shard up to this size is replayed from memory
-    # Batch training rows of similar length together, each batch padded to its longest row
-    # (train/batches.py): the same rows and steps an epoch, less padding to encode.
+    # Batch training and validation rows of similar length together, each batch padded to its
+    # longest row (train/batches.py): the same rows and steps an epoch, less padding to encode.
     group_by_length: bool = True
     # Training rows arrive in file order, so one worker with one seed repeats a run exactly;
     # false lets Ray Data hand out blocks as they finish (reads never wait on a slow block).

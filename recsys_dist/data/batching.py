@@ -125,7 +125,10 @@ def prediction_inputs(
 ) -> ModelInputs:
     """Histories with [MASK] appended at ``query_times``: the model predicts the next item.
     With ``rating_scale``, the histories' ``ratings`` (NaN: none; ``None``: no event rated)
-    are an input too; the MASK position's is unknown."""
+    are an input too; the MASK position's is unknown. Padded to the longest history (plus
+    the MASK), at most ``max_len``: a user with five events costs six positions, not 50 (two
+    at least: a causal model reads the position before the MASK)."""
+    max_len = min(max_len, max(2, 1 + max((len(h) for h in histories), default=0)))
     items, times = append_mask_for_prediction(histories, timestamps, query_times, max_len)
     buckets = time_gap_buckets(times, items, num_time_buckets)
     ages = event_age_buckets(times, items, num_time_buckets) if event_ages else None

@@ -48,8 +48,10 @@ class ShardBatches:
             if it is true on all). A rank replaying while another streams would leave Ray
             Data's split waiting for it forever, and the shards would no longer cover the
             data exactly once.
-        group_by_length: Batch rows of similar length together (:func:`length_grouped`);
-            only with ``shuffle``.
+        group_by_length: Batch rows of similar length together (:func:`length_grouped`):
+            with ``shuffle`` (training) batches of about equal events, without (validation,
+            whose order does not matter) batches of ``batch_size`` rows, as their scores are
+            ``[rows x items]``.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class ShardBatches:
         self.cache_rows = cache_rows
         self.shuffle = shuffle
         self.agree = agree
-        self.group_by_length = group_by_length and shuffle
+        self.group_by_length = group_by_length
         self.cached: dict[str, np.ndarray] | None = None
         self._streamed = False  # a streamed pass ended and its cache is not yet settled
         self._kept: dict[str, np.ndarray] | None = None
@@ -117,14 +119,16 @@ class ShardBatches:
 
     def _regrouped(self, run: list[dict[str, np.ndarray]], rng: np.random.Generator):
         rows = {name: np.concatenate([b[name] for b in run]) for name in run[0]}
-        for chosen in length_grouped(_lengths(rows), self.batch_size, rng):
+        for chosen in length_grouped(_lengths(rows), self.batch_size, rng, self.shuffle):
             yield {name: column[chosen] for name, column in rows.items()}
 
     def _replay(self, seed: int) -> Iterator[dict[str, np.ndarray]]:
         rows = len(next(iter(self.cached.values()), ()))
         rng = np.random.default_rng(seed)
         if self.group_by_length:
-            chosen_rows = length_grouped(_lengths(self.cached), self.batch_size, rng)
+            chosen_rows = length_grouped(
+                _lengths(self.cached), self.batch_size, rng, equal_events=self.shuffle
+            )
         else:
             order = rng.permutation(rows) if self.shuffle else np.arange(rows)
             chosen_rows = (
@@ -135,7 +139,7 @@ class ShardBatches:
 
 
 def length_grouped(
-    lengths: np.ndarray, batch_size: int, rng: np.random.Generator
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, equal_events: bool = True
 ) -> list[np.ndarray]:
     """Row indices of one epoch's batches, rows of similar length together, in random order.
 
@@ -144,7 +148,8 @@ def length_grouped(
     holds), each of about the same number of events rather than of rows: a batch of short
     histories holds more of them, one of long histories fewer, so every step sees about as
     many labelled positions, and a batch's padded positions stay near ``batch_size`` times
-    the mean length, never a whole long row per short one.
+    the mean length, never a whole long row per short one. Without ``equal_events`` each
+    batch holds ``batch_size`` rows (all but a run's last), for work whose memory is per row.
     """
     order = rng.permutation(len(lengths))
     batches: list[np.ndarray] = []
@@ -154,7 +159,9 @@ def length_grouped(
         run = run[np.argsort(lengths[run], kind="stable")]
         count = math.ceil(len(run) / batch_size)
         events = np.cumsum(lengths[run])
-        cuts = np.searchsorted(events, events[-1] * np.arange(1, count) / count, side="right")
+        cuts = np.arange(1, count) * batch_size
+        if equal_events:
+            cuts = np.searchsorted(events, events[-1] * cuts / len(run), side="right")
         batches.extend(chosen for chosen in np.split(run, cuts) if len(chosen))
     return [batches[i] for i in rng.permutation(len(batches))]
 

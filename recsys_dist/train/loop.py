@@ -125,6 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         cache,
         shuffle=False,
         agree=agree,
+        group_by_length=config.train.group_by_length,
     )
     nodes = _worker_nodes()
     clock = time.monotonic() - progress.elapsed_s

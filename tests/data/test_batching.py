@@ -43,8 +43,9 @@ def test_prediction_ages_are_taken_at_the_query_time():
     history, times = [np.array([4, 5, 6])], [np.array([0, 10, 1000])]
     inputs = prediction_inputs(history, times, np.array([1000 + 2**20]), 5, 32, event_ages=True)
     query_row = inputs.age_buckets[0, -1]  # the MASK position, at the query time
-    # ages 2**20 + 1000, 2**20 + 990 and 2**20 seconds: log2 -> 20 -> bucket 21
-    np.testing.assert_array_equal(query_row, [0, 21, 21, 21, 0])
+    # ages 2**20 + 1000, 2**20 + 990 and 2**20 seconds: log2 -> 20 -> bucket 21; the row is
+    # the three events and the MASK, no padding: inputs are as wide as the longest history
+    np.testing.assert_array_equal(query_row, [21, 21, 21, 0])
 
 
 SCALE = RatingScale(1.0, 5.0, num_buckets=5)
@@ -100,11 +101,12 @@ def test_prediction_inputs_carry_history_ratings_and_none_for_the_query():
         ratings=[np.array([5.0, np.nan, 1.0])],
         rating_scale=SCALE,
     )
-    np.testing.assert_array_equal(inputs.rating_buckets, [[0, 5, 0, 1, 0]])
+    # three events and the MASK: inputs are as wide as the longest history, no padding
+    np.testing.assert_array_equal(inputs.rating_buckets, [[5, 0, 1, 0]])
     unrated = prediction_inputs(
         [np.array([4, 5, 6])], [np.array([0, 10, 20])], np.array([30]), 5, 32, rating_scale=SCALE
     )
-    np.testing.assert_array_equal(unrated.rating_buckets, [[0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(unrated.rating_buckets, [[0, 0, 0, 0]])
 
 
 @pytest.mark.parametrize("objective", ["causal", "cloze"])
@@ -134,3 +136,24 @@ def test_a_batch_is_padded_to_its_longest_row_and_scores_as_if_padded_to_max_len
         *(torch.as_tensor(a) for a in (narrow.items, narrow.time_buckets, narrow.labels))
     ).loss
     torch.testing.assert_close(model(*wide).loss, loss_narrow)
+
+
+@pytest.mark.parametrize("objective", ["causal", "cloze"])
+def test_prediction_inputs_as_wide_as_the_longest_history_score_as_max_len_ones(objective):
+    import torch
+
+    from recsys_dist.model import Bert4Rec
+    from tests.model.tiny import tiny_config
+
+    rng = np.random.default_rng(1)
+    histories = [rng.integers(2, 20, n) for n in (2, 4)]
+    times = [np.cumsum(rng.integers(1, 10**5, len(h))) for h in histories]
+    query = np.array([t[-1] + 60 for t in times])
+    narrow = prediction_inputs(histories, times, query, 8, 6)
+    assert narrow.items.shape == (2, 5)
+    wide = [pad_left(list(a), 8) for a in (narrow.items, narrow.time_buckets)]
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(objective=objective)).eval()
+    pairs = ((narrow.items, narrow.time_buckets), wide)
+    scores = [model.score_next(*(torch.as_tensor(a) for a in x)) for x in pairs]
+    torch.testing.assert_close(scores[0], scores[1])

@@ -74,8 +74,19 @@ def test_a_grouped_shard_yields_every_row_once_an_epoch_streamed_or_replayed(cac
         assert widths < 0.5 * len(users) * lengths.max()
 
 
-def test_an_unshuffled_shard_is_never_regrouped():
+def test_validation_batches_are_grouped_by_rows_not_events():
+    """Scores are [rows x items]: a validation batch of short histories must not hold more
+    rows than ``batch_size``."""
+    lengths = skewed_lengths(3000)
+    batches = ShardBatches(LengthShard(lengths), 64, 0, shuffle=False, group_by_length=True)
+    epoch = list(batches.epoch(seed=0))
+    assert sorted(int(u) for b in epoch for u in b[schema.USER_ID]) == list(range(3000))
+    assert max(len(b[schema.USER_ID]) for b in epoch) == 64
+    assert len(epoch) == -(-3000 // 64)
+
+
+def test_without_grouping_rows_keep_their_order_unshuffled():
     lengths = skewed_lengths(100)
-    batches = ShardBatches(LengthShard(lengths), 32, 0, shuffle=False, group_by_length=True)
+    batches = ShardBatches(LengthShard(lengths), 32, 0, shuffle=False)
     users = [int(u) for b in batches.epoch(seed=0) for u in b[schema.USER_ID]]
     assert users == list(range(100))
