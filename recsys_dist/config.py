@@ -153,6 +153,10 @@ class TrainConfig:
     use_gpu: bool = False  # one GPU per worker, NCCL and bf16
     eval_every: int = 1  # validate (full ranking) and checkpoint every N epochs, and after the last
     patience: int = 10  # early stop after this many validations without NDCG@10 improving
+    # ... but first anneal: the rate decays to zero over a cool-down (budget_cooldown's share of
+    # the epochs so far), then the run stops; a plateau at a high rate is not the model's best
+    # (Amazon Beauty, docs/benchmarks.md "Padding"). false: stop at once, as it was.
+    anneal_on_plateau: bool = True
     time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
     # With a budget, the learning-rate decay ends when the budget does (the epochs that fit at
     # the measured pace), so the run ends annealed; false cuts the epochs-long schedule short.

@@ -39,6 +39,13 @@ def in_cooldown(done: int, planned: int, cooldown: float) -> bool:
     return planned - done <= max(1, math.ceil(cooldown * planned))
 
 
+def plateau_cooldown_end(done: int, cooldown: float) -> int:
+    """The epoch a cool-down started at a plateau after ``done`` epochs ends at: the last
+    ``cooldown`` share of the epochs run so far, added on (at least one epoch), as a budget's
+    plan would have ended had it planned ``done`` epochs before its cool-down."""
+    return done + max(1, math.ceil(cooldown * done))
+
+
 def decay_to(scheduler: WarmupDecayLR, last_step: int) -> None:
     """End ``scheduler``'s linear decay at ``last_step`` without a jump in the rate.
 

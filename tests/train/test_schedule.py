@@ -9,7 +9,12 @@ import torch
 from deepspeed.runtime.lr_schedules import WarmupDecayLR
 
 from recsys_dist.config import load_config
-from recsys_dist.train.schedule import decay_to, in_cooldown, planned_epochs
+from recsys_dist.train.schedule import (
+    decay_to,
+    in_cooldown,
+    planned_epochs,
+    plateau_cooldown_end,
+)
 from recsys_dist.train.trainer import train
 
 
@@ -31,6 +36,11 @@ def test_the_plan_stays_between_what_is_done_and_the_configured_epochs():
 def test_the_cool_down_is_the_last_share_of_the_plan_and_at_least_one_epoch():
     assert [in_cooldown(done, 20, 0.2) for done in (15, 16, 19)] == [False, True, True]
     assert in_cooldown(2, 3, 0.01) and not in_cooldown(1, 3, 0.01)
+
+
+def test_a_plateau_cools_down_over_the_budget_share_of_the_epochs_so_far():
+    assert plateau_cooldown_end(22, 0.2) == 27  # ceil(4.4) more
+    assert plateau_cooldown_end(2, 0.2) == 3 and plateau_cooldown_end(3, 0.0) == 4  # one at least
 
 
 def scheduler(warmup: int = 10, total: int = 100, lr: float = 0.01) -> WarmupDecayLR:
@@ -103,3 +113,22 @@ def test_a_budgeted_run_ends_annealed_at_the_epoch_that_fits(tiny_run, tmp_path)
     assert summary.epochs == last["epoch"] == last["planned_epochs"] < 1000
     assert last["lr"] < 0.05 * config.train.lr, lines  # annealed, not cut at a high rate
     assert all(a["lr"] >= b["lr"] for a, b in zip(lines[1:], lines[2:])), lines
+
+
+@pytest.mark.slow
+def test_a_run_that_stops_improving_anneals_before_it_stops(tiny_run, tmp_path):
+    """A rate too small to change the ranking: validation never improves on its first figure,
+    so with patience 1 the second validation starts a cool-down (one epoch: a fifth of two,
+    rounded up), and the run ends there at a zero rate, not at the second epoch's."""
+    config = load_config(
+        tiny_run.run / "config.yaml",
+        [
+            *("train.workers=1", "train.epochs=1000", "train.patience=1"),
+            *("train.eval_every=1", "train.warmup_steps=0", "train.lr=1e-12"),
+        ],
+    )
+    summary = train(str(tiny_run.prepared), str(tmp_path / "run"), config)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3] and summary.epochs == 3, lines
+    assert lines[-1]["planned_epochs"] == 3
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-18) and lines[1]["lr"] > 0, lines
