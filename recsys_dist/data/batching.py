@@ -95,12 +95,17 @@ def training_inputs(
 
 
 def batch_width(batch: dict[str, np.ndarray], max_len: int) -> int:
-    """Columns a training batch is padded to: its longest row's events, at most ``max_len``.
+    """Columns a training batch is padded to: its longest row's events (:func:`padded_width`)."""
+    return padded_width(max((len(items) for items in batch[schema.ITEMS]), default=0), max_len)
+
+
+def padded_width(longest: int, max_len: int) -> int:
+    """Columns inputs whose longest row has ``longest`` positions are padded to: that many, at
+    most ``max_len``, two at least (a causal model reads one position before its last).
 
     Position ids are right-aligned (the newest event always sits at ``max_len - 1``), so a
     narrower batch means the same to the model and only skips the padding's work."""
-    longest = max((len(items) for items in batch[schema.ITEMS]), default=0)
-    return min(max_len, max(2, longest))  # two: a causal batch keeps one input column
+    return min(max_len, max(2, longest))
 
 
 def _padded_ratings(batch: dict[str, np.ndarray], width: int) -> np.ndarray:
@@ -125,10 +130,9 @@ def prediction_inputs(
 ) -> ModelInputs:
     """Histories with [MASK] appended at ``query_times``: the model predicts the next item.
     With ``rating_scale``, the histories' ``ratings`` (NaN: none; ``None``: no event rated)
-    are an input too; the MASK position's is unknown. Padded to the longest history (plus
-    the MASK), at most ``max_len``: a user with five events costs six positions, not 50 (two
-    at least: a causal model reads the position before the MASK)."""
-    max_len = min(max_len, max(2, 1 + max((len(h) for h in histories), default=0)))
+    are an input too; the MASK position's is unknown. Padded to the longest history plus
+    the MASK (:func:`padded_width`): a user with five events costs six positions, not 50."""
+    max_len = padded_width(1 + max((len(h) for h in histories), default=0), max_len)
     items, times = append_mask_for_prediction(histories, timestamps, query_times, max_len)
     buckets = time_gap_buckets(times, items, num_time_buckets)
     ages = event_age_buckets(times, items, num_time_buckets) if event_ages else None

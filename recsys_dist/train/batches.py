@@ -118,23 +118,24 @@ class ShardBatches:
             yield from self._regrouped(run, rng)
 
     def _regrouped(self, run: list[dict[str, np.ndarray]], rng: np.random.Generator):
-        rows = {name: np.concatenate([b[name] for b in run]) for name in run[0]}
+        yield from self._grouped(
+            {name: np.concatenate([b[name] for b in run]) for name in run[0]}, rng
+        )
+
+    def _grouped(self, rows: dict[str, np.ndarray], rng: np.random.Generator):
+        """``rows`` in :func:`length_grouped` batches (of equal events when training)."""
         for chosen in length_grouped(_lengths(rows), self.batch_size, rng, self.shuffle):
             yield {name: column[chosen] for name, column in rows.items()}
 
     def _replay(self, seed: int) -> Iterator[dict[str, np.ndarray]]:
-        rows = len(next(iter(self.cached.values()), ()))
         rng = np.random.default_rng(seed)
         if self.group_by_length:
-            chosen_rows = length_grouped(
-                _lengths(self.cached), self.batch_size, rng, equal_events=self.shuffle
-            )
-        else:
-            order = rng.permutation(rows) if self.shuffle else np.arange(rows)
-            chosen_rows = (
-                order[start : start + self.batch_size] for start in range(0, rows, self.batch_size)
-            )
-        for chosen in chosen_rows:
+            yield from self._grouped(self.cached, rng)
+            return
+        rows = len(next(iter(self.cached.values()), ()))
+        order = rng.permutation(rows) if self.shuffle else np.arange(rows)
+        for start in range(0, rows, self.batch_size):
+            chosen = order[start : start + self.batch_size]
             yield {name: column[chosen] for name, column in self.cached.items()}
 
 

@@ -202,8 +202,7 @@ def _anneal_from_plateau(engine, config: Config, progress: Progress, rank: int) 
         config.train.epochs, plateau_cooldown_end(progress.epoch, config.train.budget_cooldown)
     )
     progress.decay_ends = progress.planned_epochs = end
-    steps_left = round((end - progress.epoch) * progress.step / progress.epoch)
-    decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
+    _decay_until(engine, progress, end)
     if rank == 0:
         logger.info("validation has plateaued: the learning rate now reaches 0 at epoch %d", end)
 
@@ -233,11 +232,16 @@ def _fit_schedule(engine, config: Config, progress: Progress, rank: int, device)
     if not cooling or progress.decay_ends == planned:
         return  # the configured schedule runs on until the cool-down
     progress.decay_ends = planned
-    steps_left = round((planned - progress.epoch) * progress.step / progress.epoch)
-    # The scheduler's own step count: its rate is zero after the plan's last optimizer step.
-    decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
+    _decay_until(engine, progress, planned)
     if rank == 0:
         logger.info("time budget: the learning rate now reaches 0 at epoch %d", planned)
+
+
+def _decay_until(engine, progress: Progress, end_epoch: int) -> None:
+    """Decay the rate to zero at the end of ``end_epoch``, at the steps per epoch so far."""
+    steps_left = round((end_epoch - progress.epoch) * progress.step / progress.epoch)
+    # The scheduler's own step count: its rate is zero after the plan's last optimizer step.
+    decay_to(engine.lr_scheduler, engine.lr_scheduler.last_batch_iteration + steps_left)
 
 
 def release_freed_memory() -> bool:
