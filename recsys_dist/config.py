@@ -181,6 +181,11 @@ class TrainConfig:
     # copied by item id and new items started from their category peers (model/warm_start.py).
     # Ignored when the run resumes its own checkpoint. "" = a fresh initialisation.
     init_from: str = ""
+    # Train only the users with an event after this time (epoch seconds), plus a replay_share
+    # of the others, the same ones every epoch (data/prepared.py recent_users): a retraining
+    # turn's fine-tuning sets it to the parent's data end. 0 = every user.
+    active_since: int = 0
+    replay_share: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):
@@ -206,6 +211,10 @@ class TrainConfig:
             )
         if not 0 <= self.mask_prob < 1 or not 0 <= self.last_item_mask_prob <= 1:
             raise ConfigError("train.mask_prob must be in [0, 1), last_item_mask_prob in [0, 1]")
+        if self.active_since < 0:
+            raise ConfigError(f"train.active_since must be >= 0, got {self.active_since}")
+        if not 0 <= self.replay_share <= 1:
+            raise ConfigError(f"train.replay_share must be in [0, 1], got {self.replay_share}")
 
 
 @dataclass(frozen=True)
@@ -336,6 +345,9 @@ class RetrainConfig:
     # (docs/benchmarks.md, "Retraining": 2x without warm-up got there in 8 epochs, 1x in >15).
     lr_scale: float = 2.0
     warmup_steps: int = 0
+    # ... on the users with events since the parent's data ended, plus this share of the
+    # others (replayed, so the model does not forget them); 1 = every user, as from scratch.
+    replay: float = 1.0
     # Promote unless the candidate's test metric is below the current version's by more
     # than this (both ranked on the same newest held-out events, same protocol).
     metric: str = "ndcg@10"
@@ -356,6 +368,8 @@ class RetrainConfig:
         _check_positive("retrain.lr_scale", self.lr_scale)
         if self.warmup_steps < 0:
             raise ConfigError(f"retrain.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.replay <= 1:
+            raise ConfigError(f"retrain.replay must be in [0, 1], got {self.replay}")
         if not 0.0 <= self.when_drift <= 1.0:
             raise ConfigError(f"retrain.when_drift must be in [0, 1], got {self.when_drift}")
         if not 0.0 < self.drift_threshold < 1.0:

@@ -14,7 +14,9 @@ A turn, as a cron line or a Kubernetes CronJob runs it unattended (``jobs/retrai
    next turn measures them again, with whatever came after);
 2. train a candidate from the current version's weights (``train.init_from``), its item rows
    grown to the new items, for ``retrain.epochs`` with a fresh optimizer and schedule, at
-   ``retrain.lr_scale`` times the parent's rate after ``retrain.warmup_steps``;
+   ``retrain.lr_scale`` times the parent's rate after ``retrain.warmup_steps``, on the
+   users with events since the parent's data ended plus a ``retrain.replay`` share of the
+   others;
 3. the gate: rank the candidate and the current version on the same rows (the newest
    window: the test split's held-out events later than the current version's data, which
    neither trained on) with the same protocol; the current version cannot recommend items
@@ -92,7 +94,7 @@ def retrain(
         log.info("%s; %s stays current", reason, current.id)
         return _result(None, current, False, reason, {}, {}, growth)
     config = load_config(None, [*run_layout.saved_settings(current.path, SETTINGS), *overrides])
-    config = dataclasses.replace(config, train=fine_tuning(config, current.model_dir))
+    config = dataclasses.replace(config, train=fine_tuning(config, current))
     stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     if config.retrain.when_drift > 0:
         drift = measure_drift(current, prepared, storage.join(workdir, DRIFT_DIR, stamp), config)
@@ -123,16 +125,19 @@ def retrain(
     return _result(version.id, current, promote, reason, candidate_metrics, current_metrics, growth)
 
 
-def fine_tuning(config: Config, parent_model: str) -> TrainConfig:
+def fine_tuning(config: Config, parent: Version) -> TrainConfig:
     """The candidate's training: the parent's settings, from the parent's weights, for the
-    ``retrain`` section's epochs, rate and warm-up."""
+    ``retrain`` section's epochs, rate and warm-up, on the users active since the parent's
+    data plus the ``retrain.replay`` share of the others."""
     turn = config.retrain
     return dataclasses.replace(
         config.train,
-        init_from=parent_model,
+        init_from=parent.model_dir,
         epochs=turn.epochs,
         lr=config.train.lr * turn.lr_scale,
         warmup_steps=turn.warmup_steps,
+        active_since=(data_end(parent) or 0) if turn.replay < 1 else 0,
+        replay_share=turn.replay,
     )
 
 

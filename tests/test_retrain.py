@@ -10,6 +10,7 @@ import pytest
 
 from recsys_dist.config import ConfigError, RetrainConfig, load_config
 from recsys_dist.errors import MissingInputError
+from recsys_dist.registry import Version
 from recsys_dist.retrain import fine_tuning, gate
 
 
@@ -55,9 +56,28 @@ def test_the_job_script_is_the_retrain_command_with_one_json_line(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def _parent(data_end: int | None) -> Version:
+    span = None if data_end is None else [data_end - 100, data_end]
+    return Version("v1", {"data": {"event_time_range": span}}, "/registry/versions/v1")
+
+
 def test_the_candidate_fine_tunes_from_the_parent_at_the_turns_rate():
     config = load_config(None, ["train.lr=0.001", "train.warmup_steps=50", "retrain.epochs=3"])
-    tuned = fine_tuning(config, "/registry/versions/v1/model")
+    tuned = fine_tuning(config, _parent(1_000))
     assert (tuned.init_from, tuned.epochs) == ("/registry/versions/v1/model", 3)
     assert tuned.lr == 0.001 * RetrainConfig().lr_scale and tuned.warmup_steps == 0
     assert tuned.batch_size == config.train.batch_size  # the rest is the parent's
+
+
+@pytest.mark.parametrize(
+    ("replay", "data_end", "active_since"),
+    [(0.2, 1_000, 1_000), (1.0, 1_000, 0), (0.2, None, 0)],
+)
+def test_the_candidate_trains_the_users_active_since_the_parents_data(
+    replay, data_end, active_since
+):
+    """A replay share below 1 focuses the turn on the users with events after the parent's
+    data; every user when it is 1, or when the parent's data end was never recorded."""
+    config = load_config(None, [f"retrain.replay={replay}"])
+    tuned = fine_tuning(config, _parent(data_end))
+    assert (tuned.active_since, tuned.replay_share) == (active_since, replay)

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys_dist import schema, storage
+from recsys_dist.data.grouping import user_buckets
 from recsys_dist.data.sequences import SplitSpec, split_rows
 from recsys_dist.data.vocab import Vocabulary
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:  # Ray Data costs a worker ~0.7 s to import; prepare's tasks n
 
 # What cutting needs of a user; the counters and event types stay on disk.
 _SPLIT_COLUMNS = [schema.USER_ID, schema.ITEMS, schema.TIMESTAMPS]
+# The replayed share is chosen in steps of 1 / this many users.
+_REPLAY_BUCKETS = 10_000
 
 
 def load_manifest(prepared_dir: str) -> dict[str, Any]:
@@ -72,14 +75,28 @@ def read_users(prepared_dir: str) -> ray.data.Dataset:
     )
 
 
-def read_split(prepared_dir: str, split: str, targets_after: int = 0) -> ray.data.Dataset:
+def read_split(
+    prepared_dir: str,
+    split: str,
+    targets_after: int = 0,
+    active_since: int = 0,
+    replay: float = 1.0,
+) -> ray.data.Dataset:
     """A lazy Ray Dataset of ``split``'s rows (:data:`schema.SEQUENCE_SCHEMA`, plus the target
     for ``valid``/``test``), cut from ``users/`` in parallel as it is read; with
-    ``targets_after``, only the valid/test rows whose held-out event is later than that."""
+    ``targets_after``, only the valid/test rows whose held-out event is later than that; with
+    ``active_since``, only the users :func:`recent_users` keeps (a fine-tuning turn's)."""
     if split not in schema.SPLITS:
         raise ValueError(f"split must be one of {schema.SPLITS}, got {split!r}")
     spec = split_spec(load_manifest(prepared_dir))
-    rows = read_users(prepared_dir).map_batches(
+    users = read_users(prepared_dir)
+    if active_since:
+        users = users.map_batches(
+            recent_users,
+            batch_format="pyarrow",
+            fn_kwargs={"since": active_since, "replay": replay},
+        )
+    rows = users.map_batches(
         split_rows, batch_format="pyarrow", fn_kwargs={"spec": spec, "which": split}
     )
     if targets_after and split != schema.TRAIN_SPLIT:
@@ -108,6 +125,26 @@ def stored_histories(
         for i, user in enumerate(users.column(schema.USER_ID).to_pylist()):
             mine = [None if r != r else r for r in ratings[i]] if ratings else []  # NaN: none
             yield user, ids[offsets[i] : offsets[i + 1]], times[i], mine
+
+
+def recent_users(users: pa.Table, since: int, replay: float) -> pa.Table:
+    """The users with an event after ``since``, plus a ``replay`` share of the others.
+
+    What a retraining turn fine-tunes on: the new events are all in the first group, so an
+    epoch costs what they do, not what the whole history does; the replayed share keeps the
+    users who did nothing new in view, so the model does not forget them. Which of them is
+    a fixed hash of the user id and ``since``: the same users in every epoch, on every
+    worker and in a rerun (a worker's cached shard stays valid), other users next turn.
+    """
+    if users.num_rows == 0:
+        return users
+    times = users.column(schema.TIMESTAMPS).combine_chunks()
+    ends = np.asarray(times.offsets, np.int64)[1:] - 1  # every stored user has an event
+    last = np.asarray(times.values, np.int64)[ends]  # histories are in time order
+    turn_and_user = pc.binary_join_element_wise(str(since), users.column(schema.USER_ID), ":")
+    replayed = user_buckets(turn_and_user, _REPLAY_BUCKETS) < round(replay * _REPLAY_BUCKETS)
+    keep = (last > since) | replayed
+    return users.filter(pa.array(keep))
 
 
 def _targets_after(rows: pa.Table, since: int) -> pa.Table:

@@ -48,14 +48,19 @@ class TrainSummary:
 def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrainer:
     """A ``TorchTrainer`` over the prepared dataset; the loop gets everything via its config."""
     manifest = load_manifest(prepared_dir)
+    prepared_dir = storage.absolute(prepared_dir)  # workers run in their own directories
+    # Per-epoch progress bars from every worker would bury the training log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = _datasets(prepared_dir, config)
+    train_rows = manifest["counts"]["train_rows"]
+    if config.train.active_since:  # a fine-tuning turn's share of them: counted
+        train_rows = datasets[schema.TRAIN_SPLIT].count()
     workers = config.train.workers
-    rows_per_worker = manifest["counts"]["train_rows"] // workers
-    if rows_per_worker == 0:
+    if train_rows // workers == 0:
         raise ConfigError(  # a user error: fewer --workers, or more data
-            f"{prepared_dir}: {manifest['counts']['train_rows']} training rows "
+            f"{prepared_dir}: {train_rows} training rows "
             f"cannot feed {workers} workers (--workers / train.workers)"
         )
-    prepared_dir = storage.absolute(prepared_dir)  # workers run in their own directories
     loop_config = {
         "config": config.to_dict(),
         "vocab_size": manifest["vocab_size"],
@@ -65,13 +70,7 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
         "item_text": _item_text(prepared_dir, config),  # None without model.item_text
         "data_hash": manifest["data_hash"],
         "run_dir": storage.absolute(run_dir),
-        "steps_per_epoch": _steps_per_epoch(manifest["counts"]["train_rows"], config.train),
-    }
-    # Per-epoch progress bars from every worker would bury the training log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {
-        split: read_split(prepared_dir, split, config.eval.targets_after)
-        for split in (schema.TRAIN_SPLIT, schema.VALID_SPLIT)
+        "steps_per_epoch": _steps_per_epoch(train_rows, config.train),
     }
     results_fs, results_path = storage.resolve(run_layout.ray_results_dir(run_dir))
     return TorchTrainer(
@@ -125,6 +124,20 @@ def _item_text(prepared_dir: str, config: Config) -> ray.ObjectRef | None:
     cache = storage.join(prepared_dir, schema.ITEM_TEXT_CACHE_FILE)
     matrix = encode_texts_cached(texts, cache, device=device)  # [V, D]
     return ray.put({"matrix": matrix, "trained": trained_items(prepared_dir, vocab.size)})
+
+
+def _datasets(prepared_dir: str, config: Config) -> dict[str, ray.data.Dataset]:
+    """The training rows (a fine-tuning turn's users only, with ``train.active_since``) and
+    the validation rows (the newest window's only, with ``eval.targets_after``)."""
+    return {
+        schema.TRAIN_SPLIT: read_split(
+            prepared_dir,
+            schema.TRAIN_SPLIT,
+            active_since=config.train.active_since,
+            replay=config.train.replay_share,
+        ),
+        schema.VALID_SPLIT: read_split(prepared_dir, schema.VALID_SPLIT, config.eval.targets_after),
+    }
 
 
 def _steps_per_epoch(rows: int, train_config) -> int:

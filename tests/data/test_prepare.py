@@ -47,6 +47,22 @@ def small_log(tmp_path):
     return write_events(tmp_path / "raw", rows)
 
 
+def test_a_fine_tuning_turn_reads_the_training_rows_of_the_recent_users(ray_session, tmp_path):
+    """``active_since`` keeps the users with later events (b, from 5000), and the replayed
+    share of the others (a, up to 1040): none of them at 0, all at 1; valid is not cut."""
+    rows = user_log("a", ["x", "y", "z", "w", "v"]) + user_log("b", list("xyzwv"), start=5000)
+    prepare_dataset(str(write_events(tmp_path / "raw", rows)), str(tmp_path / "p"), DataConfig())
+    prepared = str(tmp_path / "p")
+
+    def train_users(replay):
+        rows = prepared_data.read_split(prepared, "train", active_since=3000, replay=replay)
+        return {row["user_id"] for row in rows.iter_rows()}
+
+    assert train_users(0.0) == {"b"}
+    assert train_users(1.0) == {"a", "b"}
+    assert set(read_split(tmp_path / "p", "valid")["user_id"]) == {"a", "b"}
+
+
 def test_leave_one_out_never_shows_the_future(ray_session, small_log, tmp_path):
     manifest = prepare_dataset(str(small_log), str(tmp_path / "p"), DataConfig())
     vocab = Vocabulary.load(str(tmp_path / "p" / schema.VOCAB_FILE))
