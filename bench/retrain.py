@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         "--warm-epochs", type=int, default=RetrainConfig().epochs, help="retrain.epochs"
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("overrides", nargs="*", help="section.key=value for both full trainings")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="section.key=value for both full trainings (retrain.* for the turn)",
+    )
     args = parser.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-retrain-"))
     if work.exists() and any(work.iterdir()):
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     # Both curves on the newest window: the validation events after the cut, as the gate.
     cut = periods["facts"]["cut"]
     window = dataclasses.replace(config, eval=dataclasses.replace(config.eval, targets_after=cut))
-    turn_overrides = [f"retrain.epochs={args.warm_epochs}", f"eval.targets_after={cut}"]
+    turn_overrides = [o for o in args.overrides if o.startswith("retrain.")]  # the turn's own
+    turn_overrides += [f"retrain.epochs={args.warm_epochs}", f"eval.targets_after={cut}"]
     second = warm_vs_scratch(periods["second"], work, window, registry, turn_overrides)
     corrupted = retrain(
         registry.root, [str(periods["corrupted"])], str(work / "retraining"), turn_overrides
