@@ -342,8 +342,9 @@ class RetrainConfig:
     epochs: int = 10
     # ... at the parent's train.lr times this, after this many warm-up steps: trained weights
     # need no warm-up, and a higher rate reaches the from-scratch model's quality sooner
-    # (docs/benchmarks.md, "Retraining": 2x without warm-up got there in 8 epochs, 1x in >15).
-    lr_scale: float = 2.0
+    # (docs/benchmarks.md, "Retraining": 3x without warm-up got there in 6-7 epochs, a
+    # quarter of the scratch model's training time; 2x in 8-10, 1x not in 15).
+    lr_scale: float = 3.0
     warmup_steps: int = 0
     # ... on the users with events since the parent's data ended, plus this share of the
     # others (replayed, so the model does not forget them); 1 = every user, as from scratch.
