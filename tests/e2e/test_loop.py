@@ -25,8 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from recsys_dist import schema
+from recsys_dist import run_layout, schema
 from recsys_dist.config import RetrainConfig, ServeConfig
+from recsys_dist.data.prepared import load_manifest
+from recsys_dist.registry import Registry
+from recsys_dist.retrain import PREPARED_DIR
 from recsys_dist.serving import app
 
 from .test_serve import free_port, stop
@@ -155,11 +158,17 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
         wait_until(lambda: logged_rows(event_log) == len(recent) + len(with_new))
         # Two warm epochs land within noise of v1 (CI, 2026-12-02: 0.5328 vs 0.5382 on the
         # same rows): the tolerance rule has its own unit tests; here the loop must promote.
+        # Half the users with nothing new are replayed: the 80 active users and ~half the rest.
         promoted = cli_json(
-            *turn, "--when-drift", "0.05", *("retrain.epochs=2", "retrain.tolerance=0.05")
+            *turn,
+            *("--when-drift", "0.05", "retrain.epochs=2", "retrain.tolerance=0.05"),
+            "retrain.replay=0.5",
         )
         v2 = promoted["candidate"]
         assert promoted["promoted"] and promoted["parent"] == v1, promoted
+        every_row = load_manifest(str(work / PREPARED_DIR))["counts"]["train_rows"]
+        share = trained_rows(root, v2) / every_row
+        assert 0.45 < share < 0.8, share
         assert promoted["new_files"] >= 1 and promoted["new_items"] == len(NEW_ITEMS)
         assert promoted["drift"]["active_users"] == 80
         # The warm start kept what v1 learned (within 10 % on the same rows): two epochs from
@@ -194,6 +203,13 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
     listed = cli_json("models", "list", "--registry", str(root))
     assert listed["current"] == v1
     assert [r["parent"] for r in listed["versions"]] == [None, v1, v2]  # the refused one too
+
+
+def trained_rows(root: Path, version: str) -> int:
+    """The training rows a version's run took every epoch (the same in each)."""
+    run = Registry(str(root)).get(version).record["source_run"]
+    (rows,) = {line["train_sequences"] for line in run_layout.read_metrics(run)}
+    return rows
 
 
 def write_shuffled_events(log: SharedLog, event_log: Path, users: list[str], start: int) -> int:
