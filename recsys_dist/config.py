@@ -342,8 +342,8 @@ class RetrainConfig:
     epochs: int = 10
     # ... at the parent's train.lr times this, after this many warm-up steps: trained weights
     # need no warm-up, and a higher rate reaches the from-scratch model's quality sooner
-    # (docs/benchmarks.md, "Retraining": 3x without warm-up got there in 6-7 epochs, a
-    # quarter of the scratch model's training time; 2x in 8-10, 1x not in 15).
+    # (docs/benchmarks.md, "Retraining": 3x without warm-up got there in 4-7 epochs, a fifth
+    # to a quarter of the scratch model's training time; 2x in 8-9 or not in 10, 1x not in 15).
     lr_scale: float = 3.0
     warmup_steps: int = 0
     # ... on the users with events since the parent's data ended, plus this share of the
