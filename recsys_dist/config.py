@@ -80,6 +80,10 @@ class ModelConfig:
     # (SASRec+CE); "cloze": bidirectional, predicts masked items (BERT4Rec). Saved with the
     # export. Causal won on MovieLens-1M and Amazon Beauty and tied on ml-100k (benchmarks.md).
     objective: str = "causal"
+    # Each block's LayerNorm before its attention and feed-forward branches, with one after
+    # the last block (pre-norm, as SASRec and GPT-2; HF's RoBERTa-PreLayerNorm encoder),
+    # rather than after each residual sum (BERT's post-norm). Saved with the export.
+    pre_norm: bool = False
     # Where the data carries ratings: read each event's rating as an input and predict the
     # rating of the item a position predicts with a head on the same encoder (MSE, weighted by
     # train.rating_weight), beside the next item. Data without ratings builds no head.

@@ -1,6 +1,8 @@
 """BERT4Rec: a transformer over item sequences, trained by cloze or by next-item prediction.
 
-The encoder is ``transformers.BertModel``; this file adds what BERT4Rec needs on top:
+The encoder is ``transformers.BertModel`` (post-norm), or with ``config.pre_norm`` HF's
+``RobertaPreLayerNormModel``, the same blocks with each LayerNorm moved before its branch and
+one after the last block; this file adds what BERT4Rec needs on top:
 
 * the input is ``item embedding (+ time-gap embedding)``, fed as ``inputs_embeds`` so that BERT
   still adds position embeddings, LayerNorm and dropout;
@@ -49,7 +51,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    RobertaPreLayerNormConfig,
+    RobertaPreLayerNormModel,
+)
 
 from recsys_dist.data.masking import IGNORE_INDEX
 from recsys_dist.model.configuration import Bert4RecConfig
@@ -152,9 +159,16 @@ class RatingHead(nn.Module):
         return self.mean + self.prior_weight * prior[:, None] + self.user_bias(hidden)
 
 
-def bert_config(config: Bert4RecConfig) -> BertConfig:
-    """The ``BertConfig`` of the encoder; every encoder-shaping field of ``config`` maps here."""
-    return BertConfig(
+# RoBERTa's position table keeps row 0 for padding (zero, never trained): a pre-norm
+# encoder's positions start at 1.
+_PRE_NORM_POSITION_OFFSET = 1
+
+
+def bert_config(config: Bert4RecConfig) -> BertConfig | RobertaPreLayerNormConfig:
+    """The HF config of the encoder; every encoder-shaping field of ``config`` maps here."""
+    config_class = RobertaPreLayerNormConfig if config.pre_norm else BertConfig
+    offset = _PRE_NORM_POSITION_OFFSET if config.pre_norm else 0
+    return config_class(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -163,7 +177,7 @@ def bert_config(config: Bert4RecConfig) -> BertConfig:
         hidden_act="gelu",
         hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.attention_dropout,
-        max_position_embeddings=config.max_len,
+        max_position_embeddings=config.max_len + offset,
         type_vocab_size=1,
         initializer_range=config.initializer_range,
         layer_norm_eps=config.layer_norm_eps,
@@ -184,7 +198,8 @@ class Bert4Rec(nn.Module):
         super().__init__()
         self.config = config
         hidden = config.hidden_size
-        self.bert = BertModel(bert_config(config), add_pooling_layer=False)
+        encoder_class = RobertaPreLayerNormModel if config.pre_norm else BertModel
+        self.bert = encoder_class(bert_config(config), add_pooling_layer=False)
         self.time_embedding = (
             nn.Embedding(config.num_time_buckets, hidden) if config.use_time_gaps else None
         )
@@ -547,6 +562,7 @@ class Bert4Rec(nn.Module):
             embeds = embeds + self.rating_embedding(rating_buckets)  # [B, L, H]
         # Right-aligned positions: the newest event is at max_len - 1 for any input length L.
         first = self.config.max_len - length
+        first += _PRE_NORM_POSITION_OFFSET if self.config.pre_norm else 0
         position_ids = torch.arange(first, first + length, device=items.device)[None]  # [1, L]
         out = self.bert(
             inputs_embeds=embeds,

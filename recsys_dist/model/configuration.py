@@ -48,6 +48,10 @@ class Bert4RecConfig(PretrainedConfig):
             next item at every position). It changes the attention mask and where
             ``score_next`` reads, so it is part of the export. Its default here is
             ``"cloze"``, not the run default: exports written before the field were cloze.
+        pre_norm: Put each block's LayerNorm before its branches, and one after the last
+            block (HF's RoBERTa-PreLayerNorm encoder), instead of BERT's after each residual
+            sum. It changes the weights' names, so it is part of the export; False here:
+            exports written before the field were post-norm.
         rating_head: Read each event's rating (bucketed) as an input and predict ratings with
             a head on the encoder: ``mean + user(h) + item_bias[j] + <proj(h), item_j>``.
             False here: exports written before the field had none, and data without ratings
@@ -87,6 +91,7 @@ class Bert4RecConfig(PretrainedConfig):
     num_time_buckets: int = _RUN_DEFAULTS.num_time_buckets
     use_event_ages: bool = False
     objective: str = "cloze"
+    pre_norm: bool = False
     rating_head: bool = False
     num_rating_buckets: int = _RUN_DEFAULTS.num_rating_buckets
     rating_min: float = 0.0
