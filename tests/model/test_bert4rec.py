@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import RobertaPreLayerNormModel
 
 from recsys_dist.config import OBJECTIVES, ModelConfig
 from recsys_dist.data.time_gaps import event_age_buckets
@@ -39,6 +40,7 @@ def test_every_model_config_field_reaches_the_model():
         num_time_buckets=7,
         use_event_ages=True,
         objective="causal" if ModelConfig().objective == "cloze" else "cloze",
+        pre_norm=not ModelConfig().pre_norm,
         rating_head=False,
         num_rating_buckets=4,
         item_text=True,
@@ -52,7 +54,9 @@ def test_every_model_config_field_reaches_the_model():
     model = Bert4Rec(config)
     bert = model.bert.config
     assert model.item_embedding.weight.shape == (41, 24)
-    assert model.bert.embeddings.position_embeddings.weight.shape == (9, 24)
+    # Pre-norm (RoBERTa-PreLayerNorm) keeps position row 0 for padding: max_len + 1 rows.
+    assert isinstance(model.bert, RobertaPreLayerNormModel) == cfg.pre_norm
+    assert model.bert.embeddings.position_embeddings.weight.shape == (9 + cfg.pre_norm, 24)
     assert len(model.bert.encoder.layer) == 3
     assert bert.num_attention_heads == 3
     assert model.bert.encoder.layer[0].intermediate.dense.out_features == 40
@@ -253,6 +257,33 @@ def test_a_causal_model_never_sees_the_future(causal):
     before, after = causal(items, buckets).logits, causal(changed, buckets).logits
     torch.testing.assert_close(before[:, :5], after[:, :5])
     assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+def test_a_pre_norm_model_never_sees_the_future_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(objective="causal", pre_norm=True)).eval()
+    items, buckets, _ = batch()
+    items = items.masked_fill(items == MASK_INDEX, 5)
+    changed = items.clone()
+    changed[:, 5] = 9
+    before, after = model(items, buckets).logits, model(changed, buckets).logits
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+    model.save(tmp_path)
+    loaded = Bert4Rec.load(tmp_path)
+    assert isinstance(loaded.bert, RobertaPreLayerNormModel)
+    assert torch.equal(model.score_next(items, buckets), loaded.score_next(items, buckets))
+
+
+def test_a_pre_norm_model_trains_every_position_it_reads():
+    """RoBERTa's position row 0 is padding (zero, frozen): a full-length input's oldest event
+    must read row 1, not row 0, so every position has a trained embedding."""
+    model = Bert4Rec(tiny_config(objective="causal", pre_norm=True))
+    items, buckets, labels = batch()
+    model(items, buckets, labels).loss.backward()
+    grad = model.bert.embeddings.position_embeddings.weight.grad  # [MAX_LEN + 1, H]
+    assert grad[0].abs().sum() == 0
+    assert bool((grad[1:].abs().sum(dim=1) > 0).all())
 
 
 def test_a_causal_model_scores_the_next_item_at_the_last_event(causal):
