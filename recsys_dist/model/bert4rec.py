@@ -6,8 +6,10 @@ one after the last block; this file adds what BERT4Rec needs on top:
 
 * the input is ``item embedding (+ time-gap embedding)``, fed as ``inputs_embeds`` so that BERT
   still adds position embeddings, LayerNorm and dropout;
-* the output head is BERT's MLM head (dense -> GELU -> LayerNorm) with the decoder TIED to the
-  item embedding, so every item has one vector, used both to read and to score it;
+* the output head dots each position's state with the item embedding (the decoder TIED to it,
+  so every item has one vector, used both to read and to score it), plus a per-item bias; with
+  ``config.head_transform`` the state first goes through BERT's MLM transform (dense -> GELU
+  -> LayerNorm), which costs a sparse log a seventh of its NDCG (docs/benchmarks.md);
 * the loss is a full softmax over the catalogue, computed only at the labelled positions, in
   chunks of rows whose logits are recomputed in the backward pass when the catalogue is large
   (so [positions x items] logits never exist at once); or, given a :class:`NegativeSample`, a
@@ -208,8 +210,9 @@ class Bert4Rec(nn.Module):
             if config.use_event_ages
             else None
         )
-        self.head_dense = nn.Linear(hidden, hidden)
-        self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        transform = config.head_transform
+        self.head_dense = nn.Linear(hidden, hidden) if transform else None
+        self.head_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps) if transform else None
         self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         # Bucket 0: the event has no rating (or it is hidden, as at a cloze MASK).
         self.rating_embedding = (
@@ -292,8 +295,9 @@ class Bert4Rec(nn.Module):
     def _init_head_weights(self) -> None:
         """BERT's init for the modules ``BertModel.post_init`` does not know about."""
         std = self.config.initializer_range
-        nn.init.normal_(self.head_dense.weight, std=std)
-        nn.init.zeros_(self.head_dense.bias)
+        if self.head_dense is not None:
+            nn.init.normal_(self.head_dense.weight, std=std)
+            nn.init.zeros_(self.head_dense.bias)
         if self.time_embedding is not None:
             nn.init.normal_(self.time_embedding.weight, std=std)
         if self.age_bias is not None:
@@ -591,12 +595,14 @@ class Bert4Rec(nn.Module):
         return bias.masked_fill(~allowed, torch.finfo(dtype).min)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The MLM head's transform (dense -> GELU -> LayerNorm), ``[..., H] -> [..., H]``: what
-        is dotted with the item table."""
+        """``[..., H] -> [..., H]``: what is dotted with the item table; the state itself, or
+        with ``config.head_transform`` the MLM transform of it (dense -> GELU -> LayerNorm)."""
+        if self.head_dense is None:
+            return hidden
         return self.head_norm(F.gelu(self.head_dense(hidden)))
 
     def item_logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """The tied MLM head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens.
+        """The tied head: ``[..., H] -> [..., V]``, ``-inf`` at the special tokens.
         ``table``: :meth:`item_table`, where the caller has it already."""
         h = self.head(hidden)  # [..., H]
         table = self.item_table() if table is None else table  # [V, H]

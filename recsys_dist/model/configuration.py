@@ -52,6 +52,10 @@ class Bert4RecConfig(PretrainedConfig):
             block (HF's RoBERTa-PreLayerNorm encoder), instead of BERT's after each residual
             sum. It changes the weights' names, so it is part of the export; False here:
             exports written before the field were post-norm.
+        head_transform: Pass each state through BERT's MLM transform (dense -> GELU ->
+            LayerNorm) before it meets the tied item table; without it the state itself is
+            dotted with the table (SASRec's head). True here: exports written before the
+            field had the transform.
         rating_head: Read each event's rating (bucketed) as an input and predict ratings with
             a head on the encoder: ``mean + user(h) + item_bias[j] + <proj(h), item_j>``.
             False here: exports written before the field had none, and data without ratings
@@ -92,6 +96,7 @@ class Bert4RecConfig(PretrainedConfig):
     use_event_ages: bool = False
     objective: str = "cloze"
     pre_norm: bool = False
+    head_transform: bool = True
     rating_head: bool = False
     num_rating_buckets: int = _RUN_DEFAULTS.num_rating_buckets
     rating_min: float = 0.0

@@ -80,7 +80,8 @@ def warm_start(
     if own.keys() != inherited.keys():
         raise ValueError(
             f"the parent's tensors differ: {sorted(own.keys() ^ inherited.keys())}; "
-            "warm start needs the same model options (e.g. model.use_event_ages, model.pre_norm)"
+            "warm start needs the same model options (e.g. model.use_event_ages, "
+            "model.pre_norm, model.head_transform)"
         )
     for name, tensor in own.items():
         if name in OWN_ROWS:

@@ -40,10 +40,12 @@ def test_full_ranking_metrics_of_the_model_and_the_baseline(tiny_run, test_metri
 
 
 def test_beyond_accuracy_side_by_side_with_the_popularity_baseline(tiny_run, test_metrics):
-    """Top-10 lists of every test user: the popularity lists lean to the popular items and
-    concentrate exposure; the untrained model's spread wider (on 40 items, with long
-    histories excluded, both may still cover every item). The generated catalogue has
-    categories, so diversity is measured."""
+    """Top-10 lists of every test user: the popularity lists lean to the popular items; the
+    untrained model's spread wider (on 40 items, with long histories excluded, both may
+    still cover every item). How evenly exposure falls is not compared: an untrained model
+    scores each item by its nearness to the user's own history, which may concentrate
+    exposure as much as popularity does. The generated catalogue has categories, so
+    diversity is measured."""
     model = test_metrics["beyond_accuracy"]
     popular = test_metrics["baseline_popularity"]["beyond_accuracy"]
     for figures in (model, popular):
@@ -53,7 +55,6 @@ def test_beyond_accuracy_side_by_side_with_the_popularity_baseline(tiny_run, tes
         assert 0 <= figures["intra_list_diversity"] <= 1
     assert popular["popularity_percentile"] > model["popularity_percentile"]
     assert popular["coverage"] <= model["coverage"]
-    assert popular["exposure_gini"] > model["exposure_gini"]
     assert popular["novelty"] < model["novelty"]
 
 

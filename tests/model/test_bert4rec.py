@@ -41,6 +41,7 @@ def test_every_model_config_field_reaches_the_model():
         use_event_ages=True,
         objective="causal" if ModelConfig().objective == "cloze" else "cloze",
         pre_norm=not ModelConfig().pre_norm,
+        head_transform=not ModelConfig().head_transform,
         rating_head=False,
         num_rating_buckets=4,
         item_text=True,
@@ -65,6 +66,7 @@ def test_every_model_config_field_reaches_the_model():
     assert model.time_embedding is None
     assert model.age_bias.weight.shape == (7, 3)  # a bias per age bucket and head
     assert bert.is_decoder == (cfg.objective == "causal")
+    assert (model.head_dense is not None) == cfg.head_transform
     assert Bert4Rec(Bert4RecConfig.from_model_config(defaults, 41, 9)).time_embedding is not None
     assert config.num_time_buckets == 7
     with_gaps = dataclasses.replace(cfg, use_time_gaps=True)
@@ -102,7 +104,7 @@ def test_model_config_is_the_one_home_of_the_model_defaults():
 
 # Fields whose default in an export is the format's history, not the run default: an export
 # written before the field existed was trained that way.
-EXPORT_FORMAT_DEFAULTS = {"objective": "cloze", "rating_head": False}
+EXPORT_FORMAT_DEFAULTS = {"objective": "cloze", "rating_head": False, "head_transform": True}
 
 
 def test_an_export_from_before_the_objective_field_loads_as_cloze(tmp_path):
@@ -112,6 +114,28 @@ def test_an_export_from_before_the_objective_field_loads_as_cloze(tmp_path):
     del saved["objective"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert Bert4RecConfig.from_pretrained(tmp_path).objective == "cloze"
+
+
+def test_an_export_from_before_the_head_transform_field_loads_with_it(tmp_path):
+    model = Bert4Rec(tiny_config())
+    model.save(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["head_transform"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert Bert4Rec.load(tmp_path).head_dense is not None  # its weights load, strict
+
+
+def test_without_the_head_transform_a_score_is_the_state_dotted_with_the_item(tmp_path):
+    torch.manual_seed(0)
+    model = Bert4Rec(tiny_config(head_transform=False)).eval()
+    assert not any(name.startswith("head_") for name, _ in model.named_parameters())
+    items, buckets, _ = batch()
+    hidden = model.encode(items, buckets)  # [B, L, H]
+    expected = hidden @ model.item_embedding.weight.T + model.output_bias  # [B, L, V]
+    logits = model(items, buckets).logits
+    torch.testing.assert_close(logits[..., 2:], expected[..., 2:])
+    model.save(tmp_path)
+    assert torch.equal(Bert4Rec.load(tmp_path)(items, buckets).logits, logits)
 
 
 def test_every_non_default_model_config_value_reaches_the_saved_model_config(tmp_path):
