@@ -113,9 +113,12 @@ def test_covering_split_drops_no_row_and_balances_to_a_block(ray_session):
 
 
 @pytest.mark.parametrize("preserve_order", [True, False])
-def test_blocks_keep_file_order_unless_told_otherwise(ray_session, preserve_order):
-    """A one-worker shard reads rows in file order even when the first block is slowest, so a
-    seeded run repeats; without ``preserve_order`` every row still arrives, in any order.
+@pytest.mark.parametrize("name", [schema.TRAIN_SPLIT, schema.VALID_SPLIT])
+def test_blocks_keep_file_order_unless_told_otherwise(ray_session, preserve_order, name):
+    """A one-worker shard of the split training data, and the whole validation data every
+    worker reads, arrive in file order even when the first block is slowest, so a seeded run
+    (its validation figures included) repeats; without ``preserve_order`` every row still
+    arrives, in any order.
 
     (Without it, on 2 CPUs, rows 8-63 came first in each of several runs on 2026-11-29.)"""
     import ray
@@ -127,8 +130,8 @@ def test_blocks_keep_file_order_unless_told_otherwise(ray_session, preserve_orde
 
     config = CoveringDataConfig([schema.TRAIN_SPLIT], 16, preserve_order=preserve_order)
     late = ray.data.range(64, override_num_blocks=8).map_batches(first_block_late)
-    (shard,) = config.configure({"train": late}, 1, worker_handles=None, worker_node_ids=None)
-    rows = [int(i) for b in shard["train"].iter_batches(batch_size=16) for i in b["id"]]
+    (shard,) = config.configure({name: late}, 1, worker_handles=None, worker_node_ids=None)
+    rows = [int(i) for b in shard[name].iter_batches(batch_size=16) for i in b["id"]]
     if preserve_order:
         assert rows == list(range(64))
     else:
