@@ -430,17 +430,17 @@ def presets() -> list[str]:
 LONG_HISTORY_EVENTS = 100
 
 
-def preset_for(events: int, users: int, max_len: int) -> str | None:
-    """The preset whose ``data.max_len`` fits a dataset of ``events`` over ``users`` better
-    than ``max_len`` (what it was prepared with), or None when that already fits.
+def preset_for(events: int, users: int) -> str | None:
+    """The preset for a dataset of ``events`` over ``users``, by its mean history length
+    (None when there is nothing to judge).
 
-    Why: the sequence length is fixed when the data is prepared, and a default that suits
-    sparse logs hides most of a long history from the model (ml-1m: 50 of 165 events).
+    Why: the presets are settings per kind of data; ``prepare`` names the one that fits so a
+    user need not know which settings suit their log (dropout for sparse logs, the sequence
+    length for long ones, fixed when the data is prepared).
     """
     if users <= 0:
         return None
-    kind = "long-histories" if events / users >= LONG_HISTORY_EVENTS else "short-histories"
-    return None if load_config(kind).data.max_len == max_len else kind
+    return "long-histories" if events / users >= LONG_HISTORY_EVENTS else "short-histories"
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:

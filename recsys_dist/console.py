@@ -304,23 +304,29 @@ def _prepare_summary(r: dict, args: Any, seconds: float) -> list[str]:
         + f", {_n(counts.get('duplicates_dropped', 0))} "
         f"duplicate(s), {_n(counts.get('users_below_min_events', 0))} user(s) below "
         "min_user_events",
-        *_preset_hint(counts, r["max_len"]),
-        f"output: {args.output}",
-        f"next:   recsys-dist train --data {args.output} --output RUN",
+        *_preset_lines(counts, r["max_len"], args.output),
     ]
 
 
-def _preset_hint(counts: dict, max_len: int) -> list[str]:
-    """One line when another preset fits the data's history lengths (none when it fits)."""
-    from recsys_dist.config import preset_for
+def _preset_lines(counts: dict, max_len: int, output: str) -> list[str]:
+    """The output and the next command, with the preset that suits the data's kind; and one
+    hint line first when the data was prepared at a length that does not suit it."""
+    from recsys_dist.config import load_config, preset_for
 
-    kind = preset_for(counts["events"], counts["users"], max_len)
-    if kind is None:
-        return []
-    mean = counts["events"] / counts["users"]
+    kind = preset_for(counts["events"], counts["users"])
+    fits = kind is not None and load_config(kind).data.max_len == max_len
+    hint = []
+    if kind is not None and not fits:
+        mean = counts["events"] / counts["users"]
+        hint = [
+            f"hint:   users average {mean:.0f} events and the model sees the last {max_len}: "
+            f"`--config {kind}` fits this data (prepare and train with it)"
+        ]
+    preset = f"--config {kind} " if fits else ""
     return [
-        f"hint:   users average {mean:.0f} events and the model sees the last {max_len}: "
-        f"`--config {kind}` fits this data (prepare and train with it)"
+        *hint,
+        f"output: {output}",
+        f"next:   recsys-dist train {preset}--data {output} --output RUN",
     ]
 
 

@@ -68,14 +68,13 @@ def test_the_short_histories_preset_is_the_defaults_but_for_sparse_dropout():
 
 
 @pytest.mark.parametrize(
-    ("events", "users", "max_len", "expected"),
+    ("events", "users", "expected"),
     [
-        (198_502, 22_363, 50, None),  # Amazon Beauty at the defaults: fits
-        (999_611, 6_040, 50, "long-histories"),  # MovieLens-1M at the defaults
-        (999_611, 6_040, 200, None),  # ... prepared with long-histories: fits
-        (198_502, 22_363, 200, "short-histories"),  # a sparse log at length 200
-        (0, 0, 50, None),  # nothing to judge
+        (198_502, 22_363, "short-histories"),  # Amazon Beauty: 9 events a user
+        (999_611, 6_040, "long-histories"),  # MovieLens-1M: 165
+        (99_900, 1_000, "short-histories"),  # just under the line (100)
+        (0, 0, None),  # nothing to judge
     ],
 )
-def test_the_preset_that_fits_follows_the_mean_history(events, users, max_len, expected):
-    assert preset_for(events, users, max_len) == expected
+def test_the_preset_follows_the_mean_history(events, users, expected):
+    assert preset_for(events, users) == expected
