@@ -48,7 +48,13 @@ def wait_until(condition, seconds: float = 120.0) -> None:
 
 
 class Load:
-    """Steady requests from a thread, recording each response's status and model version."""
+    """Steady requests from a thread, recording each response's status and model version.
+
+    Paced at ``RATE`` a second: enough to catch a failed request or a step back during a
+    switch, without the client, proxy and replicas taking a core from the retraining that the
+    test waits on (a loop with no pause kept one of CI's two cores busy)."""
+
+    RATE = 20.0
 
     def __init__(self, url: str, user: str) -> None:
         self.url, self.user = url, user
@@ -62,6 +68,7 @@ class Load:
                 response = client.post(f"{self.url}/v1/recommend", json={"user_id": self.user})
                 version = response.json().get("model_version") if response.is_success else None
                 self.answers.append((response.status_code, version))
+                self.stop.wait(1 / self.RATE)
 
     def versions(self) -> list[str | None]:
         return [version for _, version in self.answers]
