@@ -183,7 +183,8 @@ class TrainConfig:
     # longest row (train/batches.py): the same rows and steps an epoch, less padding to encode.
     group_by_length: bool = True
     # Training and validation rows arrive in file order, so one worker with one seed repeats
-    # a run, its validation figures included, exactly; false lets Ray Data hand out blocks as they finish (reads never wait on a slow block).
+    # a run, its validation figures included, exactly; false lets Ray Data hand out blocks as
+    # they finish (reads never wait on a slow block).
     preserve_order: bool = True
     seed: int = 0
     # Start from this export's weights (a run's model/ or a registry version's), its item rows
