@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # its sibling, by file name (tests/ has a `bench` too)
+
+from large_catalogue import peak_mib, run_child  # noqa: E402
 
 from recsys_dist.config import DataConfig, ModelConfig  # noqa: E402
 
@@ -87,17 +88,10 @@ def _describe(spec: dict) -> dict:
 
 def _run_child(spec: dict) -> list[dict]:
     """Measure one catalogue in a fresh interpreter: one result per batch size."""
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    if done.returncode:
-        reason = (done.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
-        return [{**_describe(spec), "failed": f"exit {done.returncode}: {reason}"}]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    return [{**_describe(spec), **json.loads(line)} for line in lines]
+    lines, failed = run_child(__file__, spec)
+    if failed:
+        return [{**_describe(spec), "failed": failed}]
+    return [{**_describe(spec), **line} for line in lines]
 
 
 def _child(spec: dict) -> list[dict]:
@@ -108,11 +102,12 @@ def _child(spec: dict) -> list[dict]:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    baseline = _peak_mib()
+    cpu = torch.device("cpu")
+    baseline = peak_mib(cpu)
     with tempfile.TemporaryDirectory() as directory:
         _write_checkpoint(directory, spec)
         recommender = Recommender(directory, k=spec["k"])
-    loaded = _peak_mib()
+    loaded = peak_mib(cpu)
     rng = np.random.default_rng(spec["seed"])
     results = []
     for size in spec["batch_sizes"]:
@@ -131,7 +126,7 @@ def _child(spec: dict) -> list[dict]:
                 "p50_ms": round(float(np.percentile(timed, 50)), 2),
                 "p99_ms": round(float(np.percentile(timed, 99)), 2),
                 "requests_per_s": round(size * len(timed) / (timed.sum() / 1000), 1),
-                "peak_memory_mib": round(_peak_mib(), 1),
+                "peak_memory_mib": round(peak_mib(cpu), 1),
                 "loaded_mib": round(loaded, 1),
                 "baseline_memory_mib": round(baseline, 1),
             }
@@ -158,11 +153,6 @@ def _write_checkpoint(directory: str, spec: dict) -> None:
     config = Bert4RecConfig.from_model_config(ModelConfig(), vocab.size, spec["max_len"])
     state = {"model_version": f"untrained-{spec['items']}-items"}
     checkpoint.save_checkpoint(directory, Bert4Rec(config).eval(), vocab_path, state)
-
-
-def _peak_mib() -> float:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 def _histories(rng, spec: dict, size: int) -> tuple[list[list[str]], list[np.ndarray]]:

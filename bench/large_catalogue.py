@@ -157,16 +157,24 @@ def _describe(spec: dict) -> dict:
 
 def _run_child(spec: dict) -> dict:
     """Measure one configuration in a fresh interpreter; its last stdout line is the result."""
+    lines, failed = run_child(__file__, spec)
+    return {**_describe(spec), **({"failed": failed} if failed else lines[-1])}
+
+
+def run_child(script: str, spec: dict) -> tuple[list[dict], str | None]:
+    """Run ``script --child SPEC`` in a fresh interpreter (so memory peaks never mix): the
+    JSON lines it printed, or why it failed. bench/catalogue_serving.py runs its children so too.
+    """
     done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)],
+        [sys.executable, script, "--child", json.dumps(spec)],
         capture_output=True,
         text=True,
         cwd=REPO,
     )
     if done.returncode:
         reason = (done.stderr.strip().splitlines() or ["killed (out of memory?)"])[-1]
-        return {**_describe(spec), "failed": f"exit {done.returncode}: {reason}"}
-    return {**_describe(spec), **json.loads(done.stdout.strip().splitlines()[-1])}
+        return [], f"exit {done.returncode}: {reason}"
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")], None
 
 
 def _measure_here(spec: dict) -> dict:
@@ -183,7 +191,7 @@ def _child(spec: dict) -> dict:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(_device(spec["device"], torch.cuda.is_available()))
-    steps, baseline = batches(spec), _peak_mib(device)
+    steps, baseline = batches(spec), peak_mib(device)
     vocab = spec["items"] + NUM_SPECIAL_TOKENS
     torch.manual_seed(spec["seed"])
     model_config = ModelConfig(objective=spec["objective"])
@@ -217,7 +225,7 @@ def _child(spec: dict) -> dict:
         "labelled_rows": round(float(np.mean([(b[2] != IGNORE_INDEX).sum() for b in steps])), 1),
         "seq_per_s": round(spec["batch_size"] * len(timed) / sum(timed), 1),
         "step_s": round(sum(timed) / len(timed), 4),
-        "peak_memory_mib": round(_peak_mib(device), 1),
+        "peak_memory_mib": round(peak_mib(device), 1),
         "baseline_memory_mib": round(baseline, 1),
         "memory": "cuda_max_allocated" if device.type == "cuda" else "ru_maxrss",
         "first_loss": round(losses[0], 4),
@@ -229,7 +237,7 @@ def _device(name: str, cuda: bool) -> str:
     return ("cuda" if cuda else "cpu") if name == "auto" else name
 
 
-def _peak_mib(device) -> float:
+def peak_mib(device) -> float:
     """This process's peak memory so far: CUDA allocations, or the resident set."""
     if device.type == "cuda":
         import torch
