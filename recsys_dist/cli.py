@@ -805,8 +805,9 @@ def _add_config(commands, flags):
 
 
 def _run_config_show(args):
-    """The config a command given ``--config`` and these overrides would run with."""
-    return _config(args).to_dict()
+    """The config a command given ``--config`` and these overrides would run with (secrets
+    redacted, as in a run's saved config)."""
+    return _config(args).public_dict()
 
 
 def _add_action_group(commands, flags, command: str, text: str, helps: dict, handler) -> dict:

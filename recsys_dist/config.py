@@ -2,7 +2,9 @@
 
 Frozen dataclasses loaded from YAML with ``section.key=value`` overrides. Unknown keys and
 values of the wrong type raise at load time (nanoGPT's configurator does the same), so a typo
-never silently falls back to a default. The resolved config is saved with every run.
+never silently falls back to a default; every number has a range declared beside its default
+(:func:`bounded`). The resolved config is saved with every run, secrets redacted
+(:meth:`Config.public_dict`); a secret setting is read at use (:mod:`recsys_dist.credentials`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from recsys_dist import storage
+from recsys_dist.credentials import SECRET_SETTINGS, redact
 from recsys_dist.errors import UserInputError
 
 
@@ -24,33 +27,88 @@ class ConfigError(UserInputError):
     """A configuration key or value that cannot be accepted."""
 
 
+RANGE = "range"  # the metadata key of a numeric field's Range
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds all take it (the train loop scales it by 1e6)
+MAX_TIME = 2**62 - 1  # Unix seconds: far past any real event, still exact in int64 arithmetic
+
+
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric setting may lie: ``[low, high]``, either end open, plus ``also``
+    values with a meaning of their own (``interests.blend=-1``: fit it)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple[float, ...] = ()
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return (above and below) or value in self.also
+
+    def __str__(self) -> str:
+        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return " or ".join([f"{opening}{self.low}, {self.high}{closing}", *map(str, self.also)])
+
+
+def bounded(default: Any, low: float, high: float, **shape: Any) -> Any:
+    """A numeric field: its default and its :class:`Range` (``low_open``, ``high_open``,
+    ``also``), declared together so the two cannot drift apart.
+
+    Why: every number a config holds is checked when its section is built, so a value that
+    switches a protection off or spins a loop (``serve.max_body_bytes=0``,
+    ``serve.api_keys_reload_s=0``) or an absurd magnitude fails at load, not in production.
+    """
+    return field(default=default, metadata={RANGE: Range(low, high, **shape)})
+
+
+def ranges(section: type) -> dict[str, Range]:
+    """The range of each numeric field of a section class, by field name."""
+    return {f.name: f.metadata[RANGE] for f in dataclasses.fields(section) if RANGE in f.metadata}
+
+
+def _check_ranges(section: Any) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``section`` outside its range
+    (for a tuple, the first item outside it); every section's ``__post_init__`` starts here."""
+    for name, allowed in ranges(type(section)).items():
+        value = getattr(section, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in allowed:
+                key = f"{_section_name(type(section))}.{name}"
+                raise ConfigError(f"{key} must be in {allowed}, got {item!r}")
+
+
+def _section_name(cls: type) -> str:
+    """A section class's key prefix: its field's name in :class:`Config`, the one home."""
+    return next(name for name, hint in typing.get_type_hints(Config).items() if hint is cls)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How raw events become training sequences (used by ``prepare``)."""
 
-    max_len: int = 50  # model input length: the most recent events a sequence keeps
-    max_history: int = 2000  # events kept per user (most recent); caps bots and crawlers
+    max_len: int = bounded(50, 1, 100_000)  # model input length: the most recent events kept
+    max_history: int = bounded(2000, 1, 1_000_000)  # events kept per user; caps bots, crawlers
     split: str = "loo"  # "loo": last events test, the ones before valid; "time": global time cut
-    holdout_events: int = 1  # loo: each user's last N events are the test future, N before valid
-    valid_fraction: float = 0.1  # time split: share of events (by time) after the valid cut
-    test_fraction: float = 0.1  # time split: share of events (by time) after the test cut
-    min_user_events: int = 3  # users with fewer events after de-duplication are dropped
+    # loo: each user's last N events are the test future, N before them the valid one
+    holdout_events: int = bounded(1, 1, 1000)
+    # time split: share of events (by time) after the valid cut; after the test cut
+    valid_fraction: float = bounded(0.1, 0, 1, low_open=True, high_open=True)
+    test_fraction: float = bounded(0.1, 0, 1, low_open=True, high_open=True)
+    min_user_events: int = bounded(3, 1, 1_000_000)  # users with fewer (de-duplicated) dropped
     dedup: bool = True  # drop exact duplicate events (same user, item, time, type)
     on_bad_rows: str = "error"  # "error": stop naming file/row/field; "skip": skip and count
-    window_stride: int = 10  # training windows of max_len slide by this many events
-    bucket_rows: int = 2_000_000  # events per hash bucket when grouping: bounds task memory
+    window_stride: int = bounded(10, 1, 100_000)  # training windows slide by this many events
+    bucket_rows: int = bounded(2_000_000, 1, 10**10)  # events per hash bucket: bounds task memory
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_choice("data.split", self.split, ("loo", "time"))
         _check_choice("data.on_bad_rows", self.on_bad_rows, ("error", "skip"))
-        _check_positive("data.max_len", self.max_len)
-        _check_positive("data.holdout_events", self.holdout_events)
-        _check_positive("data.window_stride", self.window_stride)
-        _check_positive("data.bucket_rows", self.bucket_rows)
         if self.max_history < self.max_len:
             raise ConfigError(f"data.max_history={self.max_history} < data.max_len={self.max_len}")
-        if not (0 < self.valid_fraction < 1 and 0 < self.test_fraction < 1):
-            raise ConfigError("data.valid_fraction and data.test_fraction must be in (0, 1)")
         if self.valid_fraction + self.test_fraction >= 1:
             raise ConfigError("data.valid_fraction + data.test_fraction must be < 1")
 
@@ -65,14 +123,15 @@ class ModelConfig:
     with the weights (``Bert4RecConfig.from_model_config``). The one place these defaults live:
     ``Bert4RecConfig`` takes its own from here."""
 
-    hidden_size: int = 64  # width of item embeddings and of the transformer
-    num_layers: int = 2  # bidirectional transformer blocks
-    num_heads: int = 2  # attention heads per block; must divide hidden_size
-    intermediate_size: int = 256  # width of each block's feed-forward layer
-    dropout: float = 0.2  # on embeddings and every residual branch
-    attention_dropout: float = 0.1  # on attention probabilities
+    hidden_size: int = bounded(64, 1, 65_536)  # width of item embeddings and the transformer
+    num_layers: int = bounded(2, 1, 256)  # bidirectional transformer blocks
+    num_heads: int = bounded(2, 1, 256)  # attention heads per block; must divide hidden_size
+    intermediate_size: int = bounded(256, 1, 262_144)  # width of each feed-forward layer
+    dropout: float = bounded(0.2, 0, 1, high_open=True)  # embeddings and each residual branch
+    attention_dropout: float = bounded(0.1, 0, 1, high_open=True)  # attention probabilities
     use_time_gaps: bool = True  # add an embedding of the log-bucketed gap to the previous event
-    num_time_buckets: int = 32  # log2 buckets of the gap in seconds (bucket 0 = no previous event)
+    # log2 buckets of the gap in seconds (bucket 0 = no previous event)
+    num_time_buckets: int = bounded(32, 2, 1024)
     # Also bias attention by each earlier event's age at the query's time (a learned scalar per
     # log2 age bucket and head, as TiSASRec/HSTU's relative time bias). Off: see benchmarks.md.
     use_event_ages: bool = False
@@ -95,7 +154,7 @@ class ModelConfig:
     rating_head: bool = True
     # Ratings enter as buckets of the data's [min, max] scale: 9 hold 1-5 stars (whole or half)
     # exactly, so the head's recent-ratings prior is exact too.
-    num_rating_buckets: int = 9
+    num_rating_buckets: int = bounded(9, 1, 1000)
     # Cold start from text: add to each item's ID embedding a learned projection of its
     # catalogue text ("title. categories") encoded by a pretrained sentence model, so items
     # with few or no training events still get a vector their text places. Needs a catalogue
@@ -105,80 +164,76 @@ class ModelConfig:
     # and output alike), so the text projection learns to place an item on its own, as it
     # must for a cold one; items no training window holds then keep no ID vector at all
     # (DropoutNet, Volkovs et al. 2017). 0: off. See benchmarks.md, "Cold start from text".
-    text_id_dropout: float = 0.25
+    text_id_dropout: float = bounded(0.25, 0, 1, high_open=True)
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_choice("model.objective", self.objective, OBJECTIVES)
-        if not 0 <= self.text_id_dropout < 1:
-            raise ConfigError(
-                f"model.text_id_dropout must be in [0, 1), got {self.text_id_dropout}"
-            )
-        _check_positive("model.num_rating_buckets", self.num_rating_buckets)
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            _check_positive(f"model.{name}", getattr(self, name))
         if self.hidden_size % self.num_heads:
             raise ConfigError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"model.num_heads={self.num_heads}"
             )
-        if self.num_time_buckets < 2:
-            raise ConfigError("model.num_time_buckets must be >= 2")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, masking and the distributed set-up (used by ``train``)."""
 
-    epochs: int = 60  # also sets the length of the learning-rate decay
-    batch_size: int = 128  # sequences per worker per step
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 5.0
+    epochs: int = bounded(60, 1, 100_000)  # also sets the length of the learning-rate decay
+    batch_size: int = bounded(128, 1, 1_000_000)  # sequences per worker per step
+    lr: float = bounded(2e-3, 0, 1, low_open=True)
+    weight_decay: float = bounded(0.01, 0, 1)
+    warmup_steps: int = bounded(100, 0, 10_000_000)
+    grad_clip: float = bounded(5.0, 0, 1_000_000, low_open=True)  # DeepSpeed: 0 would not clip
     # The loss computes at most this many logits (positions x items) at once: a large
     # catalogue's are computed in chunks, recomputed in the backward pass (0 = no limit).
-    max_logits: int = 2**26
+    max_logits: int = bounded(2**26, 0, 2**40)
     # "full": the exact softmax over the whole catalogue; "sampled": each labelled position's
     # target against `negatives` items drawn uniformly per batch, logits corrected by log Q.
     loss: str = "full"
-    negatives: int = 1024  # sampled loss: negatives per batch, shared by all its positions
+    negatives: int = bounded(1024, 1, 10_000_000)  # sampled loss: negatives per batch
     # Weight of the rating head's MSE beside the next-item loss (a model with model.rating_head
     # on data with ratings); 0 trains the head not at all. Adam scales each parameter's step
     # by its own gradients, so the head's own parameters learn at the same pace whatever the
     # weight: it sets only how far ratings shape the shared encoder and item table. At 1 they
     # overfit it (ml-100k valid RMSE 0.969 at epoch 6, 0.991 at 10); at 0.1 they do not, and
     # the ranking gains too (benchmarks.md "Ratings").
-    rating_weight: float = 0.1
+    rating_weight: float = bounded(0.1, 0, 1000)
     # Denoising (Truncated Cross-Entropy): leave the hardest share of each batch's positions out
     # of the next-item loss, growing linearly from 0 to this over denoise_warmup_epochs (noisy
     # logs: accidental clicks, bots). 0 = off. On ml-100k with 20 % popularity-drawn noise, 0.2
     # took back the whole 5-7 % loss; on clean logs it costs 3-7 % (docs/benchmarks.md "Noise").
-    denoise_drop: float = 0.0
-    denoise_warmup_epochs: int = 5
-    mask_prob: float = 0.4  # cloze only: share of positions masked in each training sequence
-    last_item_mask_prob: float = 0.1  # cloze only: share of sequences masking just the last
-    zero_stage: int = 1  # DeepSpeed ZeRO stage (0, 1 or 2)
-    workers: int = 2
+    denoise_drop: float = bounded(0.0, 0, 1, high_open=True)
+    denoise_warmup_epochs: int = bounded(5, 1, 100_000)
+    mask_prob: float = bounded(0.4, 0, 1, high_open=True)  # cloze: share of positions masked
+    last_item_mask_prob: float = bounded(0.1, 0, 1)  # cloze: share of rows masking just the last
+    zero_stage: int = bounded(1, 0, 2)  # DeepSpeed ZeRO stage (0, 1 or 2)
+    workers: int = bounded(2, 1, 10_000)
     use_gpu: bool = False  # one GPU per worker, NCCL and bf16
-    eval_every: int = 1  # validate (full ranking) and checkpoint every N epochs, and after the last
-    patience: int = 10  # early stop after this many validations without NDCG@10 improving
+    # validate (full ranking) and checkpoint every N epochs, and after the last
+    eval_every: int = bounded(1, 1, 100_000)
+    # early stop after this many validations without NDCG@10 improving
+    patience: int = bounded(10, 1, 100_000)
     # ... but first anneal: the rate decays to zero over a cool-down (budget_cooldown's share of
     # the epochs so far), then the run stops; a plateau at a high rate is not the model's best
     # (Amazon Beauty, docs/benchmarks.md "Padding"). false: stop at once, as it was.
     anneal_on_plateau: bool = True
-    time_budget_s: float = 0.0  # stop training after this many seconds (0 = no limit)
+    # stop training after this many seconds (0 = no limit; at most a year)
+    time_budget_s: float = bounded(0.0, 0, 31_536_000)
     # With a budget, the learning-rate decay ends when the budget does (the epochs that fit at
     # the measured pace), so the run ends annealed; false cuts the epochs-long schedule short.
     budget_schedule: bool = True
     # ... decaying to zero over this last share of the planned epochs only; before it, the
     # configured schedule runs on (a short cool-down keeps the rate high for most of a budget).
-    budget_cooldown: float = 0.2
+    budget_cooldown: float = bounded(0.2, 0, 1, low_open=True)
     # Worker failures a run recovers from: Ray Train restarts the workers from the latest
     # checkpoint, with its optimizer state; one more fails the run (a rerun resumes it).
-    max_failures: int = 1
-    cpus_per_worker: float = 1.0  # also the torch threads each CPU worker uses
+    max_failures: int = bounded(1, 0, 100)  # 0: the first worker failure fails the run
+    cpus_per_worker: float = bounded(1.0, 0, 1024, low_open=True)  # also its torch threads
     placement_strategy: str = "PACK"  # Ray placement of workers: PACK, SPREAD, STRICT_SPREAD
-    cache_rows: int = 1_000_000  # a worker's shard up to this size is replayed from memory
+    # a worker's shard up to this size is replayed from memory (0: never)
+    cache_rows: int = bounded(1_000_000, 0, 10**10)
     # Batch training and validation rows of similar length together, each batch padded to its
     # longest row (train/batches.py): the same rows and steps an epoch, less padding to encode.
     group_by_length: bool = True
@@ -186,7 +241,7 @@ class TrainConfig:
     # a run, its validation figures included, exactly; false lets Ray Data hand out blocks as
     # they finish (reads never wait on a slow block).
     preserve_order: bool = True
-    seed: int = 0
+    seed: int = bounded(0, 0, MAX_SEED)
     # Start from this export's weights (a run's model/ or a registry version's), its item rows
     # copied by item id and new items started from their category peers (model/warm_start.py).
     # Ignored when the run resumes its own checkpoint. "" = a fresh initialisation.
@@ -194,61 +249,39 @@ class TrainConfig:
     # Train only the users with an event after this time (epoch seconds), plus a replay_share
     # of the others, the same ones every epoch (data/prepared.py recent_users): a retraining
     # turn's fine-tuning sets it to the parent's data end. 0 = every user.
-    active_since: int = 0
-    replay_share: float = 1.0
+    active_since: int = bounded(0, 0, MAX_TIME)
+    replay_share: float = bounded(1.0, 0, 1)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "workers", "eval_every", "patience"):
-            _check_positive(f"train.{name}", getattr(self, name))
-        if self.max_logits < 0:
-            raise ConfigError(f"train.max_logits must be >= 0, got {self.max_logits}")
+        _check_ranges(self)
         _check_choice("train.loss", self.loss, LOSSES)
-        _check_positive("train.negatives", self.negatives)
-        if not 0 <= self.denoise_drop < 1:
-            raise ConfigError(f"train.denoise_drop must be in [0, 1), got {self.denoise_drop}")
-        _check_positive("train.denoise_warmup_epochs", self.denoise_warmup_epochs)
-        if self.rating_weight < 0:
-            raise ConfigError(f"train.rating_weight must be >= 0, got {self.rating_weight}")
-        _check_choice("train.zero_stage", self.zero_stage, (0, 1, 2))
         _check_choice(
             "train.placement_strategy",
             self.placement_strategy,
             ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
         )
-        if not 0 < self.budget_cooldown <= 1:
-            raise ConfigError(
-                f"train.budget_cooldown must be in (0, 1], got {self.budget_cooldown}"
-            )
-        if not 0 <= self.mask_prob < 1 or not 0 <= self.last_item_mask_prob <= 1:
-            raise ConfigError("train.mask_prob must be in [0, 1), last_item_mask_prob in [0, 1]")
-        if self.active_since < 0:
-            raise ConfigError(f"train.active_since must be >= 0, got {self.active_since}")
-        if not 0 <= self.replay_share <= 1:
-            raise ConfigError(f"train.replay_share must be in [0, 1], got {self.replay_share}")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """The ranking protocol (used by validation during training and by ``evaluate``)."""
 
-    ks: tuple[int, ...] = (5, 10, 20)
+    ks: tuple[int, ...] = bounded((5, 10, 20), 1, 100_000)
     exclude_seen: bool = True  # drop items already in the user's history from the ranking
-    sampled_negatives: int = 0  # 0 = full-catalogue ranking; N = rank against N sampled items
+    # 0 = full-catalogue ranking; N = rank against N sampled items
+    sampled_negatives: int = bounded(0, 0, 10_000_000)
     sampling: str = "uniform"  # "uniform" or "popularity" (only with sampled_negatives > 0)
-    batch_size: int = 512
-    seed: int = 0
+    batch_size: int = bounded(512, 1, 1_000_000)
+    seed: int = bounded(0, 0, MAX_SEED)
     # Rank only the held-out events later than this (Unix seconds); 0 = every row. The
     # retraining gate sets it to the parent version's last event: the newest window.
-    targets_after: int = 0
+    targets_after: int = bounded(0, 0, MAX_TIME)
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_choice("eval.sampling", self.sampling, ("uniform", "popularity"))
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise ConfigError(f"eval.ks must be positive, got {self.ks}")
-        if self.targets_after < 0:
-            raise ConfigError(
-                f"eval.targets_after must be >= 0 (seconds), got {self.targets_after}"
-            )
+        if not self.ks:
+            raise ConfigError("eval.ks must name at least one k")
 
 
 @dataclass(frozen=True)
@@ -258,56 +291,55 @@ class ServeConfig:
 
     instance: str = "recsys_dist"  # names this service's store and event-log actors, Redis keys
     store: str = "embedded"  # "embedded": a Ray actor; "redis": a Redis server at redis_url
+    # A secret (credentials.SECRET_SETTINGS): its password is written nowhere
+    # (redis://:***@host:6379/0). Better give a reference, read at use: env:REDIS_URL (that
+    # environment variable) or file:/run/secrets/redis_url (a mounted file's content).
     redis_url: str = "redis://127.0.0.1:6379/0"
     event_log_dir: str = ""  # acknowledged events (local or s3://); "" = event_log/ beside RUN
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
     items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
-    registry_poll_s: float = 2.0  # serving a registry: check for a promotion this often
+    # serving a registry: check for a promotion this often
+    registry_poll_s: float = bounded(2.0, 0, 3600, low_open=True)
     # ... and every replica switches to it at one instant, this long after the promotion (each
     # loads it first), so no client sees the new version and then the old one again.
-    registry_switch_s: float = 10.0
-    flush_rows: int = 10_000  # events per Parquet micro-batch of the event log ...
-    flush_seconds: float = 5.0  # ... or sooner, after this many seconds
+    registry_switch_s: float = bounded(10.0, 0, 3600)
+    flush_rows: int = bounded(10_000, 1, 10_000_000)  # events per Parquet micro-batch ...
+    flush_seconds: float = bounded(5.0, 0, 3600, low_open=True)  # ... or sooner, this old
     # When POST /v1/events answers: "wal", once the events are fsynced in the write-ahead log
     # (serve.wal_dir: shared storage makes them survive the node); "published", once they
     # are in a Parquet file in serve.event_log_dir (e.g. s3://), whatever happens to the WAL.
     event_log_ack: str = "wal"
-    max_history: int = 2000  # events kept per user online (the most recent)
-    max_k: int = 1000  # largest k a request may ask for
-    max_request_events: int = 2000  # events in one request body (history or events): else 413
-    max_body_bytes: int = 1_000_000  # request bodies above this size get 413
+    max_history: int = bounded(2000, 1, 1_000_000)  # events kept per user online (most recent)
+    max_k: int = bounded(1000, 1, 100_000)  # largest k a request may ask for
+    # events in one request body (history or events): else 413
+    max_request_events: int = bounded(2000, 1, 100_000)
+    max_body_bytes: int = bounded(1_000_000, 1024, 2**30)  # request bodies above this get 413
     # API keys (recsys-dist keys create): "" = no authentication, for loopback only (serve
     # refuses another --host without keys unless --insecure). Reloaded this often.
     api_keys_file: str = ""
-    api_keys_reload_s: float = 5.0
-    rate_limit_per_s: float = 0.0  # per key and replica; 0 = no limit; over it: 429
-    rate_limit_burst: float = 20.0
+    api_keys_reload_s: float = bounded(5.0, 0.1, 3600)
+    # per key and replica; 0 = no limit; over it: 429
+    rate_limit_per_s: float = bounded(0.0, 0, 1_000_000)
+    rate_limit_burst: float = bounded(20.0, 1, 1_000_000)
     # Event and query times outside this range (Unix seconds; default 1970 to 2200) get 422:
     # a time far in the future would sort after every real event for good.
-    min_timestamp: int = 0
-    max_timestamp: int = 7_258_118_400
+    min_timestamp: int = bounded(0, 0, MAX_TIME)
+    max_timestamp: int = bounded(7_258_118_400, 0, MAX_TIME)
     # Replica logs (Serve's access log and ours, with request ids): "TEXT" or "JSON" lines.
     # `recsys-dist serve` sets it; a Serve config sets the deployment's logging_config instead.
     log_encoding: str = "TEXT"
-    batch_size: int = 32  # requests scored together by @serve.batch
-    batch_wait_s: float = 0.005  # how long a batch waits to fill
+    batch_size: int = bounded(32, 1, 1024)  # requests scored together by @serve.batch
+    batch_wait_s: float = bounded(0.005, 0, 1)  # how long a batch waits to fill
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_choice("serve.store", self.store, ("embedded", "redis"))
         _check_choice("serve.log_encoding", self.log_encoding, ("TEXT", "JSON"))
         _check_choice("serve.event_log_ack", self.event_log_ack, ("wal", "published"))
-        for name in ("flush_rows", "max_history", "max_k", "max_request_events", "batch_size"):
-            _check_positive(f"serve.{name}", getattr(self, name))
-        if not self.registry_poll_s > 0:
-            raise ConfigError(f"serve.registry_poll_s must be > 0, got {self.registry_poll_s}")
-        if not 0 <= self.min_timestamp < self.max_timestamp < 2**62:
+        if not self.min_timestamp < self.max_timestamp:
             raise ConfigError(
-                "serve.min_timestamp and serve.max_timestamp must satisfy 0 <= min < max < 2**62,"
-                f" got {self.min_timestamp} and {self.max_timestamp}"
-            )
-        if not self.registry_switch_s >= 0:
-            raise ConfigError(
-                f"serve.registry_switch_s must be >= 0 (seconds), got {self.registry_switch_s}"
+                f"serve.min_timestamp={self.min_timestamp} must be below "
+                f"serve.max_timestamp={self.max_timestamp}"
             )
 
 
@@ -317,30 +349,25 @@ class InterestConfig:
     the service's ``/v1/users/{id}/interests``)."""
 
     window: str = "events"  # trajectory windows: "events", or calendar (UTC) "day"/"week"/"month"
-    window_size: int = 10  # events per window, or calendar periods per window
-    clusters: int = 20  # embedding clusters for items without catalogue categories
-    recent_windows: int = 1  # drift: the recent profile covers the last this many windows
-    min_segment: int = 5  # change points: fewest events on either side of one
-    false_alarm_rate: float = 0.1  # change points: at most this chance to cut a steady user
-    max_change_points: int = 3  # per user
-    future_events: int = 10  # evaluation: size of the held-out future window
-    min_future_events: int = 3  # evaluation: users with fewer future events are left out
-    blend: float = -1.0  # forecast = blend*model + (1-blend)*decayed profile; -1: fit on valid
-    half_life: float = 0.0  # decayed profile's half-life in events; 0: fit on validation data
-    batch_size: int = 256
-    seed: int = 0
+    window_size: int = bounded(10, 1, 100_000)  # events, or calendar periods, per window
+    clusters: int = bounded(20, 1, 100_000)  # embedding clusters for items without categories
+    recent_windows: int = bounded(1, 1, 10_000)  # drift: the recent profile's last windows
+    min_segment: int = bounded(5, 1, 100_000)  # change points: fewest events either side
+    # change points: at most this chance to cut a steady user
+    false_alarm_rate: float = bounded(0.1, 0, 1, low_open=True, high_open=True)
+    max_change_points: int = bounded(3, 0, 1000)  # per user (0: none)
+    future_events: int = bounded(10, 1, 100_000)  # evaluation: the held-out future window
+    min_future_events: int = bounded(3, 1, 100_000)  # evaluation: users with fewer left out
+    # forecast = blend*model + (1-blend)*decayed profile; -1: fit on validation data
+    blend: float = bounded(-1.0, 0, 1, also=(-1,))
+    # decayed profile's half-life in events; 0: fit on validation data
+    half_life: float = bounded(0.0, 0, 1_000_000)
+    batch_size: int = bounded(256, 1, 1_000_000)
+    seed: int = bounded(0, 0, MAX_SEED)
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _check_choice("interests.window", self.window, ("events", "day", "week", "month"))
-        for name in ("window_size", "clusters", "recent_windows", "min_segment", "future_events"):
-            _check_positive(f"interests.{name}", getattr(self, name))
-        _check_positive("interests.batch_size", self.batch_size)
-        if self.blend != -1.0 and not 0.0 <= self.blend <= 1.0:
-            raise ConfigError("interests.blend must be in [0, 1], or -1 to fit it")
-        if self.half_life < 0:
-            raise ConfigError("interests.half_life must be >= 0")
-        if not 0 < self.false_alarm_rate < 1:
-            raise ConfigError("interests.false_alarm_rate must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -349,48 +376,33 @@ class RetrainConfig:
 
     # The candidate is warm-started from the current version and trains this many epochs
     # (optimizer state and schedule start afresh, decaying over these epochs) ...
-    epochs: int = 10
+    epochs: int = bounded(10, 1, 100_000)
     # ... at the parent's train.lr times this, after this many warm-up steps: trained weights
     # need no warm-up, and a higher rate reaches the from-scratch model's quality sooner
     # (docs/benchmarks.md, "Retraining": 3x without warm-up got there in 4-7 epochs, a fifth
     # to a quarter of the scratch model's training time; 2x in 8-9 or not in 10, 1x not in 15).
-    lr_scale: float = 3.0
-    warmup_steps: int = 0
+    lr_scale: float = bounded(3.0, 0, 1000, low_open=True)
+    warmup_steps: int = bounded(0, 0, 10_000_000)
     # ... on the users with events since the parent's data ended, plus this share of the
     # others (replayed, so the model does not forget them); 1 = every user, as from scratch.
-    replay: float = 1.0
+    replay: float = bounded(1.0, 0, 1)
     # Promote unless the candidate's test metric is below the current version's by more
     # than this (both ranked on the same newest held-out events, same protocol).
     metric: str = "ndcg@10"
-    tolerance: float = 0.005
+    tolerance: float = bounded(0.005, 0, 1)
     # ... and unless it fails to beat the most-popular list on those rows by this share: on
     # events whose order carries no signal (a corrupted or shuffled log) popularity is the
     # best any model can do, and the current version cannot tell, as its score falls too.
-    min_lift: float = 0.1
+    min_lift: float = bounded(0.1, 0, 100)
     # Drift-triggered turns (retrain --when-drift SHARE): train only when at least this share
     # of the users active since the parent's data ended have drifted, i.e. their recent
     # interests (interests.recent_windows) are more than drift_threshold (JS divergence,
     # bits, 0-1) from their whole history's. 0: train on every turn with new events.
-    when_drift: float = 0.0
-    drift_threshold: float = 0.2
+    when_drift: float = bounded(0.0, 0, 1)
+    drift_threshold: float = bounded(0.2, 0, 1, low_open=True, high_open=True)
 
     def __post_init__(self) -> None:
-        _check_positive("retrain.epochs", self.epochs)
-        _check_positive("retrain.lr_scale", self.lr_scale)
-        if self.warmup_steps < 0:
-            raise ConfigError(f"retrain.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.replay <= 1:
-            raise ConfigError(f"retrain.replay must be in [0, 1], got {self.replay}")
-        if not 0.0 <= self.when_drift <= 1.0:
-            raise ConfigError(f"retrain.when_drift must be in [0, 1], got {self.when_drift}")
-        if not 0.0 < self.drift_threshold < 1.0:
-            raise ConfigError(
-                f"retrain.drift_threshold must be in (0, 1), got {self.drift_threshold}"
-            )
-        if self.tolerance < 0:
-            raise ConfigError(f"retrain.tolerance must be >= 0, got {self.tolerance}")
-        if self.min_lift < 0:
-            raise ConfigError(f"retrain.min_lift must be >= 0, got {self.min_lift}")
+        _check_ranges(self)
         measure, _, k = self.metric.partition("@")
         if measure not in ("hr", "ndcg", "mrr") or not k.isdigit():
             raise ConfigError(
@@ -411,11 +423,22 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting as it is, secrets included: for this process and its workers only."""
         return dataclasses.asdict(self)
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with each of :data:`SECRET_SETTINGS` redacted: the only form of the
+        config written anywhere (``config.yaml``, hence registry versions and MLflow params;
+        logs; ``config show``), so a password in a setting reaches no file."""
+        values = self.to_dict()
+        for key in SECRET_SETTINGS:
+            section, name = key.split(".")
+            values[section][name] = redact(values[section][name])
+        return values
+
     def save(self, path: str | Path) -> None:
-        """Write the resolved config as YAML (a local path or ``s3://``)."""
-        storage.write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the resolved config, secrets redacted, as YAML (a local path or ``s3://``)."""
+        storage.write_text(path, yaml.safe_dump(self.public_dict(), sort_keys=False))
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"  # settings per kind of data, by name
@@ -516,11 +539,6 @@ def _check_choice(key: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{key}={value!r}; expected one of {list(choices)}")
 
 
-def _check_positive(key: str, value: int) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key} must be > 0, got {value}")
-
-
 def config_json(config: Config) -> str:
-    """One line for logs: the resolved config, logged once per run."""
-    return json.dumps(config.to_dict(), sort_keys=True)
+    """One line for logs: the resolved config, secrets redacted, logged once per run."""
+    return json.dumps(config.public_dict(), sort_keys=True)

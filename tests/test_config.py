@@ -1,12 +1,25 @@
-"""Config loading: YAML, key=value overrides, strict keys and types."""
+"""Config loading: YAML, key=value overrides, strict keys, types and ranges."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import typing
+from pathlib import Path
 
 import pytest
 
-from recsys_dist.config import Config, ConfigError, load_config, preset_for, presets
+from recsys_dist import cli
+from recsys_dist.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    preset_for,
+    presets,
+    ranges,
+)
 
 
 def test_defaults_load_without_a_file():
@@ -78,3 +91,79 @@ def test_the_short_histories_preset_is_the_defaults_but_for_sparse_dropout():
 )
 def test_the_preset_follows_the_mean_history(events, users, expected):
     assert preset_for(events, users) == expected
+
+
+def _numeric_fields() -> list[tuple[str, type, str, type]]:
+    """(section, section class, field, number type) of every int, float or tuple-of-int
+    field of every section, found by walking the dataclasses: a new one is tested too."""
+    found = []
+    for section, cls in typing.get_type_hints(Config).items():
+        for name, hint in typing.get_type_hints(cls).items():
+            number = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+            if number in (int, float):
+                found.append((section, cls, name, number))
+    return found
+
+
+NUMERIC = _numeric_fields()
+
+
+def _just_outside(allowed, number: type) -> list:
+    """The nearest values below and above ``allowed`` (the next int, or the next double)."""
+    below = allowed.low - 1 if number is int else math.nextafter(allowed.low, -math.inf)
+    above = allowed.high + 1 if number is int else math.nextafter(allowed.high, math.inf)
+    return [
+        number(allowed.low) if allowed.low_open else below,
+        number(allowed.high) if allowed.high_open else above,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "cls", "name", "number"), NUMERIC, ids=[f"{s}.{n}" for s, _, n, _ in NUMERIC]
+)
+def test_every_numeric_setting_has_a_range_checked_at_load(section, cls, name, number):
+    assert name in ranges(cls), f"{section}.{name} has no range: declare it with bounded()"
+    allowed = ranges(cls)[name]
+    default = getattr(getattr(Config(), section), name)
+    assert all(item in allowed for item in (default if isinstance(default, tuple) else [default]))
+    for value in _just_outside(allowed, number):
+        given = [value] if isinstance(default, tuple) else value
+        message = re.escape(f"{section}.{name} must be in {allowed}, got {value!r}")
+        with pytest.raises(ConfigError, match=f"^{message}$"):
+            config_from_dict({section: {name: given}})
+
+
+def test_a_range_refuses_nan_and_keeps_the_values_with_a_meaning_of_their_own():
+    with pytest.raises(ConfigError, match="serve.batch_wait_s"):
+        load_config(None, ["serve.batch_wait_s=.nan"])
+    kept = load_config(
+        None, ["interests.blend=-1", "serve.rate_limit_per_s=0", "train.time_budget_s=0"]
+    )
+    assert (kept.interests.blend, kept.serve.rate_limit_per_s, kept.train.time_budget_s) == (
+        -1.0,
+        0.0,
+        0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("serve.max_body_bytes=0", "[1024, 1073741824]"),  # 0 would switch the limit off
+        ("serve.api_keys_reload_s=0", "[0.1, 3600]"),  # 0 would spin the reload thread
+        ("serve.rate_limit_per_s=-1", "[0, 1000000]"),  # negative would switch limiting off
+    ],
+)
+def test_config_show_refuses_an_out_of_range_setting_in_one_line(override, allowed, capsys):
+    assert cli.main(["config", "show", override]) == cli.EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    key = override.partition("=")[0]
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    assert key in captured.err and allowed in captured.err, captured.err
+
+
+def test_the_operations_guide_lists_every_range_as_the_code_has_it():
+    text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    listed = dict(re.findall(r"^\| `(\w+\.\w+)` \| `([^`]+)` \|", text, re.M))
+    expected = {f"{s}.{n}": str(ranges(cls)[n]) for s, cls, n, _ in NUMERIC}
+    assert listed == expected
