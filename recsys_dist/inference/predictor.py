@@ -102,9 +102,10 @@ class Recommender:
         """Top-``ks[i]`` items for every history ``i`` (raw ids, oldest first).
 
         ``query_times`` default to each history's last time. ``allow`` limits a row to those
-        items, ``deny`` removes items; both take raw ids and ignore unknown ones. ``ratings``:
-        the histories' ratings (NaN: none), read by a model with a rating head. ``rank_by``
-        per row: ``"score"`` (next-item score) or ``"rating"`` (predicted rating).
+        items, ``deny`` removes items; both take raw ids (unknown ones are ignored) or an int64
+        array of vocabulary indices (:meth:`known_indices`, e.g. resolved once per category).
+        ``ratings``: the histories' ratings (NaN: none), read by a model with a rating head.
+        ``rank_by`` per row: ``"score"`` (next-item score) or ``"rating"`` (predicted rating).
         """
         rows = len(item_ids)
         histories, times, rated, unknown = self._index_histories(item_ids, timestamps, ratings)
@@ -228,14 +229,19 @@ class Recommender:
         for row in range(scores.shape[0]):
             if allow is not None and allow[row] is not None:
                 keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=self.device)
-                keep[torch.as_tensor(self._known(allow[row]), device=self.device)] = True
+                keep[torch.as_tensor(self.known_indices(allow[row]), device=self.device)] = True
                 scores[row] = scores[row].masked_fill(~keep, -np.inf)
             if deny is not None and deny[row] is not None:
-                scores[row, torch.as_tensor(self._known(deny[row]), device=self.device)] = -np.inf
+                denied = torch.as_tensor(self.known_indices(deny[row]), device=self.device)
+                scores[row, denied] = -np.inf
         return scores
 
-    def _known(self, item_ids: Sequence[str]) -> np.ndarray:
-        indices = self.vocab.lookup(item_ids)
+    def known_indices(self, items: Sequence[str] | np.ndarray) -> np.ndarray:
+        """The vocabulary indices of the raw ids the model knows (unknown ones left out); an
+        integer array is taken as indices already and passed through."""
+        if isinstance(items, np.ndarray) and items.dtype.kind in "iu":
+            return items.astype(np.int64, copy=False)
+        indices = self.vocab.lookup(items)
         return indices[indices >= schema.NUM_SPECIAL_TOKENS]
 
     def _index_histories(self, item_ids, timestamps, ratings=None):
@@ -258,18 +264,21 @@ class Recommender:
         )
 
     def popular(
-        self, k: int, exclude: Sequence[str] = (), allow: Sequence[str] | None = None
+        self,
+        k: int,
+        exclude: Sequence[str] = (),
+        allow: Sequence[str] | np.ndarray | None = None,
     ) -> tuple[list[str], np.ndarray]:
-        """The ``k`` most frequent training items, without ``exclude`` and (given ``allow``)
-        only among those: the cold-start answer."""
+        """The ``k`` most frequent training items, without ``exclude`` and (given ``allow``,
+        raw ids or indices) only among those: the cold-start answer."""
         counts = self.vocab.popularity()
-        excluded = set(self._known(exclude).tolist())
+        excluded = np.unique(self.known_indices(exclude))
         if allow is None:
             ranked = self._by_popularity[: k + len(excluded)]
         else:
-            allowed = self._known(allow)
+            allowed = self.known_indices(allow)
             ranked = allowed[np.argsort(-counts[allowed], kind="stable")]
-        best = np.asarray([i for i in ranked if i not in excluded][:k], np.int64)
+        best = ranked[~np.isin(ranked, excluded)][:k].astype(np.int64)
         return self.vocab.to_item_ids(best).to_pylist(), counts[best].astype(np.float32)
 
     @functools.cached_property

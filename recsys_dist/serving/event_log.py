@@ -47,7 +47,8 @@ import pyarrow as pa
 import ray
 
 from recsys_dist import schema, storage
-from recsys_dist.serving.store import STORE_NAMESPACE, Event
+from recsys_dist.serving.detached import detached_actor
+from recsys_dist.serving.store import Event
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,17 @@ WAL_SUFFIX = ".wal"
 LOCK_FILE = "LOCK"
 QUARANTINE_DIR = "quarantine"  # in the WAL directory: segments that cannot become Parquet
 LOCK_WAIT_S = 30.0  # a crashed predecessor's lock goes with its process; wait that long at most
+# Events are users' behaviour: the WAL, its folders and the local Parquet files are readable
+# by the service's own user only.
+FILE_MODE, DIR_MODE = 0o600, 0o700
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 _MAX_RETRY_S = 60.0
 _INT64 = range(-(2**63), 2**63)
+
+
+class LogRetired(RuntimeError):
+    """An append to a log that a deploy with other settings has replaced: nothing was written,
+    and the caller must not acknowledge (the client sends again, to the new log)."""
 
 
 class UnconvertibleSegment(ValueError):
@@ -161,6 +170,7 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     directory, name = os.path.split(path)
     hidden = os.path.join(directory, f".{name}.tmp")
     storage.write_parquet(table, hidden)
+    os.chmod(hidden, FILE_MODE)
     _fsync_path(hidden)
     os.replace(hidden, path)
     _fsync_path(directory, directory=True)
@@ -168,7 +178,7 @@ def _write_parquet(table: pa.Table, path: str) -> None:
 
 def _lock(wal_dir: str) -> int:
     """Hold ``wal_dir`` exclusively: a second log on it could publish another's live segment."""
-    fd = os.open(os.path.join(wal_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(wal_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, FILE_MODE)
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
@@ -216,8 +226,9 @@ class EventLog:
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._publish_before_ack = publish_before_ack
+        self._retired = False
         self._tick = min(1.0, max(0.05, flush_seconds / 4))
-        os.makedirs(self._wal_dir, exist_ok=True)
+        os.makedirs(self._wal_dir, mode=DIR_MODE, exist_ok=True)
         self._lock_fd = _lock(self._wal_dir)
         self._segment: _Segment | None = None
         self._sealed: dict[str, int] = {}  # sealed segment path -> events, oldest first
@@ -241,6 +252,8 @@ class EventLog:
         """Make ``events`` durable; returns the events now pending (in the WAL, not yet in
         Parquet). Once this returns the caller may acknowledge them."""
         self._start_tasks()
+        if self._retired:
+            raise LogRetired(f"the event log on {self._wal_dir} was retired; send again")
         if not events:
             return self._pending()
         done = asyncio.get_running_loop().create_future()
@@ -259,6 +272,40 @@ class EventLog:
         async with self._wal_lock:
             self._seal()
         return await self._publish_sealed()
+
+    async def settings(self) -> dict:
+        """What it was built with, compared at every deploy (:mod:`detached`)."""
+        return {
+            "log_dir": self._log_dir,
+            "wal_dir": self._wal_dir,
+            "flush_rows": self._flush_rows,
+            "flush_seconds": self._flush_seconds,
+            "publish_before_ack": self._publish_before_ack,
+        }
+
+    async def retire(self) -> list[str]:
+        """Hand over to a log with other settings: refuse new appends, write the ones
+        queued, publish every acknowledged event, then let go of the WAL directory. Returns
+        the files written.
+
+        Raises:
+            OSError: When the events cannot be published (the log keeps running as it was).
+        """
+        self._start_tasks()
+        self._retired = True
+        async with self._wal_lock:
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._write(batch)
+            self._seal()
+        try:
+            written = await self._publish_sealed()
+        except Exception:
+            self._retired = False  # still the service's log: the deploy fails, nothing is lost
+            raise
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        logger.info("event log on %s retired (%d files published)", self._wal_dir, len(written))
+        return written
 
     async def stats(self) -> dict:
         """Counters since this actor (re)started, for tests and monitoring."""
@@ -329,7 +376,7 @@ class EventLog:
         self._last_id = max(time.time_ns(), self._last_id + 1)
         name = f"{self._last_id:020d}-{secrets.token_hex(4)}{WAL_SUFFIX}"
         path = os.path.join(self._wal_dir, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         _write_all(fd, WAL_MAGIC)
         _fsync_path(self._wal_dir, directory=True)
         return _Segment(path, fd, time.monotonic())
@@ -402,7 +449,7 @@ class EventLog:
         """Move an unconvertible segment aside (``WAL_DIR/quarantine/``), kept for a person to
         look at, so the segments after it are published."""
         folder = os.path.join(self._wal_dir, QUARANTINE_DIR)
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=DIR_MODE, exist_ok=True)
         os.replace(path, os.path.join(folder, os.path.basename(path)))
         _fsync_path(folder, directory=True)
         _fsync_path(self._wal_dir, directory=True)
@@ -455,13 +502,16 @@ def event_log_actor(
     name: str = EVENT_LOG_ACTOR,
     scheduling_strategy=None,
     publish_before_ack: bool = False,
+    replace: bool = False,
 ) -> ray.actor.ActorHandle:
     """The named event-log actor, created by the first caller and shared by every replica.
 
     It restarts after a crash without limit (recovering its WAL before serving again), and a
     call in flight during a crash fails rather than retries: the caller then does not
     acknowledge, and the client sends again. Its WAL lives in ``wal_dir/<name>``, so service
-    instances may share ``wal_dir``. It reserves no CPU (it mostly waits on the disk).
+    instances may share ``wal_dir``. It reserves no CPU (it mostly waits on the disk). One
+    running with other settings is retired and replaced when ``replace`` (a deploy), and
+    refused otherwise (:mod:`recsys_dist.serving.detached`).
 
     If the node it runs on is lost, Ray restarts it on another node, which recovers the WAL
     only if ``wal_dir`` is shared storage mounted at the same path on every node (a
@@ -470,23 +520,20 @@ def event_log_actor(
     e.g. a soft ``NodeAffinitySchedulingStrategy``) places it; by default Ray does (a
     zero-CPU detached actor goes to the head node).
     """
-    return (
-        ray.remote(EventLog)
-        .options(
-            name=name,
-            namespace=STORE_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            scheduling_strategy=scheduling_strategy,
-        )
-        .remote(
-            storage.absolute(log_dir),
-            os.path.join(os.path.abspath(wal_dir), name),
-            flush_rows,
-            flush_seconds,
-            publish_before_ack,
-        )
+    settings = {
+        "log_dir": storage.absolute(log_dir),
+        "wal_dir": os.path.join(os.path.abspath(wal_dir), name),
+        "flush_rows": flush_rows,
+        "flush_seconds": float(flush_seconds),
+        "publish_before_ack": publish_before_ack,
+    }
+    return detached_actor(
+        EventLog,
+        name,
+        settings,
+        replace=replace,
+        max_restarts=-1,
+        max_task_retries=0,
+        num_cpus=0,
+        scheduling_strategy=scheduling_strategy,
     )

@@ -5,7 +5,8 @@ counter suffixed ``_total``) beside Serve's built-in ones (requests, latency, qu
 running replicas), each tagged with its application, deployment and replica. What Serve
 cannot know is counted here: how often a recommendation fell back to the popular list, how
 many history events the model does not know, the online store's latency and errors, the
-event log's backlog and failures, and which model version each replica serves.
+event log's backlog and failures, failed re-reads of the API keys file, and which model
+version each replica serves.
 docs/operations.md "Metrics" lists them with the PromQL that watches each.
 """
 
@@ -66,6 +67,10 @@ class ServiceMetrics:
             description="1 for the model version this replica serves, 0 for one it served",
             tag_keys=("version",),
         )
+        self.key_reload_failures = metrics.Counter(
+            "recsys_api_keys_reload_failures",
+            description="failed re-reads of serve.api_keys_file (the last good keys stay in force)",
+        )
         self._version: str | None = None
 
     def recommended(self, fallback: bool, unknown_items: int) -> None:
@@ -94,6 +99,9 @@ class ServiceMetrics:
     def event_log_stats(self, stats: dict) -> None:
         for name, gauge in self.event_log.items():
             gauge.set(stats.get(name, 0))
+
+    def key_reload_failed(self) -> None:
+        self.key_reload_failures.inc()
 
     def serving(self, version: str) -> None:
         if self._version is not None and self._version != version:

@@ -20,7 +20,8 @@ import ray
 
 from recsys_dist import schema, storage
 from recsys_dist.data.prepared import load_manifest, stored_histories
-from recsys_dist.serving.store import STORE_NAMESPACE, Event, History
+from recsys_dist.serving.detached import NAMESPACE
+from recsys_dist.serving.store import Event, History
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class SeedSource:
         """Publish what the log holds in its WAL, so the Parquet files hold every event it
         acknowledged; a log that is not running has nothing unpublished to add."""
         try:
-            log = ray.get_actor(self.event_log_actor, namespace=STORE_NAMESPACE)
+            log = ray.get_actor(self.event_log_actor, namespace=NAMESPACE)
         except ValueError:
             return
         try:

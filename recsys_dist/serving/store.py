@@ -24,13 +24,25 @@ from typing import TYPE_CHECKING
 
 import ray
 
+from recsys_dist.serving.detached import detached_actor
+
 if TYPE_CHECKING:  # seeding reads the dataset and the event log, which need this module
     from recsys_dist.serving.seeding import SeedSource
 
 logger = logging.getLogger(__name__)
 
 STORE_ACTOR = "recsys_dist_user_store"  # the embedded store's actor name
-STORE_NAMESPACE = "recsys_dist"
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store could not be reached in time; the request may be retried.
+
+    Raised by a backend whose server is unreachable or silent (a partition, a restart), so
+    the service answers 503 instead of hanging or failing with a bug's 500. Whether a failed
+    ``append`` was applied is unknown: it is never retried by the store (see
+    :class:`~recsys_dist.serving.redis_store.RedisStore`), so the caller, who was not
+    acknowledged, decides.
+    """
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,7 @@ class _Histories:
 
     def __init__(self, max_history: int, source: SeedSource | None = None) -> None:
         self.max_history = max_history
+        self.source = source
         self.histories: dict[str, History] = {}
         if source is not None and ray.get_runtime_context().was_current_actor_reconstructed:
             users = self.seed(list(source.histories()))  # the first seeding is the caller's
@@ -148,6 +161,13 @@ class _Histories:
     def num_users(self) -> int:
         return len(self.histories)
 
+    def settings(self) -> dict:
+        """What it was built with, compared at every deploy (:mod:`detached`)."""
+        return {"max_history": self.max_history}
+
+    def retire(self) -> None:
+        """Nothing to hand over: a store built anew seeds itself from the same sources."""
+
 
 class ActorStore(UserStore):
     """The embedded store: a client of one named, detached Ray actor per cluster namespace.
@@ -156,25 +176,27 @@ class ActorStore(UserStore):
     the first creates it. It uses no CPU reservation (it is mostly idle dictionary lookups).
     Ray restarts it without limit. Reads wait for the re-seeded store; an append in flight
     during a crash fails (the replica does not acknowledge, the client sends again) rather than
-    being replayed into histories the re-seeding may already hold it in.
+    being replayed into histories the re-seeding may already hold it in. One built with another
+    ``max_history`` is replaced at a deploy (``replace``) and refused by a replica.
     """
 
     def __init__(
-        self, max_history: int, name: str = STORE_ACTOR, source: SeedSource | None = None
+        self,
+        max_history: int,
+        name: str = STORE_ACTOR,
+        source: SeedSource | None = None,
+        replace: bool = False,
     ) -> None:
         self.max_history = max_history
-        self.actor = (
-            ray.remote(_Histories)
-            .options(
-                name=name,
-                namespace=STORE_NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                num_cpus=0,
-                max_restarts=-1,
-                max_task_retries=0,
-            )
-            .remote(max_history, source)
+        self.actor = detached_actor(
+            _Histories,
+            name,
+            {"max_history": max_history},
+            replace=replace,
+            extra={"source": source},
+            num_cpus=0,
+            max_restarts=-1,
+            max_task_retries=0,
         )
 
     async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:

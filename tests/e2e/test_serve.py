@@ -27,7 +27,7 @@ from schemathesis.generation import GenerationMode
 
 from recsys_dist import schema
 from recsys_dist.config import ServeConfig
-from recsys_dist.serving import app
+from recsys_dist.serving import app, schemas
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +117,9 @@ def test_recommends_for_known_and_unknown_users(trained, service):
     assert bad.status_code == 422 and "no-such" in bad.text
     model = httpx.get(f"{url}/v1/model").json()
     assert model["model_version"] == known["model_version"] and model["num_items"] > 0
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["store"] == health["event_log"] == "ok"
+    assert health["model_version"] == known["model_version"]
     assert all(item["because"] is None for item in known["items"])  # only when asked
     explained = recommend(url, user_id=user, k=5, explain=True)
     assert [i["item_id"] for i in explained["items"]] == [i["item_id"] for i in known["items"]]
@@ -210,7 +212,7 @@ def test_bad_requests_get_the_right_status(service):
     assert bad_rating.status_code == 422 and "rating" in bad_rating.text
     wrong_rank = httpx.post(f"{url}/v1/recommend", json={"user_id": "u", "rank_by": "votes"})
     assert wrong_rank.status_code == 422 and "rank_by" in wrong_rank.text
-    long_id = "u" * (app.MAX_ID_CHARS + 1)
+    long_id = "u" * (schemas.MAX_ID_CHARS + 1)
     assert httpx.post(f"{url}/v1/recommend", json={"user_id": long_id}).status_code == 422
     assert httpx.get(f"{url}/v1/users/{long_id}/history").status_code == 422
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from recsys_dist.serving import app
+from recsys_dist.serving import deployment
 
 
 def test_everything_the_replica_class_uses_is_defined_before_it():
-    tree = ast.parse(Path(app.__file__).read_text())
+    tree = ast.parse(Path(deployment.__file__).read_text())
     defined: dict[str, int] = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):

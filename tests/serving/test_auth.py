@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from recsys_dist.errors import UserInputError
@@ -92,3 +94,42 @@ def test_a_deployed_config_without_keys_is_refused_unless_it_says_insecure(tmp_p
         build_app({"run": str(tmp_path / "run"), "serve": {"store": "embedded"}})
     with pytest.raises(ConfigError, match="no serve.api_keys_file"):
         build_app({"run": str(tmp_path / "run"), "insecure": "yes"})  # only `true` counts
+
+
+def test_a_missing_or_malformed_keys_file_refuses_to_start(tmp_path):
+    """Zero keys would lock every client out (or, read as "no keys", let everyone in): the
+    service stops with one line naming the file instead."""
+    from recsys_dist.serving.auth import KeysFileError
+
+    missing = str(tmp_path / "missing.json")
+    with pytest.raises(KeysFileError, match="missing.json: no such file; create a key first"):
+        KeyRing(missing, reload_s=3600)
+    for name, text in [("bad.json", "{not json"), ("odd.json", '{"keys": [{"name": "x"}]}')]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(KeysFileError, match=f"{name}: not a keys file"):
+            KeyRing(str(tmp_path / name), reload_s=3600)
+
+
+def test_a_failed_reload_keeps_the_last_keys_and_is_logged_and_counted(tmp_path, caplog):
+    """A file that stops reading (a bad edit, a lost mount) must be visible: every failed
+    reload is logged and counted, and the keys read last stay in force meanwhile."""
+    import threading
+
+    keys = KeysFile(str(tmp_path / "keys.json"))
+    web = keys.create("web", ["recommend"])
+    failures = threading.Semaphore(0)
+    ring = KeyRing(keys.path, reload_s=0.1, on_reload_failure=failures.release)
+    try:
+        (tmp_path / "keys.json").write_text("{truncated")
+        with caplog.at_level("WARNING", logger="recsys_dist.serving.auth"):
+            assert failures.acquire(timeout=30) and failures.acquire(timeout=30)
+        assert ring.reload_failures >= 2
+        assert any("could not reload the API keys" in r.message for r in caplog.records)
+        assert ring.check(f"Bearer {web}", "recommend").status == 0  # the last good keys
+        keys._write([])  # readable again, without the key: revoked from here on
+        deadline = time.monotonic() + 30
+        while ring.check(f"Bearer {web}", "recommend").status != 401:
+            assert time.monotonic() < deadline, "the file read again but the key still works"
+            time.sleep(0.05)  # the reload interval's poll, bounded by the deadline
+    finally:
+        ring.close()

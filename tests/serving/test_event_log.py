@@ -19,8 +19,9 @@ import ray
 from recsys_dist import schema, storage
 from recsys_dist.data.events import event_files
 from recsys_dist.serving import event_log
+from recsys_dist.serving.detached import NAMESPACE
 from recsys_dist.serving.event_log import EventLog, encode_record, event_log_actor, read_segment
-from recsys_dist.serving.store import STORE_NAMESPACE, Event
+from recsys_dist.serving.store import Event
 
 HOUR = 3600.0  # flush_seconds that never fires within a test
 
@@ -85,14 +86,14 @@ def start_log(ray_session):
         if not exact_wal:
             args = (str(log_dir), str(wal_dir), flush_rows, flush_seconds, name)
             return event_log_actor(*args, **more)
-        options = {"name": name, "namespace": STORE_NAMESPACE, "num_cpus": 0}
+        options = {"name": name, "namespace": NAMESPACE, "num_cpus": 0}
         actor = ray.remote(EventLog).options(**options)
         return actor.remote(str(log_dir), str(wal_dir), flush_rows, flush_seconds)
 
     yield start
     for name in names:
         try:
-            ray.kill(ray.get_actor(name, namespace=STORE_NAMESPACE))
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
         except ValueError:
             pass  # already gone
 
@@ -186,7 +187,7 @@ def test_a_crash_after_acknowledging_loses_nothing(start_log, tmp_path):
 
     def restarted():
         try:
-            actor = ray.get_actor(name, namespace=STORE_NAMESPACE)
+            actor = ray.get_actor(name, namespace=NAMESPACE)
             stats = ray.get(actor.stats.remote(), timeout=10)
         except (ray.exceptions.RayError, ValueError):
             return None  # not back yet

@@ -12,7 +12,8 @@ import ray
 from recsys_dist import run_layout
 from recsys_dist.config import ServeConfig
 from recsys_dist.data.prepared import stored_histories
-from recsys_dist.serving.app import make_store, seed_source, seed_store, start_event_log
+from recsys_dist.serving.app import start_backends
+from recsys_dist.serving.backends import make_store, seed_source, start_event_log
 from recsys_dist.serving.store import Event
 
 
@@ -29,7 +30,7 @@ def test_a_restarted_store_reseeds_from_the_dataset_and_the_event_log(tiny_run, 
     posted = [Event(user, "posted-1", times[-1] + 10), Event("newcomer", "posted-2", 50)]
     ray.get(log.append.remote(posted))  # acknowledged before the store existed: WAL only
 
-    assert seed_store(settings, run) > 0
+    assert start_backends(settings, run) > 0
     store = make_store(settings, seed_source(settings, run))
     later = Event(user, "posted-3", times[-1] + 20)
     ray.get(log.append.remote([later]))  # what the service does for a POST /v1/events:
