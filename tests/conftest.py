@@ -86,46 +86,106 @@ def s3_prefix(s3_endpoint) -> str:
     return f"{s3_endpoint}/{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A private redis-server on 127.0.0.1 for the session; yields its ``redis://`` URL.
+class RedisServer:
+    """A private redis-server on 127.0.0.1 that a test may stop and start again (same port).
 
     Nothing is persisted (no RDB snapshots, no AOF) and its working directory is a temporary
     one, so a developer's own Redis and files are never touched. A missing server fails rather
     than skips: CI must exercise the Redis store, and ``./dev test`` installs one.
     """
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run ./dev test, which installs it")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    log = workdir / "redis.log"
-    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir)]
-    command += ["--save", "", "--appendonly", "no", "--logfile", str(log)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    try:
-        while not _redis_answers(port):
-            if server.poll() is not None or time.monotonic() > deadline:
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.password = password
+        credentials = f":{password}@" if password else ""
+        self.url = f"redis://{credentials}127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and return once it answers PING."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run ./dev test, which installs it")
+        log = self.workdir / "redis.log"
+        command = [binary, "--bind", "127.0.0.1", "--port", str(self.port)]
+        command += ["--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
+        command += ["--logfile", str(log)]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 20
+        while not _redis_answers(self.port, self.password):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                code = self.process.poll()
+                self.stop()
                 output = log.read_text() if log.exists() else ""
-                pytest.fail(f"redis-server did not start (exit {server.poll()}):\n{output}")
+                pytest.fail(f"redis-server did not start (exit {code}):\n{output}")
             time.sleep(0.05)  # a poll interval, bounded by the deadline above
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
+
+    def stop(self) -> None:
+        """Terminate it (SIGTERM, then SIGKILL after 10 s); its data goes with it."""
+        if self.process is None:
+            return
+        self.process.terminate()
         try:
-            server.wait(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
-def _redis_answers(port: int) -> bool:
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server (:class:`RedisServer`) for the session; yields its URL."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def secured_redis(tmp_path_factory):
+    """A started redis-server of this test's own that requires a password: one that a test
+    may plant in its settings, then look for in every file it made."""
+    password = f"planted-redis-password-{uuid.uuid4().hex[:12]}"
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password=password)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory):
+    """A started redis-server of this test's own, which it may stop and start again."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _redis_answers(port: int, password: str | None = None) -> bool:
     """Whether a Redis server on ``port`` answers PING (plain RESP, no client library)."""
+    hello = f"AUTH {password}\r\nPING\r\n" if password else "PING\r\n"
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(hello.encode())
+            answer = b""
+            while b"PONG" not in answer and b"-" not in answer:
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                answer += chunk
+            return b"+PONG" in answer
     except OSError:
         return False
 

@@ -19,23 +19,58 @@ from any number of replicas never lose or misorder events, and one call is one r
 script applies :func:`~recsys_dist.serving.store.merge_events`'s rule. A single server (or a
 primary with replicas / Sentinel) is assumed: the script touches several users' keys, which Redis
 Cluster would reject unless they shared a hash slot.
+
+An unreachable server (a partition, a restart) never hangs a replica: connecting and every
+read or write are timed out, what is safe to repeat is retried a few times with jittered
+exponential back-off, each call has a budget, and what still fails raises
+:class:`~recsys_dist.serving.store.StoreUnavailable` (the service answers 503). The pool
+reconnects by itself once the server is back. Reads and seeding are retried whole; an append
+is never sent twice (see :meth:`RedisStore._append_once`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import FullJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recsys_dist.serving.store import Event, History, UserStore, merge_events
+from recsys_dist.serving.store import Event, History, StoreUnavailable, UserStore, merge_events
 
 logger = logging.getLogger(__name__)
 
 SEED_USERS_PER_ROUND_TRIP = 1000  # users per seed pipeline ...
 SEED_ENTRIES_PER_ROUND_TRIP = 100_000  # ... or fewer, when their histories are long
 MAX_TIMESTAMP = 2**53  # Lua numbers are doubles: integers beyond this would compare inexactly
+
+# Failing fast is what turns a partition into a 503 rather than a hung replica. A healthy
+# server answers in well under a millisecond, so these leave a wide margin for a busy one.
+CONNECT_TIMEOUT_S = 1.0  # to open a connection
+SOCKET_TIMEOUT_S = 2.0  # for any one read or write on an open connection
+# Retries outlive a blip (a failover, a restart, a dropped connection) without making a dead
+# server slow to report: attempts after the first, spaced by jittered exponential back-off
+# from BACKOFF_BASE_S up to BACKOFF_CAP_S, so replicas do not reconnect in lock-step.
+RETRIES = 3
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+# redis-py nests its retries (connecting, inside a command's attempts), so the worst case of
+# timeouts times attempts is their product; one budget per call bounds it whatever happens.
+CALL_TIMEOUT_S = 5.0
+# A connection idle this long is PINGed before it carries a command: a silently dead one is
+# found, and replaced, before anything is sent on it.
+HEALTH_CHECK_INTERVAL_S = 10
+# redis-py's errors for a server that cannot be reached or does not answer in time (a server
+# still loading its data raises a ConnectionError too): what StoreUnavailable stands for.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)
+
+T = TypeVar("T")
 
 # KEYS[1]: the users set; KEYS[1 + u]: the history list of the call's u-th user.
 # ARGV[1]: max_history; then for each user in KEYS' order: user id, event count n, n entries.
@@ -140,16 +175,43 @@ class RedisStore(UserStore):
         max_history: Events kept per user (the most recent); must match every other client of
             the same ``prefix``, since each append cuts to its own value.
         prefix: Namespaces every key, so several services (or tests) can share one server.
+        connect_timeout: Seconds to open a connection.
+        socket_timeout: Seconds for any one read or write on an open connection.
+        retries: Attempts after the first, for what is safe to repeat: connecting, reads,
+            seeding; never a sent append.
+        call_timeout: Seconds one call may take in all, retries included; past it, or when
+            the retries are spent, the call raises ``StoreUnavailable``.
+
+    Raises:
+        StoreUnavailable: From every coroutine, when the server cannot be reached in time.
     """
 
-    def __init__(self, url: str, max_history: int, prefix: str = "recsys_dist") -> None:
+    def __init__(
+        self,
+        url: str,
+        max_history: int,
+        prefix: str = "recsys_dist",
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
+        retries: int = RETRIES,
+        call_timeout: float = CALL_TIMEOUT_S,
+    ) -> None:
         if max_history <= 0:
             raise ValueError(f"max_history must be positive, got {max_history}")
         self.max_history = max_history
         self.prefix = prefix
         self.users_key = f"{prefix}:users"
-        self.client = redis.Redis.from_url(url, decode_responses=True)
-        self._append = self.client.register_script(_APPEND_SCRIPT)
+        self.call_timeout = call_timeout
+        self.client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry=Retry(FullJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retries),
+            health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        )
+        self._append_sha = self.client.register_script(_APPEND_SCRIPT).sha
         where = self.client.connection_pool.connection_kwargs
         logger.info(
             "online store: Redis at %s:%s db %s, prefix %r",
@@ -168,11 +230,7 @@ class RedisStore(UserStore):
         reads as empty rather than unknown, and every user's list, pipelined."""
         if not user_ids:
             return []
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.smismember(self.users_key, list(user_ids))
-            for user in user_ids:
-                pipe.lrange(self.history_key(user), 0, -1)
-            known, *lists = await pipe.execute()
+        known, *lists = await self._bounded("read histories", self._read(user_ids))
         return [
             _history(entries) if entries or member else None
             for member, entries in zip(known, lists, strict=True)
@@ -192,7 +250,34 @@ class RedisStore(UserStore):
         for user, entries in by_user.items():
             keys.append(self.history_key(user))
             args += [user, len(entries), *entries]
-        await self._append(keys=keys, args=args)
+        await self._bounded("append events", self._append_once(keys, args))
+
+    async def _read(self, user_ids: Sequence[str]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.smismember(self.users_key, list(user_ids))
+            for user in user_ids:
+                pipe.lrange(self.history_key(user), 0, -1)
+            return await pipe.execute()
+
+    async def _append_once(self, keys: list[str], args: list[str | int]) -> None:
+        """Run the append script at most once.
+
+        The client's retry policy wraps sending a command *and* reading its answer: after a
+        lost answer (a timeout, a reset connection) it would send EVALSHA again, and a script
+        that had run would add its events twice. So the script is sent here, on a connection
+        of the pool taken for this call, outside that policy. What is retried is only taking
+        a live connection (connecting, a stale one's reconnection, the health check's PING),
+        which sends nothing of the append; once EVALSHA is sent, an error raises (the result
+        is unknown, the caller was not acknowledged and may send again).
+        """
+        async with self.client.client() as single:  # entering it takes a live connection
+            connection = single.connection
+            try:
+                await connection.send_command("EVALSHA", self._append_sha, len(keys), *keys, *args)
+                await connection.read_response()
+            except NoScriptError:  # not run: the server lost its script cache (a restart)
+                await connection.send_command("EVAL", _APPEND_SCRIPT, len(keys), *keys, *args)
+                await connection.read_response()
 
     async def seed(self, users: Iterable[tuple[str, History]]) -> int:
         """Replace these users' histories, in MULTI/EXEC chunks: memory stays bounded however
@@ -216,14 +301,16 @@ class RedisStore(UserStore):
                 len(chunk) >= SEED_USERS_PER_ROUND_TRIP
                 or chunk_entries >= SEED_ENTRIES_PER_ROUND_TRIP
             ):
-                loaded += await self._seed_chunk(chunk)
+                loaded += await self._bounded("seed histories", self._seed_chunk(chunk))
                 chunk, chunk_entries = [], 0
         if chunk:
-            loaded += await self._seed_chunk(chunk)
+            loaded += await self._bounded("seed histories", self._seed_chunk(chunk))
         logger.debug("seeded %d users under prefix %r", loaded, self.prefix)
         return loaded
 
     async def _seed_chunk(self, chunk: list[tuple[str, list[str]]]) -> int:
+        """One MULTI/EXEC, retried whole by the client: it replaces histories, so a repeat
+        leaves what one run a moment later would have (no event is ever added twice)."""
         async with self.client.pipeline(transaction=True) as pipe:
             for user, entries in chunk:
                 key = self.history_key(user)
@@ -236,7 +323,19 @@ class RedisStore(UserStore):
 
     async def num_users(self) -> int:
         """This prefix's users only (the users set's size), whatever else the server holds."""
-        return await self.client.scard(self.users_key)
+        return await self._bounded("count users", self.client.scard(self.users_key))
+
+    async def _bounded(self, what: str, call: Awaitable[T]) -> T:
+        """``call`` within the call budget; an unreachable or silent server, whichever way
+        redis-py reports it, becomes ``StoreUnavailable`` (the service's 503)."""
+        try:
+            return await asyncio.wait_for(call, self.call_timeout)
+        except UNAVAILABLE as error:
+            raise StoreUnavailable(f"Redis could not {what}: {error}") from error
+        except asyncio.TimeoutError as error:  # the budget, not redis-py's TimeoutError
+            raise StoreUnavailable(
+                f"Redis could not {what} within {self.call_timeout:g} s"
+            ) from error
 
     async def close(self) -> None:
         """Close the client's connections (on the event loop that used them)."""

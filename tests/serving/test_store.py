@@ -6,12 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import pytest
 
-from recsys_dist.serving.store import ActorStore, Event, History, UserStore, merge_events
+from recsys_dist.serving.store import (
+    ActorStore,
+    Event,
+    History,
+    StoreUnavailable,
+    UserStore,
+    merge_events,
+)
 
 ODD_IDS = ["a|b", "with space", "naïve ☕ 商品", "12:34:x", ":", "", "line\nbreak", '{"json": 1}']
 
@@ -387,5 +396,224 @@ def test_redis_rejects_timestamps_lua_cannot_compare_exactly(redis_url):
             assert await s.get("u") is None
         finally:
             await s.close()
+
+    run(scenario)
+
+
+# --- the Redis store when its server is gone, silent, or loses an answer ----------------------
+
+CALL_BOUND_S = 10.0  # no call may take longer, whatever the server does (the budget is 5 s)
+
+
+async def timed(call: Awaitable) -> tuple[str, float]:
+    """``("ok" | "unavailable", seconds)``; any other error is a bug and propagates."""
+    started = time.monotonic()
+    try:
+        await call
+        return "ok", time.monotonic() - started
+    except StoreUnavailable:
+        return "unavailable", time.monotonic() - started
+
+
+async def until(
+    condition: Callable[[], bool], changed: asyncio.Event, what: str, tasks: list[asyncio.Task]
+) -> None:
+    """Wait for ``condition``, re-checked whenever ``changed`` is set; a minute at most, so
+    a call that hangs fails the test instead of hanging it. A task that failed meanwhile
+    raises its error here."""
+
+    async def wait() -> None:
+        while not condition():
+            for task in tasks:
+                if task.done():
+                    task.result()
+            changed.clear()
+            await changed.wait()
+
+    try:
+        await asyncio.wait_for(wait(), 60)
+    except asyncio.TimeoutError:
+        pytest.fail(f"waited a minute for {what}")
+
+
+def test_redis_outage_fails_fast_and_the_same_store_serves_again(redis_server):
+    """The server is killed under a load of reads and appends from several callers: every
+    call ends, a success or StoreUnavailable, within the bound; once a new server listens on
+    the same port, the same RedisStore reads and appends again (persistence is off)."""
+    from recsys_dist.serving.redis_store import RedisStore
+
+    async def scenario():
+        store = RedisStore(redis_server.url, 50, prefix=f"test_{uuid.uuid4().hex[:12]}")
+        phase, done, changed = "before", False, asyncio.Event()
+        outcomes: list[tuple[int, str, str, float]] = []  # caller, phase at start, kind, s
+
+        def seen(phase_: str, kind: str) -> set[int]:
+            return {n for n, p, k, _ in outcomes if (p, k) == (phase_, kind)}
+
+        async def caller(n: int) -> None:
+            k = 0
+            try:
+                while not done:
+                    started_in = phase
+                    if k % 2:
+                        kind, seconds = await timed(store.get_many([f"u{n}", "nobody"]))
+                    else:
+                        kind, seconds = await timed(store.append([Event(f"u{n}", f"i{k}", k)]))
+                    outcomes.append((n, started_in, kind, seconds))
+                    changed.set()
+                    k += 1
+            finally:
+                changed.set()  # an error, too, wakes the test, which raises it
+
+        try:
+            await store.append([Event("u", "a", 1)])
+            assert pairs(await store.get("u")) == [(1, "a")]
+            callers = [asyncio.create_task(caller(n)) for n in range(4)]
+            await until(lambda: len(seen("before", "ok")) == 4, changed, "successes", callers)
+            phase = "stopping"
+            await asyncio.to_thread(redis_server.stop)  # the callers keep calling meanwhile
+            phase = "outage"  # calls started from now on find no server
+            await until(
+                lambda: len(seen("outage", "unavailable")) == 4, changed, "failures", callers
+            )
+            phase = "restarting"
+            await asyncio.to_thread(redis_server.start)
+            phase = "after"
+            await until(lambda: len(seen("after", "ok")) == 4, changed, "recovery", callers)
+            done = True
+            await asyncio.gather(*callers)
+            assert max(seconds for *_, seconds in outcomes) < CALL_BOUND_S
+            await store.append([Event("u", "b", 2)])  # data did not persist: a fresh server
+            assert pairs(await store.get("u")) == [(2, "b")]
+            assert await store.num_users() >= 1
+        finally:
+            done = True
+            await store.close()
+
+    run(scenario)
+
+
+class FaultyProxy:
+    """A TCP proxy in front of a redis-server that loses what crosses it as a network can:
+    everything while ``partitioned`` (connections stay open, nothing arrives: a partition),
+    or only the answer to the next script call (``lose_next_script_answer``), which the
+    server has received and run: the connection is then reset, or stays silent."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.target = urlsplit(redis_url).port
+        self.partitioned = False
+        self.lose: str | None = None  # "reset" or "silence", for the next script call
+        self.lost = 0  # script calls whose answer was lost
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> FaultyProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    def lose_next_script_answer(self, how: str) -> None:
+        self.lose = how
+
+    async def _serve(self, client_in, client_out) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers += [client_out, server_out]
+        losing: list[str] = []  # how this connection loses the answer it owes, if it does
+
+        async def upstream() -> None:
+            while data := await client_in.read(65536):
+                if self.partitioned:
+                    continue
+                if self.lose and b"EVAL" in data:  # EVALSHA or EVAL: the append script
+                    losing.append(self.lose)
+                    self.lose, self.lost = None, self.lost + 1
+                server_out.write(data)
+                await server_out.drain()
+            server_out.close()
+
+        async def downstream() -> None:
+            while data := await server_in.read(65536):
+                if self.partitioned or losing == ["silence"]:
+                    continue
+                if losing == ["reset"]:
+                    client_out.transport.abort()
+                    return
+                client_out.write(data)
+                await client_out.drain()
+            client_out.close()
+
+        with contextlib.suppress(ConnectionError, OSError):
+            await asyncio.gather(upstream(), downstream())
+        for writer in (client_out, server_out):
+            writer.transport.abort()
+
+
+@pytest.mark.parametrize("how", ["reset", "silence"])
+def test_redis_append_whose_answer_is_lost_is_applied_once(redis_url, how):
+    """The server runs the script, then its answer is lost (the connection reset, or a
+    timeout): the append raises StoreUnavailable and is not sent again, so the events are
+    stored once. A client that retried it (redis-py's retry does, for any command) would
+    succeed here and store them twice."""
+    from recsys_dist.serving.redis_store import RedisStore
+
+    async def scenario():
+        prefix = f"test_{uuid.uuid4().hex[:12]}"
+        async with FaultyProxy(redis_url) as proxy:
+            store = RedisStore(proxy.url, 50, prefix=prefix, socket_timeout=0.5)
+            direct = RedisStore(redis_url, 50, prefix=prefix)
+            try:
+                await store.append([Event("u", "a", 1)])  # loads the script
+                proxy.lose_next_script_answer(how)
+                with pytest.raises(StoreUnavailable, match="append"):
+                    await store.append([Event("u", "b", 2), Event("v", "c", 3)])
+                assert proxy.lost == 1
+                assert pairs(await direct.get("u")) == [(1, "a"), (2, "b")]  # run, once
+                assert pairs(await direct.get("v")) == [(3, "c")]
+                await store.append([Event("u", "d", 4)])  # the store goes on
+                assert pairs(await direct.get("u")) == [(1, "a"), (2, "b"), (4, "d")]
+            finally:
+                await direct.client.delete(direct.users_key, direct.history_key("u"))
+                await direct.client.delete(direct.history_key("v"))
+                await store.close()
+                await direct.close()
+
+    run(scenario)
+
+
+def test_redis_partition_ends_every_call_within_its_budget(redis_url):
+    """Connections open, nothing answered: reads, appends and counts time out instead of
+    waiting for ever, raise StoreUnavailable, and the store serves once the network heals."""
+    from recsys_dist.serving.redis_store import RedisStore
+
+    async def scenario():
+        prefix = f"test_{uuid.uuid4().hex[:12]}"
+        async with FaultyProxy(redis_url) as proxy:
+            store = RedisStore(
+                proxy.url, 50, prefix=prefix, connect_timeout=0.3, socket_timeout=0.3
+            )
+            try:
+                await store.append([Event("u", "a", 1)])
+                proxy.partitioned = True
+                calls = [
+                    store.get_many(["u"]),
+                    store.append([Event("u", "b", 2)]),
+                    store.num_users(),
+                    store.seed([("w", History(["x"], [1]))]),
+                ]
+                every = asyncio.gather(*(timed(call) for call in calls))
+                outcomes = await asyncio.wait_for(every, 60)  # a hang fails, not hangs, the test
+                assert [kind for kind, _ in outcomes] == ["unavailable"] * 4
+                assert max(seconds for _, seconds in outcomes) < store.call_timeout + 1
+                proxy.partitioned = False
+                assert [h.item_ids for h in await store.get_many(["u"])] == [["a"]]
+            finally:
+                await store.client.delete(store.users_key, store.history_key("u"))
+                await store.client.delete(store.history_key("w"))
+                await store.close()
 
     run(scenario)
