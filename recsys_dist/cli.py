@@ -21,7 +21,7 @@ from typing import Any
 
 from recsys_dist import console, storage
 from recsys_dist.config import load_config, presets
-from recsys_dist.errors import MissingInputError, RunFailed, UserInputError
+from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed, UserInputError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -560,8 +560,37 @@ def _run_train(args):
     _check_prepared(args.data)
     from recsys_dist.train.trainer import train  # DeepSpeed takes seconds to import
 
+    if args.overwrite:
+        _refuse_to_overwrite(args.output, args.data)  # before Ray starts
     init_ray(args.address, min_cpus=int(config.train.workers * config.train.cpus_per_worker) + 2)
     return train(args.data, args.output, config, overwrite=args.overwrite)
+
+
+def _refuse_to_overwrite(output: str, data: str) -> None:
+    """``train --overwrite`` deletes ``--output``, which must hold a run and nothing more. A
+    model registry and the service's write-ahead log are defined by stages after training
+    (which the trainer may not import), so they are checked here, then the trainer's own
+    rules, on one listing: all of a run (tens of files), only the top of anything else (which
+    is refused either way: no walk of a large tree just to name what it holds)."""
+    from recsys_dist import run_layout
+    from recsys_dist.registry import registry_files
+    from recsys_dist.serving.event_log import LOCK_FILE, WAL_SUFFIX
+    from recsys_dist.train.trainer import check_overwrite
+
+    if not storage.exists(output):
+        return
+    files = storage.list_files(output, "", recursive=run_layout.is_run(output))
+    held = registry_files(files)
+    what = "a model registry"
+    if not held:
+        held = [f for f in files if f.endswith(WAL_SUFFIX) or f.rsplit("/", 1)[-1] == LOCK_FILE]
+        what = "an event log's write-ahead log"
+    if held:
+        raise OutputExistsError(
+            f"--overwrite would delete {output}, which holds {what} ({held[0]}); "
+            "choose another --output, or move it out first"
+        )
+    check_overwrite(output, data, files)
 
 
 def _run_evaluate(args):

@@ -33,6 +33,7 @@ import logging
 import secrets
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,23 @@ class Registry:
             "updated_at": _now().isoformat(),
         }
         storage.write_json_atomic(storage.join(self.root, CURRENT_FILE), pointer)
+
+
+def registry_files(paths: Iterable[str]) -> list[str]:
+    """Those of ``paths`` that mark a registry (its pointer) or a registered version
+    (``versions/VERSION/version.json``): a folder listing any of them is, holds or lies in a
+    registry, which a command that deletes folders (``train --overwrite``) must never delete.
+
+    A function of a listing rather than of a folder, so a caller with several such checks
+    lists the folder once (one LIST walk on S3).
+    """
+    found = []
+    for path in paths:
+        parts = path.rstrip("/").split("/")
+        version_record = parts[-1] == RECORD_FILE and len(parts) > 2 and parts[-3] == VERSIONS_DIR
+        if parts[-1] == CURRENT_FILE or version_record:
+            found.append(path)
+    return found
 
 
 # --- what a record says -----------------------------------------------------------------------

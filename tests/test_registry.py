@@ -13,7 +13,13 @@ from recsys_dist import cli, storage
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.errors import MissingInputError, UserInputError
 from recsys_dist.inference.predictor import Recommender
-from recsys_dist.registry import CURRENT_FILE, VERSIONS_DIR, Registry
+from recsys_dist.registry import (
+    CURRENT_FILE,
+    RECORD_FILE,
+    VERSIONS_DIR,
+    Registry,
+    registry_files,
+)
 
 
 def test_a_version_holds_the_export_and_says_where_it_came_from(tiny_run, tmp_path):
@@ -95,6 +101,21 @@ registry.Registry({str(root)!r}).register({str(tiny_run.run)!r})
     assert registry.current().id == complete.id
     pointer = json.loads((root / CURRENT_FILE).read_text())
     assert pointer["version"] == complete.id
+
+
+def test_registry_files_mark_a_registry_and_its_versions_but_not_a_run(tiny_run, tmp_path):
+    """What ``train --overwrite`` refuses to delete: a real registry's pointer and version
+    records are found from any folder that holds them, and the run they came from has none."""
+    root = tmp_path / "registry"
+    registry = Registry(root)
+    first, second = registry.register(tiny_run.run), registry.register(tiny_run.run)
+    registry.promote(first.id)
+    found = registry_files(storage.list_files(root, ""))
+    assert sorted(found) == sorted(
+        [str(root / CURRENT_FILE), *(f"{v.path}/{RECORD_FILE}" for v in (first, second))]
+    )
+    assert registry_files(storage.list_files(second.path, "")) == [f"{second.path}/{RECORD_FILE}"]
+    assert registry_files(storage.list_files(tiny_run.run, "")) == []
 
 
 def test_registering_needs_an_exported_model(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,7 +163,7 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     if init_from and not storage.exists(storage.join(init_from, checkpoint.STATE_FILE)):
         raise MissingInputError(f"train.init_from: no exported model in {init_from}")
     if overwrite and storage.exists(run_dir):
-        _refuse_to_delete_events(run_dir)
+        check_overwrite(run_dir, prepared_dir)
         storage.delete_dir(run_dir)
     start_run(prepared_dir, run_dir, config)
     logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
@@ -226,6 +227,68 @@ def start_run(prepared_dir: str, run_dir: str, config: Config) -> None:
     storage.make_dirs(run_dir)
     config.save(run_layout.config_file(run_dir))
     run_layout.write_run_record(run_dir, prepared_dir, identity)
+
+
+def check_overwrite(run_dir: str, prepared_dir: str, files: Sequence[str] | None = None) -> None:
+    """Refuse an ``overwrite`` that would delete more than a run, before anything is deleted.
+
+    ``overwrite`` deletes ``run_dir`` whole, so it must be a run (or empty) and must neither
+    be, hold nor lie in the prepared data, nor hold an event log's Parquet. A model registry
+    and the service's write-ahead log are defined by later stages, which this one may not
+    import: the CLI checks those before calling this (``cli._refuse_to_overwrite``), and a
+    folder holding only them is refused here anyway, as not a run.
+
+    Args:
+        run_dir: The output ``overwrite`` would delete (it exists).
+        prepared_dir: The prepared data the run is to be trained on.
+        files: A run's listing (``storage.list_files(run_dir, "")``) when the caller has
+            it, so one listing serves every check; listed here otherwise. Only a run is
+            listed whole (it holds tens of files); anything else is refused as soon as its
+            top level shows a file, so a mistaken ``--output`` at the top of a large tree or
+            bucket is not walked (only one whose top level holds folders alone is).
+    """
+    _refuse_to_delete_events(run_dir)  # the legacy layout, with its own advice
+    _refuse_to_delete_data(run_dir, prepared_dir)
+    if not run_layout.is_run(run_dir):
+        if storage.list_files(run_dir, "", recursive=False) or not storage.is_empty_dir(run_dir):
+            raise OutputExistsError(
+                f"--overwrite would delete {run_dir}, which is not a run (no "
+                f"{run_layout.RUN_RECORD}) but holds other files; --overwrite only replaces a "
+                "run: choose another --output"
+            )
+        return
+    files = storage.list_files(run_dir, "") if files is None else files
+    events = [
+        f for f in files if f.endswith(".parquet") and schema.EVENTS_DIR in _parts(f, run_dir)
+    ]
+    if events:
+        raise OutputExistsError(
+            f"--overwrite would delete {run_dir}, which holds an event log ({events[0]}, "
+            f"{len(events)} Parquet files under {schema.EVENTS_DIR}/); move it out first"
+        )
+
+
+def _refuse_to_delete_data(run_dir: str, prepared_dir: str) -> None:
+    """The data is never deleted with a run, nor trained into: compared as normalised absolute
+    paths (local paths resolved, URIs as given), so no listing is needed."""
+    output, data = (storage.absolute(p).rstrip("/") for p in (run_dir, prepared_dir))
+    if output == data or data.startswith(output + "/"):
+        where = "is" if output == data else "holds"
+        raise OutputExistsError(
+            f"--overwrite would delete {run_dir}, which {where} the prepared data {prepared_dir}; "
+            "choose an --output outside the data"
+        )
+    if output.startswith(data + "/"):
+        raise OutputExistsError(
+            f"--output {run_dir} lies inside the prepared data {prepared_dir}; choose an "
+            "--output outside the data"
+        )
+
+
+def _parts(path: str, root: str) -> list[str]:
+    """The folders and name of ``path`` below ``root`` (a listing of ``root`` gives it whole):
+    only names inside the output say what it holds."""
+    return path.removeprefix(storage.absolute(root).rstrip("/") + "/").split("/")
 
 
 def _refuse_to_delete_events(run_dir: str) -> None:
