@@ -63,7 +63,8 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             f"cannot feed {workers} workers (--workers / train.workers)"
         )
     loop_config = {
-        "config": config.to_dict(),
+        # Secrets redacted: the loop needs none, and writes this into every checkpoint's state.
+        "config": config.public_dict(),
         "vocab_size": manifest["vocab_size"],
         "ratings": rating_scale(manifest),  # None: no rating head
         "vocab_path": storage.join(prepared_dir, schema.VOCAB_FILE),

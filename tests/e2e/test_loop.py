@@ -1,7 +1,8 @@
 """The retraining loop, whole, through the real CLI and a real Serve application.
 
 v1 (the shared trained run) is registered and served from the registry by two replicas under
-a steady load.
+a steady load, with its online store in a Redis server that requires a password, given in
+the service's settings and in a retraining turn's (then no file the loop writes may hold it).
 Events posted to the service land in its event log; a drift-triggered turn over that folder
 waits (too little drift); more events, with items v1 never saw, arrive; the next turn takes
 only the new file, trains v2 for two epochs from v1's weights (it keeps what v1 learned)
@@ -13,6 +14,7 @@ is kept out, v2 staying; a rollback restores v1; a turn with nothing new trains 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -120,8 +122,12 @@ def logged_rows(event_log: Path) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tmp_path, cli_json):
+def test_the_loop_follows_drift_new_items_promotion_and_rollback(
+    trained_run, tmp_path, cli_json, secured_redis, monkeypatch
+):
     root, work, event_log = tmp_path / "registry", tmp_path / "work", tmp_path / "event_log"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     v1 = cli_json("models", "register", "--registry", str(root), "--run", str(trained_run.run))
     cli_json("models", "promote", "--registry", str(root), v1["version"])
     v1 = v1["version"]
@@ -133,6 +139,8 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
         wal_dir=str(tmp_path / "wal"),
         event_log_dir=str(event_log),
         flush_rows=1,  # every acknowledged request becomes a Parquet file at once
+        store="redis",
+        redis_url=secured_redis.url,  # the password, written out: the hardest case
         registry_poll_s=0.2,
         registry_switch_s=3.0,  # both replicas load a version well within this, then switch
     )
@@ -169,7 +177,7 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
         promoted = cli_json(
             *turn,
             *("--when-drift", "0.05", "retrain.epochs=2", "retrain.tolerance=0.05"),
-            "retrain.replay=0.5",
+            *("retrain.replay=0.5", f"serve.redis_url={secured_redis.url}"),
         )
         v2 = promoted["candidate"]
         assert promoted["promoted"] and promoted["parent"] == v1, promoted
@@ -210,6 +218,30 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(trained_run, tm
     listed = cli_json("models", "list", "--registry", str(root))
     assert listed["current"] == v1
     assert [r["parent"] for r in listed["versions"]] == [None, v1, v2]  # the refused one too
+    secret = secured_redis.password
+    assert secret not in json.dumps([waited, promoted, refused, nothing, listed])
+    tracked = list((tmp_path / "mlruns").rglob("params/*"))
+    assert any(p.name == "serve.redis_url" for p in tracked), "MLflow logged no settings"
+    assert_written_nowhere(secret, [tmp_path, Path(ray_logs_dir())])
+
+
+def ray_logs_dir() -> str:
+    import ray
+
+    return ray._private.worker.global_worker.node.get_logs_dir_path()
+
+
+def assert_written_nowhere(secret: str, folders: list[Path]) -> None:
+    """Every file the loop wrote (registry versions, runs, the retraining dataset, MLflow's
+    store, the event log and WAL, Ray's and Serve's logs): the planted password in none."""
+    searched, holding = 0, []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                searched += 1
+                if secret.encode() in path.read_bytes():
+                    holding.append(str(path))
+    assert searched > 100 and not holding, holding
 
 
 def trained_rows(root: Path, version: str) -> int:
