@@ -13,6 +13,11 @@ shape and the catalogue, not on its quality), over loopback HTTP:
    loopback: no network latency, so a real bucket adds its PUT time on top).
 3. **Fuzzing**: Schemathesis against the service's OpenAPI schema, valid and invalid requests,
    ``--fuzz-examples`` per operation and mode: the number sent and the 5xx answers (must be 0).
+4. **The costliest request**: ``POST /v1/recommend`` with the largest filters a request may
+   carry (every category it may name, the largest ones first, repeated up to
+   ``--worst-categories`` entries, and full ``allow_items``/``deny_items`` lists): its own
+   latency, and the latency of plain requests sent while it runs (a request that holds the
+   replica's event loop delays every other).
 
     python bench/serve_security.py                 # prints JSON lines and a summary
     python bench/serve_security.py --qps 100 --seconds 20 --fuzz-examples 200
@@ -52,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ack-concurrency", type=int, default=8)
     parser.add_argument("--fuzz-examples", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="off/on alternations for keys")
-    parser.add_argument("--parts", default="auth,ack,fuzz", help="which parts to run")
+    parser.add_argument(
+        "--worst-categories", type=int, default=10_000, help="category entries in the costliest"
+    )
+    parser.add_argument("--parts", default="auth,ack,fuzz,cost", help="which parts to run")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     import ray
@@ -82,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results[-1]), flush=True)
     if "fuzz" in parts:
         results.append(_fuzz(run_dir, work, args.fuzz_examples))
+        print(json.dumps(results[-1]), flush=True)
+    if "cost" in parts:
+        results.append(_costliest_request(run_dir, users, raw, work, args.worst_categories))
         print(json.dumps(results[-1]), flush=True)
     print(_summary(results))
     return 0
@@ -247,6 +258,98 @@ def _fuzzing(url: str, label: str, strategy, examples: int, sent: dict, errors: 
     return call
 
 
+def _costliest_request(run_dir: Path, users: list[str], raw: Path, work: Path, entries: int):
+    """The worst filters one request may send, timed alone and beside plain requests."""
+    import pyarrow.parquet as pq
+
+    from recsys_dist import schema
+    from recsys_dist.serving import schemas
+
+    catalogue = pq.read_table(raw / schema.ITEMS_DIR).to_pylist()
+    sizes: dict[str, int] = {}
+    for row in catalogue:
+        for name in row[schema.CATEGORIES]:
+            sizes[name] = sizes.get(name, 0) + 1
+    largest = sorted(sizes, key=sizes.get, reverse=True)
+    most = getattr(schemas, "MAX_CATEGORIES", len(largest))  # the cap, where there is one
+    names = largest[:most]
+    ids = [row[schema.ITEM_ID] for row in catalogue][: schemas.MAX_LIST_ITEMS * 2]
+    worst = {
+        "user_id": users[0],
+        "k": 10,
+        "categories": (names * (entries // len(names) + 1))[:entries],
+        "allow_items": ids[: schemas.MAX_LIST_ITEMS],
+        "deny_items": ids[schemas.MAX_LIST_ITEMS :],
+    }
+    capped = {**worst, "categories": names}
+    url = _start(run_dir, work, max_body_bytes=10_000_000)
+    try:
+        found = {}
+        for label, body in (("worst", worst), ("capped", capped)):
+            found[label] = asyncio.run(_beside_plain(url, users, body))
+    finally:
+        _shutdown(url)
+    return {
+        "part": "costliest_request",
+        "catalogue_items": len(catalogue),
+        "categories": len(largest),
+        "largest_category_items": sizes[largest[0]],
+        **found,
+    }
+
+
+async def _beside_plain(url: str, users: list[str], body: dict, rounds: int = 5) -> dict:
+    """``body`` sent ``rounds`` times one after another, with plain requests every 20 ms
+    meanwhile; before that, the same plain requests alone."""
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def plain(n: int) -> tuple[float, int]:
+            started = time.perf_counter()
+            answer = await client.post(f"{url}/v1/recommend", json={"user_id": users[n]})
+            return time.perf_counter() - started, answer.status_code
+
+        alone = [await plain(n % len(users)) for n in range(50)]
+        assert {status for _, status in alone} == {200}, alone
+        alone = [seconds for seconds, _ in alone]
+        costly: list[float] = []
+        status: list[int] = []
+
+        async def send_costly() -> None:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                answer = await client.post(f"{url}/v1/recommend", json=body)
+                costly.append(time.perf_counter() - started)
+                status.append(answer.status_code)
+
+        task = asyncio.create_task(send_costly())
+        beside, n = [], 0
+        while not task.done():
+            beside.append(asyncio.create_task(plain(n % len(users))))
+            n += 1
+            await asyncio.sleep(0.02)  # the arrival schedule, not synchronisation
+        await task
+        answers = await asyncio.gather(*beside)
+        beside_s = [seconds for seconds, _ in answers]
+        refused = sum(status != 200 for _, status in answers)
+
+    def ms(values, q):
+        return round(float(np.percentile(np.asarray(values) * 1000, q)), 1)
+
+    answered = [seconds for seconds, code in zip(costly, status, strict=True) if code == 200]
+    return {
+        "category_entries": len(body["categories"]),
+        "status": status,
+        "costly_p50_ms": ms(answered, 50) if answered else None,
+        "costly_max_ms": ms(answered, 100) if answered else None,
+        "plain_alone_p50_ms": ms(alone, 50),
+        "plain_alone_p99_ms": ms(alone, 99),
+        "plain_beside_p50_ms": ms(beside_s, 50),
+        "plain_beside_max_ms": ms(beside_s, 100),
+        "plain_beside": len(beside_s),
+        "plain_beside_not_200": refused,
+    }
+
+
 def _moto_s3() -> str:
     """A moto S3 server on loopback and the AWS environment pointing at it; the bucket URL."""
     import boto3
@@ -283,6 +386,16 @@ def _summary(results: list[dict]) -> str:
                 f"ack={r['event_log_ack']:<9} log on {r['event_log']:<5}: p50 {r['p50_ms']} ms, "
                 f"p99 {r['p99_ms']} ms ({r['events']} events, {r['concurrency']} in flight)"
             )
+        if r["part"] == "costliest_request":
+            for label in ("worst", "capped"):
+                c = r[label]
+                lines.append(
+                    f"{label} filters ({c['category_entries']} category entries, status "
+                    f"{c['status']}): p50 {c['costly_p50_ms']} ms; plain requests beside it "
+                    f"p50 {c['plain_beside_p50_ms']} ms, max {c['plain_beside_max_ms']} ms, "
+                    f"{c['plain_beside_not_200']} of {c['plain_beside']} refused "
+                    f"(alone p50 {c['plain_alone_p50_ms']} ms)"
+                )
         if r["part"] == "fuzz":
             lines.append(f"fuzz: {r['requests']} requests, {r['server_errors']} server errors")
     return "\n".join(lines)

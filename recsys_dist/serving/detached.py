@@ -63,7 +63,7 @@ def detached_actor(
         logger.warning("replacing %s, built with other settings (%s)", name, changed)
         ray.get(existing.retire.remote(), timeout=RETIRE_TIMEOUT_S)
         ray.kill(existing, no_restart=True)
-        _wait_until_gone(name, existing)
+        _wait_until_gone(name, have)
     return (
         ray.remote(cls)
         .options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, **options)
@@ -78,13 +78,17 @@ def _existing(name: str) -> ray.actor.ActorHandle | None:
         return None
 
 
-def _wait_until_gone(name: str, actor: ray.actor.ActorHandle) -> None:
+def _wait_until_gone(name: str, old: dict[str, Any]) -> None:
     """Ray releases a killed actor's name asynchronously; until then ``get_if_exists`` would
-    hand back the dying actor."""
+    hand back the dying actor. Done when no actor holds the name, or one built with other
+    settings than ``old`` does (another caller started the new one first)."""
     deadline = time.monotonic() + GONE_TIMEOUT_S
-    while (found := _existing(name)) is not None and found._actor_id == actor._actor_id:
+    while (found := _existing(name)) is not None:
+        try:
+            if ray.get(found.settings.remote(), timeout=GONE_TIMEOUT_S) != old:
+                return
+        except ray.exceptions.RayActorError:
+            pass  # the killed one, still holding its name
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{name} was killed but still holds its name after {GONE_TIMEOUT_S} s"
-            )
+            raise RuntimeError(f"{name} was killed but holds its name after {GONE_TIMEOUT_S} s")
         time.sleep(0.1)  # polling Ray's actor table for a state change, bounded above
