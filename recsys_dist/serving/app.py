@@ -20,6 +20,7 @@ from ray import serve
 from recsys_dist import run_layout, storage
 from recsys_dist.config import ConfigError, InterestConfig, ServeConfig, config_from_dict
 from recsys_dist.data.prepared import load_manifest
+from recsys_dist.registry import Registry
 from recsys_dist.serving.auth import KeysFile
 from recsys_dist.serving.backends import make_store, seed_source, start_event_log
 from recsys_dist.serving.deployment import RecommenderService
@@ -104,8 +105,7 @@ def run_service(
     ``serve/recommender.yaml`` sets them on a cluster. The application ``name`` answers under
     ``route_prefix``.
     """
-    if registry and not settings.event_log_dir:
-        settings = replace(settings, event_log_dir=run_layout.event_log_dir(registry))
+    settings = following(settings, registry)
     start_backends(settings, run_dir)  # refuses bad settings before anything listens
     serve.start(http_options={"host": host, "port": port})
     model = {"model_dir": model_dir or run_layout.model_dir(run_dir)}
@@ -119,11 +119,28 @@ def run_service(
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
+def following(settings: ServeConfig, registry: str | None) -> ServeConfig:
+    """The settings of a service that serves ``registry``: its event log defaults to
+    ``event_log/`` beside the registry, where the retraining of that registry reads."""
+    if registry and not settings.event_log_dir:
+        return replace(settings, event_log_dir=run_layout.event_log_dir(registry))
+    return settings
+
+
+def current_run(registry: str) -> str:
+    """The directory of ``registry``'s current version (laid out as a run)."""
+    current = Registry(registry).current()
+    if current is None:
+        raise ConfigError(f"registry {registry}: no current version to serve (models promote)")
+    return current.path
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """The application builder ``serve deploy``/``serve run`` call with the config's ``args``:
-    ``run`` (the run directory) and optional ``serve`` and ``interests`` settings (fields of
-    ``ServeConfig`` and ``InterestConfig``, checked like every config). An empty store is
-    seeded from the run's prepared users first.
+    ``registry`` (serve its current version and follow its promotions, as the production
+    topology does) or ``run`` (one run directory), and optional ``serve`` and ``interests``
+    settings (fields of ``ServeConfig`` and ``InterestConfig``, checked like every config).
+    An empty store is seeded from the run's prepared users first.
 
     Secure by default, as ``recsys-dist serve --host`` is: the builder cannot see where
     ``http_options`` binds, so it refuses to start without ``serve.api_keys_file`` unless the
@@ -138,5 +155,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
             "serve.api_keys_file: KEYS, or add `insecure: true` to the application's args for a "
             "service bound to loopback"
         )
-    start_backends(config.serve, args["run"])
-    return RecommenderService.bind(asdict(config.serve), args["run"], asdict(config.interests))
+    registry, run = args.get("registry"), args.get("run")
+    if bool(registry) == bool(run):
+        raise ConfigError("args: give `registry` (serve its current version) or `run`, one")
+    settings = following(config.serve, registry)
+    run_dir = current_run(registry) if registry else run
+    start_backends(settings, run_dir)
+    service = RecommenderService
+    if registry:
+        service = service.options(user_config={"registry": storage.absolute(registry)})
+    return service.bind(asdict(settings), run_dir, asdict(config.interests))

@@ -133,3 +133,17 @@ def test_a_failed_reload_keeps_the_last_keys_and_is_logged_and_counted(tmp_path,
             time.sleep(0.05)  # the reload interval's poll, bounded by the deadline
     finally:
         ring.close()
+
+
+def test_a_deployed_config_names_a_registry_or_a_run_and_the_registry_has_a_current(tmp_path):
+    """`serve deploy` of the production topology serves a registry's current version: one
+    without a current version, or args naming both or neither source, stop with one line
+    before anything starts."""
+    from recsys_dist.config import ConfigError
+    from recsys_dist.serving.app import build_app
+
+    for args in ({}, {"registry": str(tmp_path / "r"), "run": str(tmp_path / "run")}):
+        with pytest.raises(ConfigError, match="give `registry`"):
+            build_app({**args, "insecure": True})
+    with pytest.raises(ConfigError, match="no current version to serve"):
+        build_app({"registry": str(tmp_path / "registry"), "insecure": True})
