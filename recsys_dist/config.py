@@ -298,6 +298,11 @@ class ServeConfig:
     event_log_dir: str = ""  # acknowledged events (local or s3://); "" = event_log/ beside RUN
     wal_dir: str = ""  # the event log's local write-ahead log; "" = ~/.cache/recsys_dist/wal
     items_dir: str = ""  # item catalogue (DIR/items) for category filters; "" = the run's data
+    # The Ray node group (node label ray.io/node-group: KubeRay sets it to the worker group's
+    # name; `ray start --labels ray.io/node-group=NAME` on plain Ray) the store and event-log
+    # actors run on; "" = wherever Ray puts them (a zero-CPU actor lands beside its creator,
+    # often the head, whose loss is the cluster's).
+    state_node_group: str = ""
     # serving a registry: check for a promotion this often
     registry_poll_s: float = bounded(2.0, 0, 3600, low_open=True)
     # ... and every replica switches to it at one instant, this long after the promotion (each

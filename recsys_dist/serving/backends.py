@@ -19,6 +19,8 @@ from recsys_dist.serving.event_log import event_log_actor
 from recsys_dist.serving.seeding import SeedSource
 from recsys_dist.serving.store import ActorStore, UserStore
 
+NODE_GROUP_LABEL = "ray.io/node-group"  # Ray's own node label for a node's group
+
 
 def default_wal_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "recsys_dist", "wal")
@@ -55,7 +57,13 @@ def make_store(
 
         url = resolve_secret(settings.redis_url, "serve.redis_url")
         return RedisStore(url, settings.max_history, prefix=settings.instance)
-    return ActorStore(settings.max_history, store_name(settings), source, replace=replace)
+    return ActorStore(
+        settings.max_history,
+        store_name(settings),
+        source,
+        replace=replace,
+        label_selector=node_group(settings),
+    )
 
 
 def start_event_log(
@@ -70,4 +78,11 @@ def start_event_log(
         name=event_log_name(settings),
         publish_before_ack=settings.event_log_ack == "published",
         replace=replace,
+        label_selector=node_group(settings),
     )
+
+
+def node_group(settings: ServeConfig) -> dict[str, str] | None:
+    """The label selector placing the service's actors on ``serve.state_node_group``."""
+    group = settings.state_node_group
+    return {NODE_GROUP_LABEL: group} if group else None

@@ -61,8 +61,11 @@ from recsys_dist.serving.store import Event, History, StoreUnavailable, merge_ev
 
 logger = logging.getLogger(__name__)
 
-# What /v1/model reports of the event log: its backlog and what it could not publish.
-EVENT_LOG_COUNTERS = (
+# What /v1/model reports of the event log: its state, the node it runs on, its backlog and
+# what it could not publish.
+EVENT_LOG_FIELDS = (
+    "state",
+    "node_id",
     "pending",
     "files_written",
     "segments_quarantined",
@@ -251,6 +254,8 @@ class RecommenderService:
             stats = await asyncio.wait_for(self.event_log.stats.remote(), HEALTH_TIMEOUT_S)
         except UNAVAILABLE as error:
             log = f"unreachable ({type(error).__name__})"
+        if stats and stats["state"] != "active":  # standing by, or retired by a deploy
+            log = f"{stats['state']} (takes no events)"
         version = self._version()
         ok = version is not None and store == log == "ok"
         return Health(
@@ -274,7 +279,7 @@ class RecommenderService:
             "num_items": model.vocab.num_items,
             "metrics": model.state.get("metrics", {}),
             "data_hash": model.state.get("data_hash"),
-            "event_log": {key: stats[key] for key in EVENT_LOG_COUNTERS},
+            "event_log": {key: stats[key] for key in EVENT_LOG_FIELDS},
         }
 
     async def _stored(self, user_id: str) -> History | None:

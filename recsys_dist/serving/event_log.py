@@ -57,13 +57,21 @@ WAL_MAGIC = b"RSDWAL1\n"
 WAL_SUFFIX = ".wal"
 LOCK_FILE = "LOCK"
 QUARANTINE_DIR = "quarantine"  # in the WAL directory: segments that cannot become Parquet
-LOCK_WAIT_S = 30.0  # a crashed predecessor's lock goes with its process; wait that long at most
+# A crashed predecessor's lock goes with its process, within a second or two: wait that long,
+# then stand by (a live log holds it: another cluster on the same volume), retrying.
+LOCK_WAIT_S = 5.0
+TAKEOVER_POLL_S = 0.5
 # Events are users' behaviour: the WAL, its folders and the local Parquet files are readable
 # by the service's own user only.
 FILE_MODE, DIR_MODE = 0o600, 0o700
 _HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
 _MAX_RETRY_S = 60.0
 _INT64 = range(-(2**63), 2**63)
+
+
+class WalInUse(RuntimeError):
+    """An append to a log standing by: another log holds its WAL directory, nothing was
+    written, and the caller must not acknowledge."""
 
 
 class LogRetired(RuntimeError):
@@ -176,10 +184,11 @@ def _write_parquet(table: pa.Table, path: str) -> None:
     _fsync_path(directory, directory=True)
 
 
-def _lock(wal_dir: str) -> int:
-    """Hold ``wal_dir`` exclusively: a second log on it could publish another's live segment."""
+def _lock(wal_dir: str, wait_s: float) -> int | None:
+    """Hold ``wal_dir`` exclusively (a second log on it could publish another's live segment);
+    ``None`` when another log still holds it after ``wait_s``."""
     fd = os.open(os.path.join(wal_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, FILE_MODE)
-    deadline = time.monotonic() + LOCK_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -187,8 +196,8 @@ def _lock(wal_dir: str) -> int:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 os.close(fd)
-                raise RuntimeError(f"{wal_dir} is in use by another event log") from None
-            time.sleep(0.1)  # the holder is a process that is exiting; poll until it has
+                return None
+            time.sleep(0.1)  # the holder may be a process that is exiting: poll until it has
 
 
 class EventLog:
@@ -229,7 +238,7 @@ class EventLog:
         self._retired = False
         self._tick = min(1.0, max(0.05, flush_seconds / 4))
         os.makedirs(self._wal_dir, mode=DIR_MODE, exist_ok=True)
-        self._lock_fd = _lock(self._wal_dir)
+        self._lock_fd = _lock(self._wal_dir, LOCK_WAIT_S)
         self._segment: _Segment | None = None
         self._sealed: dict[str, int] = {}  # sealed segment path -> events, oldest first
         self._queue: list[tuple[bytes, int, asyncio.Future]] = []  # appends not yet written
@@ -243,7 +252,14 @@ class EventLog:
         counters = ("appended", "files_written", "segments_recovered", "segments_unreadable")
         counters += ("segments_quarantined", "publish_failures")
         self._counts = dict.fromkeys((*counters, "torn_records"), 0)
-        self._recover()
+        if self._lock_fd is None:
+            logger.warning(
+                "event log: %s is held by another event log (another cluster on the same "
+                "volume?); standing by, and taking over once it is released",
+                self._wal_dir,
+            )
+        else:
+            self._recover()
         self._start_tasks()
 
     # --- the actor's methods ---------------------------------------------------------------
@@ -254,6 +270,8 @@ class EventLog:
         self._start_tasks()
         if self._retired:
             raise LogRetired(f"the event log on {self._wal_dir} was retired; send again")
+        if self._lock_fd is None:
+            raise WalInUse(f"{self._wal_dir} is held by another event log; nothing written")
         if not events:
             return self._pending()
         done = asyncio.get_running_loop().create_future()
@@ -303,7 +321,8 @@ class EventLog:
         except Exception:
             self._retired = False  # still the service's log: the deploy fails, nothing is lost
             raise
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         logger.info("event log on %s retired (%d files published)", self._wal_dir, len(written))
         return written
 
@@ -311,6 +330,7 @@ class EventLog:
         """Counters since this actor (re)started, for tests and monitoring."""
         return {
             **self._counts,
+            "state": self._state(),
             "pending": self._pending(),
             "sealed_segments": len(self._sealed),
             "log_dir": self._log_dir,
@@ -318,10 +338,17 @@ class EventLog:
             "node_id": ray.get_runtime_context().get_node_id(),  # whose disk holds the WAL
         }
 
+    def _state(self) -> str:
+        """``active``; ``standby`` while another log holds the WAL; ``retired`` once replaced."""
+        if self._retired:
+            return "retired"
+        return "standby" if self._lock_fd is None else "active"
+
     # --- the WAL ----------------------------------------------------------------------------
 
     def _start_tasks(self) -> None:
-        """Start the writer and the flusher on the actor's event loop (once)."""
+        """Start the writer and the flusher on the actor's event loop (once), and, standing
+        by, the task that takes the WAL over once it is free."""
         if self._tasks:
             return
         try:
@@ -329,6 +356,18 @@ class EventLog:
         except RuntimeError:
             return  # constructed off the loop: the first call starts them
         self._tasks = [loop.create_task(self._write_loop()), loop.create_task(self._flush_loop())]
+        if self._lock_fd is None:
+            self._tasks.append(loop.create_task(self._take_over()))
+
+    async def _take_over(self) -> None:
+        """Wait for the holder of the WAL to let go (its cluster deleted after an upgrade),
+        then publish what it left and start taking appends."""
+        while self._lock_fd is None and not self._retired:
+            await asyncio.sleep(TAKEOVER_POLL_S)
+            self._lock_fd = await asyncio.to_thread(_lock, self._wal_dir, 0.0)
+        if self._lock_fd is not None:
+            self._recover()
+            logger.warning("event log: took over %s", self._wal_dir)
 
     def _pending(self) -> int:
         current = self._segment.rows if self._segment else 0
@@ -503,6 +542,7 @@ def event_log_actor(
     scheduling_strategy=None,
     publish_before_ack: bool = False,
     replace: bool = False,
+    label_selector: dict[str, str] | None = None,
 ) -> ray.actor.ActorHandle:
     """The named event-log actor, created by the first caller and shared by every replica.
 
@@ -517,8 +557,8 @@ def event_log_actor(
     only if ``wal_dir`` is shared storage mounted at the same path on every node (a
     ReadWriteMany volume: cluster/kuberay-rayservice.yaml); on a node-local disk the segments
     wait there until a log starts on that node again. ``scheduling_strategy`` (one of Ray's,
-    e.g. a soft ``NodeAffinitySchedulingStrategy``) places it; by default Ray does (a
-    zero-CPU detached actor goes to the head node).
+    e.g. a soft ``NodeAffinitySchedulingStrategy``) or ``label_selector`` (e.g. a node group)
+    places it; by default Ray does (a zero-CPU detached actor goes beside its creator).
     """
     settings = {
         "log_dir": storage.absolute(log_dir),
@@ -536,4 +576,5 @@ def event_log_actor(
         max_task_retries=0,
         num_cpus=0,
         scheduling_strategy=scheduling_strategy,
+        label_selector=label_selector,
     )

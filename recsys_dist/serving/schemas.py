@@ -135,7 +135,10 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: str | None = Field(description="null: no model loaded yet")
     store: str = Field(description="'ok', or why the online store did not answer")
-    event_log: str = Field(description="'ok', or why the event log did not answer")
+    event_log: str = Field(
+        description="'ok', or why the event log takes no events: unreachable, or standing "
+        "by while another log holds its WAL directory"
+    )
     event_log_pending: int | None = Field(
         default=None, description="acknowledged events in the WAL, not yet published"
     )

@@ -186,6 +186,7 @@ class ActorStore(UserStore):
         name: str = STORE_ACTOR,
         source: SeedSource | None = None,
         replace: bool = False,
+        label_selector: dict[str, str] | None = None,
     ) -> None:
         self.max_history = max_history
         self.actor = detached_actor(
@@ -197,6 +198,7 @@ class ActorStore(UserStore):
             num_cpus=0,
             max_restarts=-1,
             max_task_retries=0,
+            label_selector=label_selector,
         )
 
     async def get_many(self, user_ids: Sequence[str]) -> list[History | None]:

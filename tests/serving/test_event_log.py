@@ -338,3 +338,31 @@ def test_publish_before_ack_answers_once_the_events_are_in_parquet_on_s3(
     contents = read_log(s3_prefix)
     assert all_rows(contents) == as_rows([*first, *(e for b in batches for e in b)])
     assert wal_files(wal_dir) == []
+
+
+def test_a_second_log_on_a_held_wal_stands_by_then_takes_over(start_log, tmp_path):
+    """Two clusters over one WAL directory (an upgrade on a shared volume): the second log
+    neither blocks nor touches the first's segments; it refuses appends (nothing written, so
+    nothing acknowledged) and says so in its state, and takes the WAL over, publishing what
+    the first left, once the first is gone."""
+    from recsys_dist.serving.event_log import LOCK_WAIT_S
+
+    log_dir, wal_dir = str(tmp_path / "log"), tmp_path / "wal"
+    first = start_log(log_dir, wal_dir, exact_wal=True)
+    ray.get(first.append.remote(make_events("a", 3)))  # acknowledged, in the WAL only
+    second = start_log(log_dir, wal_dir, exact_wal=True)
+    stats = ray.get(second.stats.remote(), timeout=LOCK_WAIT_S + 60)
+    assert stats["state"] == "standby" and stats["pending"] == 0
+    with pytest.raises(ray.exceptions.RayTaskError, match="held by another event log"):
+        ray.get(second.append.remote(make_events("b", 1)))
+    ray.get(first.append.remote(make_events("a", 2, start=3)))  # the first goes on
+    assert ray.get(first.stats.remote())["pending"] == 5 and read_log(log_dir) == {}
+
+    ray.kill(first, no_restart=True)  # its cluster deleted after the switch
+    wait_for(lambda: ray.get(second.stats.remote())["state"] == "active", "the take-over")
+    ray.get(second.append.remote(make_events("b", 1)))
+    ray.get(second.flush.remote())
+    published = Counter(row for rows in read_log(log_dir).values() for row in rows)
+    assert published == as_rows(
+        [*make_events("a", 3), *make_events("a", 2, start=3), *make_events("b", 1)]
+    )
