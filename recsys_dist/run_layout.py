@@ -11,6 +11,8 @@
     RUN/model/             the export of the best checkpoint (its layout: ``checkpoint.py``)
     RUN/interests.json     the interest forecast's fitted calibration and its evaluation
                            (``recsys-dist interests --evaluate``)
+    RUN/mlflow_run.json    the run's MLflow run id, with MLFLOW_TRACKING_URI set
+                           (``tracking.py``): a resumed training logs into the same run
 
 Beside the run, never inside it (``train --overwrite`` deletes the run):
 
@@ -41,6 +43,7 @@ RAY_RESULTS_DIR = "ray_results"  # Ray Train's storage path ...
 TRAIN_EXPERIMENT = "train"  # ... and the experiment inside it (``RunConfig(name=...)``)
 MODEL_DIR = "model"  # the exported best checkpoint
 INTERESTS_FILE = "interests.json"  # the forecast's calibration and evaluation
+TRACKING_FILE = "mlflow_run.json"  # the MLflow run id (tracking.py)
 EVENT_LOG_DIR = "event_log"  # the online service's default event log, beside the run
 
 PREPARED = "prepared"  # run.json key: absolute path of the prepared dataset
@@ -78,6 +81,10 @@ def read_settings(run: str | Path) -> dict[str, Any]:
 
 def interests_file(run: str | Path) -> str:
     return storage.join(run, INTERESTS_FILE)
+
+
+def tracking_file(run: str | Path) -> str:
+    return storage.join(run, TRACKING_FILE)
 
 
 def event_log_dir(run: str | Path) -> str:

@@ -45,6 +45,7 @@ def test_every_name_sits_directly_in_the_run(tmp_path):
         run_layout.ray_results_dir: run_layout.RAY_RESULTS_DIR,
         run_layout.model_dir: run_layout.MODEL_DIR,
         run_layout.interests_file: run_layout.INTERESTS_FILE,
+        run_layout.tracking_file: run_layout.TRACKING_FILE,
     }
     for helper, name in helpers.items():
         assert helper(tmp_path) == str(tmp_path / name)
