@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     use_haproxy_ingress()
     os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
-    s3 = _moto_s3()  # before Ray starts, so its workers inherit the endpoint
+    s3 = moto_s3()  # before Ray starts, so its workers inherit the endpoint
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-security-"))
     from recsys_dist.data.synthetic import generate_dataset
@@ -350,7 +350,7 @@ async def _beside_plain(url: str, users: list[str], body: dict, rounds: int = 5)
     }
 
 
-def _moto_s3() -> str:
+def moto_s3() -> str:
     """A moto S3 server on loopback and the AWS environment pointing at it; the bucket URL."""
     import boto3
     from moto.server import ThreadedMotoServer

@@ -13,7 +13,8 @@ on storage every node reaches: ``s3://`` or a shared mount)::
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
         python jobs/retrain.py --registry s3://ml/registry --events s3://ml/event_log
 
-On Kubernetes, ``cluster/kuberay-retrain-cronjob.yaml`` submits it on a schedule.
+On Kubernetes, ``cluster/kuberay-retrain-cronjob.yaml`` creates a RayJob on a schedule that
+runs the same turn (``recsys-dist retrain``) on a cluster of its own.
 """
 
 from __future__ import annotations
