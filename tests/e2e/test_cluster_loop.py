@@ -14,9 +14,7 @@ touching the first's log, and its health says so.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,19 +25,10 @@ from recsys_dist import storage
 from recsys_dist.data.events import event_files
 from recsys_dist.registry import Registry
 from recsys_dist.serving.auth import KeysFile
+from tests.bench.scripts import load_bench
 from tests.cluster_manifests import rayservice_serve_config
 
 pytestmark = pytest.mark.slow
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "cluster_loop.py"
-
-
-def harness():
-    spec = importlib.util.spec_from_file_location("bench_cluster_loop", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def served_event_log(url: str, key: str) -> dict:
@@ -51,7 +40,7 @@ def served_event_log(url: str, key: str) -> dict:
 def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
     trained_run, s3_prefix, redis_server, cli_json
 ):
-    bench = harness()
+    bench = load_bench("cluster_loop")
     root = Path(tempfile.mkdtemp(prefix="cl", dir="/tmp"))  # short: Ray's socket paths
     registry, event_log = f"{s3_prefix}/registry", f"{s3_prefix}/event_log"
     v1 = cli_json("models", "register", "--registry", registry, "--run", str(trained_run.run))
