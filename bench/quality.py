@@ -35,7 +35,7 @@ from recsys_dist.data.importers import import_dataset  # noqa: E402
 from recsys_dist.data.prepare import prepare_dataset  # noqa: E402
 from recsys_dist.data.prepared import load_manifest  # noqa: E402
 from recsys_dist.evaluation.evaluate import evaluate_run  # noqa: E402
-from recsys_dist.train.trainer import train  # noqa: E402
+from recsys_dist.train.trainer import dataset_config, train  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "datasets"
 DATASETS = {  # name: (path, import format)
@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*args.overrides, f"train.workers={args.workers}"]
     if args.gpu:
         overrides.append("train.use_gpu=true")
-    config = load_config(None, overrides)
+    # A reused preparation's data settings are its own (its manifest's): data.* overrides
+    # must agree with them. A fresh one is prepared with the overrides' data settings.
+    if args.prepared is None:
+        config = load_config(None, overrides)
+    else:
+        config = dataset_config(args.prepared, None, overrides)
     cli.init_ray(None, min_cpus=args.workers + 2)
     prepared, prepare_s = args.prepared, 0.0
     if prepared is None:

@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         [*generate, "--drift-paths", "0.8"],
         # Each user's last 10 events are held out (the 10 before them for validation): the
         # ranking targets their first event, the interest forecast is scored on all ten.
-        ["prepare", "--data", raw, "--output", prepared, "--holdout-events", "10"],
+        # Data settings are fixed here: training reads them from the dataset (data.* given
+        # again to train must agree, so they go to both).
+        [
+            *("prepare", "--data", raw, "--output", prepared, "--holdout-events", "10"),
+            *(override for override in args.overrides if override.startswith("data.")),
+        ],
         [
             *("train", "--data", prepared, "--output", run, "--workers", str(args.workers)),
             *DEMO_OVERRIDES,

@@ -457,8 +457,12 @@ def _add_config_args(sub) -> None:
 
 def _config(args, base: Sequence[str] = (), **flags: Any):
     """``base`` settings, the YAML config, ``key=value`` overrides, explicit flags (which win)."""
-    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return load_config(args.config, [*base, *args.overrides, *extra])
+    return load_config(args.config, [*base, *args.overrides, *_flag_overrides(flags)])
+
+
+def _flag_overrides(flags: dict[str, Any]) -> list[str]:
+    """``key=value`` for each flag that was given (not None)."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
 
 
 def init_ray(address: str | None, min_cpus: int = 1) -> None:
@@ -554,11 +558,13 @@ def _run_prepare(args):
 
 
 def _run_train(args):
-    config = _config(
-        args, **{"train.workers": args.workers, "train.use_gpu": True if args.gpu else None}
-    )
     _check_prepared(args.data)
-    from recsys_dist.train.trainer import train  # DeepSpeed takes seconds to import
+    from recsys_dist.train.trainer import dataset_config, train  # DeepSpeed: seconds to import
+
+    flags = {"train.workers": args.workers, "train.use_gpu": True if args.gpu else None}
+    # data.* is the dataset's own (its manifest): --config and overrides set the rest, and
+    # one of theirs that disagrees with the data is refused.
+    config = dataset_config(args.data, args.config, [*args.overrides, *_flag_overrides(flags)])
 
     if args.overwrite:
         _refuse_to_overwrite(args.output, args.data)  # before Ray starts

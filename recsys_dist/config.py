@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from recsys_dist import storage
+from recsys_dist.bounds import bounded, ranges
 from recsys_dist.credentials import SECRET_SETTINGS, redact
 from recsys_dist.errors import UserInputError
 
@@ -27,46 +28,8 @@ class ConfigError(UserInputError):
     """A configuration key or value that cannot be accepted."""
 
 
-RANGE = "range"  # the metadata key of a numeric field's Range
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds all take it (the train loop scales it by 1e6)
 MAX_TIME = 2**62 - 1  # Unix seconds: far past any real event, still exact in int64 arithmetic
-
-
-@dataclass(frozen=True)
-class Range:
-    """Where a numeric setting may lie: ``[low, high]``, either end open, plus ``also``
-    values with a meaning of their own (``interests.blend=-1``: fit it)."""
-
-    low: float
-    high: float
-    low_open: bool = False
-    high_open: bool = False
-    also: tuple[float, ...] = ()
-
-    def __contains__(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return (above and below) or value in self.also
-
-    def __str__(self) -> str:
-        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return " or ".join([f"{opening}{self.low}, {self.high}{closing}", *map(str, self.also)])
-
-
-def bounded(default: Any, low: float, high: float, **shape: Any) -> Any:
-    """A numeric field: its default and its :class:`Range` (``low_open``, ``high_open``,
-    ``also``), declared together so the two cannot drift apart.
-
-    Why: every number a config holds is checked when its section is built, so a value that
-    switches a protection off or spins a loop (``serve.max_body_bytes=0``,
-    ``serve.api_keys_reload_s=0``) or an absurd magnitude fails at load, not in production.
-    """
-    return field(default=default, metadata={RANGE: Range(low, high, **shape)})
-
-
-def ranges(section: type) -> dict[str, Range]:
-    """The range of each numeric field of a section class, by field name."""
-    return {f.name: f.metadata[RANGE] for f in dataclasses.fields(section) if RANGE in f.metadata}
 
 
 def _check_ranges(section: Any) -> None:
@@ -472,21 +435,73 @@ def preset_for(events: int, users: int) -> str | None:
     return "long-histories" if events / users >= LONG_HISTORY_EVENTS else "short-histories"
 
 
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: typing.Sequence[str] = (),
+    base: typing.Mapping[str, typing.Mapping[str, Any]] | None = None,
+) -> Config:
     """Load ``path`` (YAML, or a preset's name, optional) and apply ``section.key=value``
-    overrides on top."""
-    raw: dict[str, Any] = {}
+    overrides on top.
+
+    ``base`` (section -> key -> value) is laid down first: settings fixed elsewhere, such
+    as a prepared dataset's ``data`` (its manifest's), so that the file and overrides on top
+    are exactly what the caller gave, and a key they set can be told from one they left to
+    the base (:func:`check_prepared_with` refuses one that disagrees with it).
+    """
+    raw: dict[str, Any] = {name: dict(values) for name, values in (base or {}).items()}
     if path is not None and str(path) in presets():
         path = PRESETS_DIR / f"{path}.yaml"
     if path is not None:
         loaded = yaml.safe_load(storage.read_text(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        raw = loaded
+        for name, values in loaded.items():  # a section the file sets goes over the base's
+            below = raw.get(name)
+            laid = isinstance(values, dict) and isinstance(below, dict)
+            raw[name] = {**below, **values} if laid else (below if values is None else values)
     for override in overrides:
         section, key, value = _parse_override(override)
-        raw.setdefault(section, {})[key] = value
+        if raw.get(section) is None:  # absent, or an empty section in the file
+            raw[section] = {}
+        raw[section][key] = value
     return config_from_dict(raw)
+
+
+def check_prepared_with(data: DataConfig, prepared: typing.Mapping[str, Any], where: str) -> None:
+    """Refuse ``data`` settings that differ from those a dataset was prepared with.
+
+    What ``prepare`` decided (window length, stride, split) shaped the data and is read back
+    from its manifest (``prepared``: the manifest's ``config``) by every later stage; a
+    second value typed for a later stage would disagree with the data (a model reading 50
+    events of windows cut at 30, say). Settings the manifest predates are not checked.
+
+    Args:
+        data: The ``data`` section a command resolved.
+        prepared: The dataset's settings (its manifest's ``config``).
+        where: The dataset, named in the message.
+
+    Raises:
+        ConfigError: One line naming each setting that differs and both values.
+    """
+    changed = [
+        (name, getattr(data, name), prepared[name])
+        for name in (f.name for f in dataclasses.fields(DataConfig))
+        if name in prepared and getattr(data, name) != prepared[name]
+    ]
+    if not changed:
+        return
+    (name, given, fixed), *more = changed
+    text = f"data.{name}={_shown(given)} disagrees with the dataset's {_shown(fixed)}"
+    text += "".join(f", data.{n}={_shown(g)} with its {_shown(f)}" for n, g, f in more)
+    raise ConfigError(
+        f"{text} (prepared into {where}): a data setting is fixed when the data is prepared; "
+        "prepare again with it, or drop it from this command's --config and overrides"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as an override spells it (``50``, ``loo``, ``true``)."""
+    return json.dumps(value) if not isinstance(value, str) else value
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

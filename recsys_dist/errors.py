@@ -18,6 +18,27 @@ class UserInputError(ValueError):
     """
 
 
+def find_user_error(error: BaseException | None) -> UserInputError | None:
+    """The :class:`UserInputError` that ``error`` is or carries, else None.
+
+    Followed: the original a Ray task error wraps (its ``cause``; the wrapper may itself
+    pass for the original's type, with a traceback in its message), and the exception an
+    error was raised ``from``. Not the one being handled when an unrelated error came up
+    (``__context__``): that is a failure of its own, and a retry may get past it.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None)
+        if isinstance(inner, BaseException) and inner is not error:
+            error = inner
+            continue
+        if isinstance(error, UserInputError):
+            return error
+        error = error.__cause__
+    return None
+
+
 class RunFailed(RuntimeError):
     """A job that failed for a reason outside its input: workers lost more often than the
     run may recover from, say. The CLI prints the message as one line (what happened, what

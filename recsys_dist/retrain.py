@@ -39,14 +39,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from recsys_dist import run_layout, schema, storage, tracking
-from recsys_dist.config import Config, DataConfig, EvalConfig, TrainConfig, load_config
+from recsys_dist.config import Config, DataConfig, EvalConfig, TrainConfig
 from recsys_dist.data.prepare import prepare_dataset
 from recsys_dist.data.prepared import load_manifest, read_split
 from recsys_dist.errors import MissingInputError
 from recsys_dist.evaluation.evaluate import evaluate_run
 from recsys_dist.interests.offline import INTERESTS_PARQUET, analyse_users
 from recsys_dist.registry import Registry, Version
-from recsys_dist.train.trainer import train
+from recsys_dist.train.trainer import check_config, dataset_config, train
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ RUNS_DIR = "runs"
 DRIFT_DIR = "drift"
 # Taken from the parent; the turn's own `retrain` section is the command's (defaults, then
 # overrides and flags), so a one-off --when-drift or gate setting never sticks to later turns.
+# `data` is the loop dataset's own (its manifest's: the parent's, kept on every append).
 SETTINGS = ("model", "train", "eval", "serve", "interests")
 
 
@@ -81,6 +82,12 @@ def retrain(
     current = parent_version(registry)
     workdir = storage.absolute(workdir or default_workdir(registry_root))
     prepared = _loop_dataset(current, workdir)
+    # The candidate's config, checked before any event is taken: an override that disagrees
+    # with the data, or a parent it cannot start from, would fail the same way every turn.
+    parents = run_layout.saved_settings(current.path, SETTINGS)
+    config = dataset_config(prepared, None, [*parents, *overrides])  # a data.* one must agree
+    config = dataclasses.replace(config, train=fine_tuning(config, current))
+    check_config(prepared, config)
     before = load_manifest(prepared)
     taken = _append(event_dirs, prepared, before)
     after = load_manifest(prepared)
@@ -93,8 +100,6 @@ def retrain(
         reason = "nothing new: every event file was taken before"
         log.info("%s; %s stays current", reason, current.id)
         return _result(None, current, False, reason, {}, {}, growth)
-    config = load_config(None, [*run_layout.saved_settings(current.path, SETTINGS), *overrides])
-    config = dataclasses.replace(config, train=fine_tuning(config, current))
     stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     if config.retrain.when_drift > 0:
         drift = measure_drift(current, prepared, storage.join(workdir, DRIFT_DIR, stamp), config)

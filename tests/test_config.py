@@ -14,6 +14,8 @@ from recsys_dist import cli
 from recsys_dist.config import (
     Config,
     ConfigError,
+    DataConfig,
+    check_prepared_with,
     config_from_dict,
     load_config,
     preset_for,
@@ -78,6 +80,36 @@ def test_the_short_histories_preset_is_the_defaults_but_for_sparse_dropout():
     assert short == dataclasses.replace(
         defaults, model=dataclasses.replace(defaults.model, dropout=0.5)
     )
+
+
+def test_a_base_layer_lies_under_the_file_and_the_overrides(tmp_path):
+    """``base`` (a dataset's data settings) comes first; a file's section is laid over it
+    key by key, and overrides over both."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  window_stride: 5\nmodel:\ntrain:\n  lr: 0.01\n")
+    base = {"data": {"max_len": 30, "window_stride": 3}, "train": {"epochs": 4}}
+    config = load_config(path, ["data.dedup=false", "model.hidden_size=32"], base=base)
+    assert (config.data.max_len, config.data.window_stride, config.data.dedup) == (30, 5, False)
+    assert (config.train.epochs, config.train.lr, config.model.hidden_size) == (4, 0.01, 32)
+    assert base == {"data": {"max_len": 30, "window_stride": 3}, "train": {"epochs": 4}}
+    assert load_config(None, base=base).data.max_len == 30
+    assert load_config("long-histories", base=base).data.max_len == 200  # a preset is a file
+
+
+def test_data_settings_that_disagree_with_the_datasets_are_named_in_one_line():
+    prepared = {"max_len": 30, "window_stride": 10, "split": "loo"}
+    check_prepared_with(DataConfig(max_len=30), prepared, "DIR")  # the rest: the defaults
+    check_prepared_with(DataConfig(max_len=30, dedup=False), prepared, "DIR")  # not recorded
+    with pytest.raises(ConfigError) as refused:
+        check_prepared_with(DataConfig(max_len=200, window_stride=100), prepared, "DIR")
+    message = str(refused.value)
+    assert message.startswith(
+        "data.max_len=200 disagrees with the dataset's 30, data.window_stride=100 with its 10 "
+        "(prepared into DIR): a data setting is fixed when the data is prepared"
+    ), message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match="^data.split=time disagrees with the dataset's loo "):
+        check_prepared_with(DataConfig(max_len=30, split="time"), prepared, "DIR")
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "recsys_dist"
 
 # Leaves anyone may import (they import only each other), then the stages in data-flow order.
-LEAVES = {"schema", "config", "credentials", "storage", "errors", "run_layout", "tracking"}
+LEAVES = {
+    *("schema", "config", "bounds", "credentials", "storage", "errors", "run_layout", "tracking"),
+}
 STAGE = {
     "data": 1,
     "model": 2,

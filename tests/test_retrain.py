@@ -1,17 +1,23 @@
-"""The retraining gate's rule (the whole loop runs in tests/e2e/test_loop.py)."""
+"""The retraining gate's rule, and the checks a turn makes before it takes any event (the
+whole loop runs in tests/e2e/test_loop.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from recsys_dist import schema
 from recsys_dist.config import ConfigError, RetrainConfig, load_config
-from recsys_dist.errors import MissingInputError
-from recsys_dist.registry import Version
-from recsys_dist.retrain import fine_tuning, gate
+from recsys_dist.data.prepared import load_manifest
+from recsys_dist.errors import MissingInputError, UserInputError
+from recsys_dist.registry import Registry, Version
+from recsys_dist.retrain import PREPARED_DIR, fine_tuning, gate, retrain
 
 
 @pytest.mark.parametrize(
@@ -81,3 +87,49 @@ def test_the_candidate_trains_the_users_active_since_the_parents_data(
     config = load_config(None, [f"retrain.replay={replay}"])
     tuned = fine_tuning(config, _parent(data_end))
     assert (tuned.active_since, tuned.replay_share) == (active_since, replay)
+
+
+@pytest.fixture
+def registered(tiny_run, tmp_path) -> Registry:
+    """A registry whose current version is the tiny run (its data prepared at max_len 10)."""
+    registry = Registry(str(tmp_path / "registry"))
+    registry.promote(registry.register(str(tiny_run.run)).id)
+    return registry
+
+
+def _turn(registry: Registry, tmp_path: Path, *overrides: str) -> None:
+    events = tmp_path / "event_log" / schema.EVENTS_DIR
+    events.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"user_id": ["u"], "item_id": ["i"], "timestamp": [1]}), events / "a.parquet"
+    )
+    retrain(registry.root, [str(events.parent)], str(tmp_path / "work"), overrides)
+
+
+def _taken(tmp_path: Path) -> list[str]:
+    return load_manifest(str(tmp_path / "work" / PREPARED_DIR))["input_files"]
+
+
+def test_a_turn_takes_the_data_settings_from_its_dataset_and_refuses_others_first(
+    registered, tiny_run, tmp_path
+):
+    """An override that disagrees with the data is refused before any event is taken (a
+    turn that took them and failed would leave them to no later turn)."""
+    with pytest.raises(ConfigError, match="^data.max_len=50 disagrees with the dataset's 10 "):
+        _turn(registered, tmp_path, "data.max_len=50")
+    assert _taken(tmp_path) == load_manifest(str(tiny_run.prepared))["input_files"]
+
+
+def test_a_turn_refuses_a_parent_whose_model_reads_another_length_first(
+    registered, tiny_run, tmp_path
+):
+    """A parent trained before ``data.*`` came from the dataset may read more events than its
+    windows hold: the candidate, built at the data's length, cannot start from it."""
+    exported = Path(registered.current().path) / "model" / "config.json"
+    exported.write_text(json.dumps({**json.loads(exported.read_text()), "max_len": 50}))
+    with pytest.raises(
+        UserInputError,
+        match=r"reads 50 events \(max_len\), this data was prepared at data.max_len=10",
+    ):
+        _turn(registered, tmp_path)
+    assert _taken(tmp_path) == load_manifest(str(tiny_run.prepared))["input_files"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recsys_dist.errors import UserInputError
 from recsys_dist.model.bert4rec import Bert4Rec
 from recsys_dist.schema import NUM_SPECIAL_TOKENS
 
@@ -66,32 +67,20 @@ def warm_start(
         peers: New row -> parent rows to average for it (its catalogue peers); optional.
 
     Raises:
-        ValueError: If a non-item tensor's shape differs, naming it, or the mapping does not fit.
+        UserInputError: If the parent does not fit (:func:`check_fits`).
+        ValueError: If the mapping does not fit.
     """
     parent_rows = np.ascontiguousarray(parent_rows, np.int64)
     vocab, parent_vocab = model.config.vocab_size, parent.config.vocab_size
     if parent_rows.shape != (vocab,) or parent_rows.max(initial=-1) >= parent_vocab:
         raise ValueError(f"parent_rows must be [{vocab}] rows of the parent's {parent_vocab}")
     own, inherited = model.state_dict(), parent.state_dict()
-    adds_text = not any(name in inherited for name in TEXT_ONLY)
-    if adds_text and "text_projection.weight" in own:
+    check_fits(_shapes(own), _shapes(inherited))
+    if _adds_text(own, inherited):
         own["text_projection.weight"].zero_()
         own = {name: tensor for name, tensor in own.items() if name not in TEXT_ONLY}
-    if own.keys() != inherited.keys():
-        raise ValueError(
-            f"the parent's tensors differ: {sorted(own.keys() ^ inherited.keys())}; "
-            "warm start needs the same model options (e.g. model.use_event_ages, "
-            "model.pre_norm, model.head_transform)"
-        )
     for name, tensor in own.items():
-        if name in OWN_ROWS:
-            continue
-        if name not in ITEM_ROWS and tensor.shape != inherited[name].shape:
-            raise ValueError(
-                f"{name}: the parent's shape {tuple(inherited[name].shape)} differs from "
-                f"{tuple(tensor.shape)}; warm start needs the same model shape and max_len"
-            )
-        if name not in ITEM_ROWS:
+        if name not in OWN_ROWS and name not in ITEM_ROWS:
             tensor.copy_(inherited[name])
     known = parent_rows >= 0
     peers = {row: rows for row, rows in (peers or {}).items() if not known[row] and len(rows)}
@@ -99,6 +88,40 @@ def warm_start(
         own[name].copy_(_grown(inherited[name], parent_rows, peers))
     new = int((~known[NUM_SPECIAL_TOKENS:]).sum())
     return WarmStart(int(known[NUM_SPECIAL_TOKENS:].sum()), len(peers), new - len(peers))
+
+
+def check_fits(own: Mapping[str, tuple[int, ...]], inherited: Mapping[str, tuple[int, ...]]):
+    """Raise :class:`UserInputError` unless a model with tensors of shapes ``own`` (name ->
+    shape) can start from a parent with ``inherited``: the same tensors (less the text input
+    a model with item text adds to a parent without), each of the same shape but the item
+    rows. A user error: no retry of the same start can succeed.
+
+    Pure shapes, so the trainer checks a warm start before any worker starts (shapes of
+    models built on the ``meta`` device), and :func:`warm_start` checks the same way.
+    """
+    if _adds_text(own, inherited):
+        own = {name: shape for name, shape in own.items() if name not in TEXT_ONLY}
+    if own.keys() != inherited.keys():
+        raise UserInputError(
+            f"the parent's tensors differ: {sorted(own.keys() ^ inherited.keys())}; "
+            "warm start needs the same model options (e.g. model.use_event_ages, "
+            "model.pre_norm, model.head_transform)"
+        )
+    for name, shape in own.items():
+        if name not in OWN_ROWS and name not in ITEM_ROWS and shape != inherited[name]:
+            raise UserInputError(
+                f"{name}: the parent's shape {tuple(inherited[name])} differs from "
+                f"{tuple(shape)}; warm start needs the same model shape and max_len"
+            )
+
+
+def _adds_text(own: Mapping, inherited: Mapping) -> bool:
+    """Whether the new model has item text and the parent none (its projection starts at 0)."""
+    return "text_projection.weight" in own and not any(name in inherited for name in TEXT_ONLY)
+
+
+def _shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def _grown(rows: torch.Tensor, parent_rows: np.ndarray, peers: Mapping[int, np.ndarray]):

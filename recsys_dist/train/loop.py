@@ -34,6 +34,7 @@ from recsys_dist.config import Config, TrainConfig, config_from_dict
 from recsys_dist.data.batching import training_inputs
 from recsys_dist.data.catalogue import category_peers, read_categories
 from recsys_dist.data.vocab import Vocabulary
+from recsys_dist.errors import UserInputError
 from recsys_dist.evaluation.metrics import finalize_metrics
 from recsys_dist.evaluation.ranking import evaluation_sums, model_scorer
 from recsys_dist.evaluation.ratings import Errors, tally_rating_errors
@@ -350,7 +351,10 @@ def _warm_start(model: Bert4Rec, init_from: str, loop_config: dict, rank: int) -
     parent_rows = vocab.rows_in(parent.vocab)
     categories = read_categories(loop_config.get("items_dir"))
     peers = category_peers(vocab, parent_rows, categories) if categories else None
-    done = warm_start(model, parent.model, parent_rows, peers)
+    try:
+        done = warm_start(model, parent.model, parent_rows, peers)
+    except UserInputError as error:  # not retried: the trainer fails the run with it
+        raise UserInputError(f"train.init_from {init_from}: {error}") from None
     if rank == 0:
         logger.info(
             "warm start from %s: %d items copied, %d new from category peers, %d from the mean",

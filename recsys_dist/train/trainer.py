@@ -9,28 +9,47 @@ directory's layout: :mod:`recsys_dist.run_layout`). The run directory may be loc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
 import ray.train
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer
+from transformers import CONFIG_NAME
 
 from recsys_dist import checkpoint, run_layout, schema, storage, tracking
-from recsys_dist.config import Config, ConfigError, config_json
+from recsys_dist.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    check_prepared_with,
+    config_json,
+    load_config,
+)
 from recsys_dist.data.catalogue import catalogue_dir
 from recsys_dist.data.item_text import item_texts, trained_items
 from recsys_dist.data.prepared import load_manifest, rating_scale, read_split
 from recsys_dist.data.vocab import Vocabulary
-from recsys_dist.errors import MissingInputError, OutputExistsError, RunFailed
+from recsys_dist.errors import (
+    MissingInputError,
+    OutputExistsError,
+    RunFailed,
+    UserInputError,
+    find_user_error,
+)
+from recsys_dist.model import Bert4Rec, Bert4RecConfig
 from recsys_dist.model.text_encoder import encode_texts_cached
+from recsys_dist.model.warm_start import check_fits
 from recsys_dist.train.data_config import CoveringDataConfig
 from recsys_dist.train.loop import SELECTION_METRIC, train_loop_per_worker
+from recsys_dist.train.tracking_callback import TrackMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +65,35 @@ class TrainSummary:
     workers: int
 
 
+def dataset_config(
+    prepared_dir: str, path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """The config to train on ``prepared_dir`` with: the ``data`` settings it was prepared
+    with (its manifest's), then the YAML ``path`` (or preset) and ``overrides`` on top.
+
+    What ``train`` and ``retrain`` resolve, and what a library caller of :func:`train`
+    should build its config with: a data setting is fixed when the data is prepared, so
+    one that the file or an override gives and that disagrees with the dataset's is
+    refused, in one line naming it (:func:`check_prepared_with`).
+    """
+    prepared = prepared_settings(load_manifest(prepared_dir))
+    config = load_config(path, overrides, base={"data": prepared})
+    check_prepared_with(config.data, prepared, prepared_dir)
+    return config
+
+
+def prepared_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` settings a dataset was prepared with, those this version knows (a newer
+    one's extra settings are its own; a manifest that records none fixes none)."""
+    known = {field.name for field in dataclasses.fields(DataConfig)}
+    return {k: v for k, v in (manifest.get("config") or {}).items() if k in known}
+
+
 def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrainer:
     """A ``TorchTrainer`` over the prepared dataset; the loop gets everything via its config."""
     manifest = load_manifest(prepared_dir)
+    # The loop pads and sizes the model with data.max_len: the windows' own, never another.
+    check_prepared_with(config.data, prepared_settings(manifest), prepared_dir)
     prepared_dir = storage.absolute(prepared_dir)  # workers run in their own directories
     # Per-epoch progress bars from every worker would bury the training log.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -95,6 +140,9 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            # ... but a user error fails the run at once; each validation reaches MLflow as
+            # it is reported (with MLFLOW_TRACKING_URI set).
+            callbacks=[FailOnUserError(), TrackMetrics(run_dir)],
             # Ray Train's own lines (worker group, checkpoints, reports) in its controller and
             # workers follow the driver's `ray.train` logger: quiet unless `recsys-dist -v`.
             logging_config=ray.train.LoggingConfig(
@@ -108,6 +156,25 @@ def build_trainer(prepared_dir: str, run_dir: str, config: Config) -> TorchTrain
             [schema.TRAIN_SPLIT], config.train.batch_size, config.train.preserve_order
         ),
     )
+
+
+class FailOnUserError(ray.train.UserCallback):
+    """Fail the run at once when a worker raised a user error (conventions habit 20).
+
+    Ray Train restarts the workers after any worker failure, up to ``train.max_failures``:
+    right for a lost node, wrong for a bad shape at warm start or a bad setting, which fail
+    the same way on every attempt, only later, and use up the retries a real loss needs.
+    Ray Train calls this on its controller after each poll that found worker errors; an
+    exception raised here becomes a ``ray.train.ControllerError``, which its default failure
+    policy does not retry, and :func:`train` raises the user's own error from it. Any other
+    worker error goes on to the failure policy as before.
+    """
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
+        for rank in sorted(worker_exceptions):
+            error = find_user_error(worker_exceptions[rank])
+            if error is not None:
+                raise error
 
 
 def _item_text(prepared_dir: str, config: Config) -> ray.ObjectRef | None:
@@ -157,14 +224,24 @@ def _steps_per_epoch(rows: int, train_config) -> int:
 def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = False) -> TrainSummary:
     """Train, then export the best checkpoint (by validation NDCG@10) to ``RUN/model``.
 
-    A rerun into the same ``run_dir`` resumes from its latest checkpoint, which is only right
-    for the same data and model: other ones are refused (``overwrite`` starts afresh).
+    ``config.data`` must be the settings ``prepared_dir`` was prepared with (build the
+    config with :func:`dataset_config`): the windows were cut with them. A rerun into the
+    same ``run_dir`` resumes from its latest checkpoint, which is only right for the same
+    data and model: other ones are refused (``overwrite`` starts afresh).
+
+    Raises:
+        UserInputError: Bad input, before anything is written where it can be told (the
+            data settings, ``train.init_from``), or as soon as a worker raised it: such
+            an error is not retried (:class:`FailOnUserError`).
+        RunFailed: Workers failed more often than ``train.max_failures`` allows.
     """
     init_from = config.train.init_from
     if init_from and not storage.exists(storage.join(init_from, checkpoint.STATE_FILE)):
         raise MissingInputError(f"train.init_from: no exported model in {init_from}")
     if overwrite and storage.exists(run_dir):
         check_overwrite(run_dir, prepared_dir)
+    check_config(prepared_dir, config)  # before --overwrite deletes anything
+    if overwrite and storage.exists(run_dir):
         storage.delete_dir(run_dir)
     start_run(prepared_dir, run_dir, config)
     logger.debug("config: %s", config_json(config))  # saved in full as RUN/config.yaml
@@ -173,6 +250,10 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
     try:
         result = build_trainer(prepared_dir, run_dir, config).fit()
     except ray.train.TrainingFailedError as error:
+        user = _user_error(error)
+        if user is not None:
+            logger.debug("a worker raised a user error; the run stops", exc_info=error)
+            raise user from None  # the worker's own message: one line at the CLI
         raise _failed(error, run_dir, config) from _first_worker_error(error)
     seconds = time.perf_counter() - started
     best = result.get_best_checkpoint(SELECTION_METRIC, "max")
@@ -192,6 +273,61 @@ def train(prepared_dir: str, run_dir: str, config: Config, overwrite: bool = Fal
         train_seconds=round(seconds, 2),
         workers=config.train.workers,
     )
+
+
+def check_config(prepared_dir: str, config: Config) -> None:
+    """Refuse, before Ray Train starts, a config that cannot train on ``prepared_dir``: data
+    settings other than the dataset's, or a ``train.init_from`` export of another shape.
+
+    Raises:
+        ConfigError: A data setting differs from the dataset's.
+        UserInputError: The warm start's parent does not fit the model.
+    """
+    manifest = load_manifest(prepared_dir)
+    check_prepared_with(config.data, prepared_settings(manifest), prepared_dir)
+    if config.train.init_from:
+        _check_warm_start(config, manifest)
+
+
+def _check_warm_start(config: Config, manifest: dict[str, Any]) -> None:
+    """The warm start's own check (:func:`check_fits`) on the driver, on the shapes of both
+    models built on the ``meta`` device (nothing allocated, no weights read)."""
+    init_from = config.train.init_from
+    parent = Bert4RecConfig.from_dict(storage.read_json(storage.join(init_from, CONFIG_NAME)))
+    if parent.max_len != config.data.max_len:
+        raise UserInputError(
+            f"train.init_from {init_from}: its model reads {parent.max_len} events (max_len), "
+            f"this data was prepared at data.max_len={config.data.max_len}; a warm start needs "
+            "the same: start from a model trained on such data, or train from scratch"
+        )
+    own = Bert4RecConfig.from_model_config(
+        config.model,
+        manifest["vocab_size"],
+        config.data.max_len,
+        rating_scale(manifest),
+        # The text matrix's width is known once the texts are encoded (build_trainer); the
+        # worker checks it. A parent without text takes the projection of any width.
+        item_text_dim=parent.item_text_dim or 1,
+    )
+    try:
+        check_fits(_meta_shapes(own), _meta_shapes(parent))
+    except UserInputError as error:
+        raise UserInputError(f"train.init_from {init_from}: {error}") from None
+
+
+def _meta_shapes(model_config: Bert4RecConfig) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a model of ``model_config``, built without memory."""
+    with torch.device("meta"):
+        state = Bert4Rec(model_config).state_dict()
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def _user_error(error: ray.train.TrainingFailedError) -> UserInputError | None:
+    """The user error a run stopped on (:class:`FailOnUserError` raised it on the
+    controller, which Ray Train reports as a ``ControllerError``); None otherwise."""
+    if isinstance(error, ray.train.ControllerError):
+        return find_user_error(error.controller_failure)
+    return None
 
 
 def _failed(error: ray.train.TrainingFailedError, run_dir: str, config: Config) -> RunFailed:

@@ -71,11 +71,17 @@ def _latest_checkpoint_epoch(snapshot: Path) -> int:
 
 
 def _a_training_worker() -> int | None:
-    """The PID of a live Ray Train worker (Ray titles its actor processes by class)."""
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if any("RayTrainWorker" in part for part in process.info["cmdline"] or ()):
-            return process.info["pid"]
-    return None
+    """The PID of a live Ray Train worker of this test's run (Ray titles its actor processes
+    by class): one of this session's Ray (its raylet is this process's child), never another
+    one's on a shared machine, and the newest, never one of a worker group being replaced."""
+    workers = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in process.cmdline()):
+                workers.append((process.create_time(), process.pid))
+        except psutil.Error:  # gone meanwhile
+            continue
+    return max(workers)[1] if workers else None
 
 
 def _train(trained_run, run: Path, capsys) -> tuple[int, str, str]:
