@@ -8,12 +8,14 @@ and a seeded random few, so the page shows both drift and the ordinary. The samp
 the analysis' own :class:`InterestRecord` rows, read back from ``interests.parquet``. Each
 sampled user's top recommendations after their whole stored history come with the events
 they owe their scores to (``inference/explain.py``), named by catalogue title where the
-catalogue has one.
+catalogue has one. The page is titled by the export's model version and the data's name
+(the sources its prepared dataset was made from), never the run directory's bare name.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import random
 import tempfile
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from recsys_dist import run_layout, schema, storage
 from recsys_dist.checkpoint import STATE_FILE
 from recsys_dist.config import Config
 from recsys_dist.data.catalogue import catalogue_dir, catalogue_rows
+from recsys_dist.data.prepared import load_manifest
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.evaluation.evaluate import evaluate_run
 from recsys_dist.inference.explain import explain_many
@@ -39,6 +42,7 @@ from recsys_dist.interests.record import InterestRecord
 from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
 
 RECOMMENDATIONS_SHOWN = 5  # top items drawn per sampled user, each with its reasons
+MAX_SOURCES_NAMED = 3  # a dataset appended to many times is "a + b + c + N more" in the title
 
 
 def collect_report(
@@ -53,8 +57,10 @@ def collect_report(
         analyse_users(run_dir, prepared_dir, scratch, config.interests)
         groups, users, drift = _users(Path(scratch), sample, config.interests.seed)
     return ReportData(
-        title=Path(str(run_dir).rstrip("/")).name or str(run_dir),
         model_version=model_version(state, model_dir),
+        dataset=dataset_name(prepared_dir),
+        data_path=str(prepared_dir),
+        run=str(run_dir),
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         training_curves=run_layout.read_metrics(run_dir),
         ranking_metrics=evaluate_run(run_dir, schema.TEST_SPLIT, config.eval, prepared_dir),
@@ -66,6 +72,23 @@ def collect_report(
             model_dir, prepared_dir, [u.user_id for u in users], config.eval.exclude_seen
         ),
     )
+
+
+def dataset_name(prepared_dir: str) -> str:
+    """The data's name for the page title: the directory names of the sources it was
+    prepared from (``prepare --append`` adds one each), else the prepared directory's."""
+    sources = load_manifest(prepared_dir).get("sources") or []
+    paths = [source.get("path", "") for source in sources if isinstance(source, dict)]
+    names = list(dict.fromkeys(name for name in map(_last_part, paths) if name))
+    if not names:
+        return _last_part(prepared_dir) or str(prepared_dir)
+    more = len(names) - MAX_SOURCES_NAMED
+    return " + ".join(names[:MAX_SOURCES_NAMED]) + (f" + {more} more" if more > 0 else "")
+
+
+def _last_part(path: object) -> str:
+    """``s3://bucket/logs/ml-1m/`` -> ``ml-1m`` (local paths alike)."""
+    return posixpath.basename(str(path).rstrip("/"))
 
 
 def _interest_metrics(run_dir: str, prepared_dir: str, config: Config) -> dict:

@@ -47,13 +47,20 @@ class ReportData:
     """Everything one report page shows.
 
     Attributes:
-        title: page title, e.g. the run directory name.
-        model_version: version of the model the numbers belong to.
+        model_version: version of the model the numbers belong to (the export's
+            ``predictor.model_version``: a registry version's id, else data hash and epoch).
+        dataset: the data's name (its sources' directory names, e.g. ``ml-1m``); the page is
+            titled "model VERSION on DATASET".
+        data_path: the prepared dataset the numbers were computed on ("" when unknown).
+        run: the run directory ("" when unknown).
         generated_at: ISO timestamp of when the data was collected.
         training_curves: rows of ``RUN/metrics.jsonl`` (keys vary between runs).
-        ranking_metrics: model metrics with ``protocol``/``split``/``users`` and a
-            ``baseline_popularity`` dict of the same metrics, or None.
-        interest_metrics: ``{"protocol", "users", "methods": {name: {"js", "top_accuracy"}}}``,
+        ranking_metrics: ``evaluation.evaluate.evaluate_run``'s result: model metrics with
+            ``protocol``/``split``/``users``, ``beyond_accuracy``, a ``baseline_popularity``
+            dict of the same metrics and, for a rated model, ``ratings``; or None.
+        interest_metrics: ``interests.evaluate.evaluate_interests``'s result: ``protocol``,
+            ``users`` (a count, or one per split), ``methods: {name: {"js",
+            "top_accuracy"}}``, optionally ``calibration`` and ``forecast_minus_baseline``;
             or None.
         groups: interest group names (catalogue categories or ``"cluster-N"``): the column
             order of every user's profiles and forecast.
@@ -64,8 +71,10 @@ class ReportData:
             behind them, by user id (a user without stored history has none).
     """
 
-    title: str
     model_version: str
+    dataset: str
+    data_path: str
+    run: str
     generated_at: str
     training_curves: list[dict]
     ranking_metrics: dict | None

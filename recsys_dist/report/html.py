@@ -7,28 +7,39 @@ offline and an escaped-but-hostile user id could not load or run anything even i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 from recsys_dist.interests.record import InterestRecord
 from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
-from recsys_dist.report.svg import esc, fmt, histogram_svg, line_chart_svg
+from recsys_dist.report.figures import SCORE_DECIMALS, figure, is_number, plural, words
+from recsys_dist.report.svg import esc, histogram_svg, line_chart_svg
+from recsys_dist.report.tables import (
+    beyond_table_html,
+    interest_table_html,
+    metric_order,
+    ranking_table_html,
+    ratings_table_html,
+)
 from recsys_dist.report.trajectory import describe_moves, group_colors, stacked_area_svg
 
 __all__ = [
+    "beyond_table_html",
     "histogram_svg",
     "interest_table_html",
     "line_chart_svg",
+    "page_title",
     "ranking_table_html",
+    "ratings_table_html",
     "recommendations_html",
-    "beyond_table_html",
     "render_report",
     "stacked_area_svg",
     "training_families",
 ]
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+# Text cells read left-aligned; figures (``td.num``, with their headers) right-aligned in
+# tabular digits, so a column's decimal points line up.
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
        max-width: 860px; margin: 24px auto; padding: 0 16px; background: #fff; }
@@ -37,8 +48,9 @@ h3 { margin: 24px 0 4px; font-size: 16px; }
 .meta, .protocol { color: #555; } .protocol { font-style: italic; }
 code { background: #f3f3f3; padding: 0 4px; border-radius: 3px; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
-th, td { padding: 4px 12px; border-bottom: 1px solid #e5e5e5; text-align: right; }
-th:first-child, td:first-child { text-align: left; } td.best { font-weight: 700; }
+th, td { padding: 4px 12px; border-bottom: 1px solid #e5e5e5; text-align: left;
+         vertical-align: top; }
+td.best { font-weight: 700; }
 svg.chart { display: block; max-width: 100%; height: auto; margin: 8px 0; }
 svg.chart text { font-size: 12px; font-family: inherit; }
 svg.chart .chart-title { font-size: 13px; font-weight: 600; }
@@ -46,24 +58,10 @@ svg.chart .grid { stroke: #eee; } svg.chart .axis { stroke: #999; }
 svg.chart .series { stroke-width: 2; } svg.chart .axis-label { fill: #555; }
 ul.change-points { margin: 0; color: #444; font-size: 13px; }
 h4 { margin: 16px 0 4px; font-size: 14px; }
-table.recommendations th, table.recommendations td { text-align: left; vertical-align: top; }
 ul.because { margin: 0; padding-left: 16px; color: #444; font-size: 13px; }
+table th.num, table td.num { text-align: right; font-variant-numeric: tabular-nums;
+                             white-space: nowrap; }
 """
-
-_INTEREST_COLUMNS = {  # key -> (header, True when higher is better)
-    "js": ("JS divergence (lower is better)", False),
-    "top_accuracy": ("top-category accuracy (higher is better)", True),
-}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _metric_order(name: str) -> tuple[str, int, str]:
-    """Sort ``ndcg@5 < ndcg@10 < ndcg@20`` numerically, families alphabetically."""
-    base, _, k = name.partition("@")
-    return base, int(k) if k.isdigit() else 0, name
 
 
 def training_families(rows: Sequence[Mapping]) -> dict[str, dict[str, list[tuple[float, float]]]]:
@@ -75,8 +73,8 @@ def training_families(rows: Sequence[Mapping]) -> dict[str, dict[str, list[tuple
     families: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for position, row in enumerate(rows, start=1):
         x = row.get("epoch", position)
-        for key in sorted(row, key=_metric_order):
-            if not _is_number(row[key]) or not _is_number(x):
+        for key in sorted(row, key=metric_order):
+            if not is_number(row[key]) or not is_number(x):
                 continue
             if "loss" in key:
                 family = "loss"
@@ -88,118 +86,19 @@ def training_families(rows: Sequence[Mapping]) -> dict[str, dict[str, list[tuple
     return dict(sorted(families.items(), key=lambda item: (item[0] != "loss", item[0])))
 
 
-def _best_cells(values: Sequence[float | None], higher_is_better: bool) -> list[bool]:
-    present = [v for v in values if v is not None]
-    if len(present) < 2:
-        return [False] * len(values)
-    best = max(present) if higher_is_better else min(present)
-    return [v is not None and v == best for v in values]
-
-
-def _table(header: Sequence[str], rows: Sequence[tuple[str, list[float | None], list[bool]]]):
-    """A plain table; each row is (label, values, which cells to bold)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = []
-    for label, values, best in rows:
-        cells = "".join(
-            f'<td class="best">{fmt(v)}</td>'
-            if bold
-            else f"<td>{'–' if v is None else fmt(v)}</td>"
-            for v, bold in zip(values, best)
-        )
-        body.append(f"<tr><td>{esc(label)}</td>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _protocol(metrics: Mapping, *facts: str) -> str:
-    shown = [esc(fact) for fact in facts if fact]
-    if metrics.get("protocol"):
-        shown.append(f"protocol: {esc(metrics['protocol'])}")
-    return f'<p class="protocol">{" · ".join(shown)}</p>' if shown else ""
-
-
-def _known(baselines: Mapping[str, Mapping]) -> set[str]:
-    return {key for baseline in baselines.values() for key in baseline}
-
-
-def ranking_table_html(metrics: Mapping) -> str:
-    """Model vs each ``baseline_*`` on every ranking metric, better value per row in bold."""
-    baselines = {
-        key.removeprefix("baseline_").replace("_", " ") + " baseline": value
-        for key, value in metrics.items()
-        if key.startswith("baseline_") and isinstance(value, Mapping)
-    }
-    names = {
-        k for k, v in metrics.items() if _is_number(v) and ("@" in k or k in _known(baselines))
-    }
-    rows = []
-    for name in sorted(names, key=_metric_order):
-        values = [metrics[name]] + [
-            b[name] if _is_number(b.get(name)) else None for b in baselines.values()
-        ]
-        rows.append((name, values, _best_cells(values, "loss" not in name)))
-    facts = [f"split: {metrics['split']}" if metrics.get("split") else ""]
-    facts.append(f"users: {metrics['users']}" if metrics.get("users") is not None else "")
-    return _protocol(metrics, *facts) + _table(["metric", "model", *baselines], rows)
-
-
-# Beyond-accuracy rows (recsys_dist/evaluation/beyond.py): key -> label saying which way is which.
-_BEYOND_ROWS = {
-    "coverage": "item coverage (share of the catalogue recommended)",
-    "popularity_percentile": "popularity percentile of recommended items (lower: less popular)",
-    "exposure_gini": "Gini of exposure (lower: spread more evenly)",
-    "novelty": "novelty, bits (higher: less obvious)",
-    "intra_list_diversity": "intra-list category diversity (higher: more varied lists)",
-}
-
-
-def beyond_table_html(metrics: Mapping) -> str:
-    """What the model's and each baseline's top-k lists do to the catalogue; no value is
-    bold: which is better depends on what the lists are for."""
-    sides = {"model": metrics.get("beyond_accuracy")} | {
-        key.removeprefix("baseline_").replace("_", " ") + " baseline": value.get("beyond_accuracy")
-        for key, value in metrics.items()
-        if key.startswith("baseline_") and isinstance(value, Mapping)
-    }
-    sides = {name: figures for name, figures in sides.items() if figures}
-    if "model" not in sides:
-        return ""
-    rows = [
-        (label, [figures.get(key) for figures in sides.values()], [False] * len(sides))
-        for key, label in _BEYOND_ROWS.items()
-    ]
-    facts = f"top-{sides['model'].get('k')} lists of the same users and candidates"
-    return _protocol({}, facts) + _table(["figure", *sides], rows)
-
-
-def interest_table_html(metrics: Mapping) -> str:
-    """Forecasting methods × JS divergence and top-category accuracy, best per column in bold."""
-    methods: Mapping[str, Mapping] = metrics.get("methods") or {}
-    keys = [k for k in _INTEREST_COLUMNS if any(k in m for m in methods.values())]
-    keys += sorted({k for m in methods.values() for k, v in m.items() if _is_number(v)} - set(keys))
-    columns = {
-        key: [m[key] if _is_number(m.get(key)) else None for m in methods.values()] for key in keys
-    }
-    best = {
-        key: _best_cells(values, _INTEREST_COLUMNS[key][1])
-        if key in _INTEREST_COLUMNS
-        else [False] * len(values)
-        for key, values in columns.items()
-    }
-    rows = [
-        (method, [columns[k][i] for k in keys], [best[k][i] for k in keys])
-        for i, method in enumerate(methods)
-    ]
-    header = ["method", *(_INTEREST_COLUMNS.get(k, (k,))[0] for k in keys)]
-    users = f"users: {metrics['users']}" if metrics.get("users") is not None else ""
-    return _protocol(metrics, users) + _table(header, rows)
+def page_title(data: ReportData) -> str:
+    """``recsys_dist report — model VERSION on DATASET``: what the numbers are of, never the
+    run directory's bare name; the page's ``<title>`` and its heading alike."""
+    return f"recsys_dist report — model {words(data.model_version)} on {words(data.dataset)}"
 
 
 def _header(data: ReportData) -> str:
-    return (
-        f'<header><h1>{esc(data.title)}</h1><p class="meta">model version '
-        f"<code>{esc(data.model_version)}</code> · generated {esc(data.generated_at)}</p></header>"
-    )
+    facts = [f"model version <code>{esc(data.model_version)}</code>"]
+    facts.append(f"data <code>{esc(data.data_path)}</code>" if data.data_path else "")
+    facts.append(f"run <code>{esc(data.run)}</code>" if data.run else "")
+    facts.append(f"generated {esc(data.generated_at)}")
+    meta = " · ".join(fact for fact in facts if fact)
+    return f'<header><h1>{esc(page_title(data))}</h1><p class="meta">{meta}</p></header>'
 
 
 def _training_section(rows: Sequence[Mapping]) -> str:
@@ -221,6 +120,9 @@ def _metrics_section(data: ReportData) -> str:
         beyond = beyond_table_html(data.ranking_metrics)
         if beyond:
             parts.append(f"<h3>Beyond accuracy</h3>{beyond}")
+        ratings = data.ranking_metrics.get("ratings")
+        if isinstance(ratings, Mapping):
+            parts.append(f"<h3>Rating prediction</h3>{ratings_table_html(ratings)}")
     if data.interest_metrics:
         parts.append(f"<h3>Interest forecast</h3>{interest_table_html(data.interest_metrics)}")
     return f'<section id="metrics"><h2>Metrics</h2>{"".join(parts)}</section>' if parts else ""
@@ -263,8 +165,8 @@ def _user_section(
     points = len(user.change_points)
     meta = (
         f"drift (JS divergence, recent vs long-term) <b>{user.drift:.3f}</b> · "
-        f"{len(user.window_starts)} windows · {sum(user.window_counts)} events · "
-        f"{points} change point{'s' if points != 1 else ''}"
+        f"{plural(len(user.window_starts), 'window')} · {plural(sum(user.window_counts), 'event')}"
+        f" · {plural(points, 'change point')}"
     )
     return (
         f'<article class="user"><h3>User <code>{esc(user.user_id)}</code></h3>'
@@ -282,7 +184,7 @@ def _because_list(reasons: Sequence[ReasonShown]) -> str:
         return '<span class="meta">no single event raised its score</span>'
     items = "".join(
         f'<li>{_item_label(r.item_id, r.title)} <span class="meta">{esc(_utc(r.timestamp))}'
-        f" · weight {fmt(r.weight)} · share {r.share:.0%}</span></li>"
+        f" · weight {figure(r.weight, SCORE_DECIMALS)} · share {r.share:.0%}</span></li>"
         for r in reasons
     )
     return f'<ul class="because">{items}</ul>'
@@ -293,10 +195,15 @@ def recommendations_html(items: Sequence[RecommendationShown]) -> str:
     you …``); empty when there are none, so a page from older data just leaves it out."""
     if not items:
         return ""
-    head = "<tr><th>#</th><th>recommended</th><th>score</th><th>because you …</th></tr>"
+    head = (
+        '<tr><th class="num">#</th><th>recommended</th><th class="num">score</th>'
+        "<th>because you …</th></tr>"
+    )
     rows = "".join(
-        f"<tr><td>{rank}</td><td>{_item_label(item.item_id, item.title)}</td>"
-        f"<td>{fmt(item.score)}</td><td>{_because_list(item.because)}</td></tr>"
+        f'<tr><th scope="row" class="num">{rank}</th>'
+        f"<td>{_item_label(item.item_id, item.title)}</td>"
+        f'<td class="num">{figure(item.score, SCORE_DECIMALS)}</td>'
+        f"<td>{_because_list(item.because)}</td></tr>"
         for rank, item in enumerate(items, start=1)
     )
     return (
@@ -355,6 +262,6 @@ def render_report(data: ReportData) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(data.title)} · recsys-dist report</title><style>{CSS}</style></head>"
+        f"<title>{esc(page_title(data))}</title><style>{CSS}</style></head>"
         f"<body>{body}</body></html>\n"
     )

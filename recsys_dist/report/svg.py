@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from recsys_dist.report.figures import words
+
 # Tableau 10 without its grey (reserved for the merged "other" group of the interest charts).
 PALETTE = (
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
@@ -21,7 +23,10 @@ CHAR_WIDTH = 6.5  # rough width of one 12 px character, for laying out legends a
 
 
 def esc(text: object) -> str:
-    """Escape text for HTML element content and quoted attribute values alike."""
+    """Escape text for HTML element content and quoted attribute values alike; a mapping or
+    list that got this far is written out in words, never as a Python ``repr``."""
+    if isinstance(text, (Mapping, list, tuple, set, frozenset)):
+        text = words(text)
     return html.escape(str(text), quote=True)
 
 

@@ -20,9 +20,10 @@ import pytest
 from recsys_dist import run_layout, schema
 from recsys_dist.data.vocab import Vocabulary
 from recsys_dist.report import collect
-from recsys_dist.report.collect import RECOMMENDATIONS_SHOWN, collect_report
+from recsys_dist.report.collect import RECOMMENDATIONS_SHOWN, collect_report, dataset_name
 from recsys_dist.report.data import ReportData
 from recsys_dist.report.html import render_report
+from tests.report.page import read_page, repr_leaks, table_problems
 
 SAMPLE = 3
 METHODS = ("forecast", "model_only", "last_window", "long_term", "decayed")
@@ -53,9 +54,11 @@ def collected(tiny_run, tmp_path_factory):
 
 def test_the_report_holds_every_part(tiny_run, collected):
     data, run, calls = collected
-    assert data.title == "run"
     state = json.loads((run / run_layout.MODEL_DIR / "state.json").read_text())
     assert data.model_version == f"{state['data_hash'][:8]}-epoch{state['metrics']['epoch']}"
+    # the data is named by the source it was prepared from (the generated "raw"), not "run"
+    assert data.dataset == tiny_run.raw.name == "raw"
+    assert data.data_path == str(tiny_run.prepared) and data.run == str(run)
     metrics_lines = (tiny_run.run / run_layout.METRICS_FILE).read_text().splitlines()
     assert data.training_curves == [json.loads(line) for line in metrics_lines]
     ranking = data.ranking_metrics
@@ -91,6 +94,38 @@ def test_the_page_shows_every_section(collected):
     assert "Next-item ranking" in page and "Interest forecast" in page
     assert all(f"<code>{u.user_id}</code>" in page for u in data.users)
     assert page.count('<article class="user">') == SAMPLE
+
+
+def test_the_page_reads_as_prose_with_aligned_figures(collected):
+    """The page of a real run: titled by model version and data, the forecast's users (a
+    mapping per split in ``interests.json``) as a sentence, no repr, one precision per table."""
+    data, *_ = collected
+    page = render_report(data)
+    shown = read_page(page)
+    title = f"recsys_dist report — model {data.model_version} on raw"
+    assert shown.title == shown.h1 == title
+    assert "Evaluated on 60 test users and 60 validation users" in page
+    users = data.ranking_metrics["users"]
+    assert f"Evaluated on {users:,} users of the test split." in page
+    assert repr_leaks(page) == [] and table_problems(page) == []
+    rated = "ratings" in data.ranking_metrics  # rated events: the rating errors' table too
+    assert ("<h3>Rating prediction</h3>" in page) == rated
+    assert len(shown.tables) == 3 + rated + SAMPLE  # ranking, beyond accuracy, interests
+
+
+def _manifest(tmp_path, sources) -> str:
+    prepared = tmp_path / "prepared-v2"
+    prepared.mkdir(parents=True)
+    (prepared / schema.MANIFEST_FILE).write_text(json.dumps({"sources": sources}))
+    return str(prepared)
+
+
+def test_the_dataset_is_named_by_its_sources(tmp_path):
+    one = [{"path": "s3://bucket/logs/ml-1m/"}]
+    assert dataset_name(_manifest(tmp_path / "a", one)) == "ml-1m"
+    appended = [{"path": f"/data/day{i}"} for i in (1, 2, 2, 3, 4, 5)]  # day2 twice: once
+    assert dataset_name(_manifest(tmp_path / "b", appended)) == "day1 + day2 + day3 + 2 more"
+    assert dataset_name(_manifest(tmp_path / "c", [])) == "prepared-v2"  # none recorded
 
 
 def test_each_drawn_user_gets_top_items_and_the_events_behind_them(tiny_run, collected):

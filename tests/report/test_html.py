@@ -23,16 +23,29 @@ import pytest
 
 from recsys_dist.interests.record import ChangePointRecord, InterestRecord, MovedGroup
 from recsys_dist.report.data import ReasonShown, RecommendationShown, ReportData
+from recsys_dist.report.figures import (
+    COUNT_DECIMALS,
+    METRIC_DECIMALS,
+    SCORE_DECIMALS,
+    figure,
+    users_by_split,
+    words,
+)
 from recsys_dist.report.html import (
+    CSS,
     beyond_table_html,
     interest_table_html,
+    page_title,
     ranking_table_html,
+    ratings_table_html,
     recommendations_html,
     render_report,
     training_families,
 )
-from recsys_dist.report.svg import PALETTE, histogram_counts, histogram_svg, line_chart_svg
+from recsys_dist.report.svg import PALETTE, esc, histogram_counts, histogram_svg, line_chart_svg
+from recsys_dist.report.tables import table_html
 from recsys_dist.report.trajectory import OTHER, merge_minor_groups, stacked_area_svg
+from tests.report.page import decimals_of, read_page, repr_leaks, table_problems
 
 GROUPS = ["comedy", "drama", "action", "documentary", "horror"]  # horror stays under 3%
 BEYOND = {
@@ -43,6 +56,7 @@ BEYOND = {
     "novelty": 9.4,
     "intra_list_diversity": 0.5,
 }
+DATASET = "ml-1m & <friends>"
 DAY = 86400
 START = 1_700_000_000
 HOSTILE = "<script>alert(1)</script>"
@@ -114,8 +128,10 @@ def make_report_data() -> ReportData:
         for epoch in range(1, 6)
     ]
     return ReportData(
-        title="run-7 & <friends>",
         model_version="v3",
+        dataset=DATASET,
+        data_path="/data/prepared/ml-1m",
+        run="runs/run-7",
         generated_at="2024-05-01T12:00:00+00:00",
         training_curves=curves,
         ranking_metrics={
@@ -130,16 +146,34 @@ def make_report_data() -> ReportData:
                 **{"ndcg@10": 0.04, "hr@10": 0.09, "mrr@10": 0.06},
                 "beyond_accuracy": {**BEYOND, "coverage": 0.012},
             },
+            "ratings": {  # evaluation/ratings.py rating_errors
+                "rated_targets": 1234,
+                "protocol": "each user's held-out event where it has a rating",
+                "model": {"rmse": 0.91, "mae": 0.7125},
+                "baselines": {
+                    "global_mean": {"rmse": 1.12, "mae": 0.94},
+                    "biases": {"rmse": 0.95, "mae": 0.75},
+                    "svd": {"rmse": 0.9301, "mae": 0.73},
+                },
+            },
         },
-        interest_metrics={
+        interest_metrics={  # interests/evaluate.py evaluate_interests, whole
             "protocol": "next window of each user, catalogue categories",
-            "users": 600,
+            "users": {"valid": 1966, "test": 2000},
+            "calibration": {"blend": 0.7, "half_life": 10.0, "temperature": 0.5},
+            "decay_half_life": 20.0,
             "methods": {
                 "forecast": {"js": 0.21, "top_accuracy": 0.61},
                 "last_window": {"js": 0.25, "top_accuracy": 0.58},
                 "long_term": {"js": 0.19, "top_accuracy": 0.55},
                 "decayed": {"js": 0.22, "top_accuracy": 0.61},
             },
+            "forecast_minus_baseline": {
+                "last_window": {"js": [-0.05, -0.04, -0.03], "top_accuracy": [0.01, 0.03, 0.05]},
+                "long_term": {"js": [0.01, 0.02, 0.03], "top_accuracy": [0.04, 0.06, 0.08]},
+                "decayed": {"js": [-0.02, -0.01, 0.0], "top_accuracy": [-0.01, 0.0, 0.01]},
+            },
+            "validation": {"forecast": {"js": 0.2, "top_accuracy": 0.6}},
         },
         groups=list(GROUPS),
         users=[
@@ -185,11 +219,14 @@ def test_every_section_is_present_given_full_data():
 
 
 def test_sections_without_data_are_left_out():
-    empty = ReportData("t", "v", "now", [], None, None, [], [], [])
+    empty = ReportData("v", "d", "", "", "now", [], None, None, [], [], [])
     page = render_report(empty)
-    assert "<section" not in page and "<svg" not in page and "<h1>t</h1>" in page
+    assert "<section" not in page and "<svg" not in page
+    assert "<h1>recsys_dist report — model v on d</h1>" in page
+    assert "data <code>" not in page and "run <code>" not in page  # unknown: left out
+    interest = make_report_data().interest_metrics
     only_interest = render_report(
-        ReportData("t", "v", "now", [], None, make_report_data().interest_metrics, [], [], [])
+        ReportData("v", "d", "", "", "now", [], None, interest, [], [], [])
     )
     assert "Interest forecast" in only_interest and "Next-item ranking" not in only_interest
 
@@ -206,7 +243,7 @@ def test_untrusted_text_is_escaped():
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in page
-    assert "run-7 &amp; &lt;friends&gt;" in page
+    assert "model v3 on ml-1m &amp; &lt;friends&gt;</h1>" in page
 
 
 def test_the_page_references_nothing_outside_itself():
@@ -337,10 +374,11 @@ def test_line_chart_handles_one_point_and_gaps():
 def test_beyond_accuracy_sits_beside_the_baseline_without_a_winner():
     data = make_report_data()
     table = beyond_table_html(data.ranking_metrics)
-    assert "<th>model</th><th>popularity baseline</th>" in table
-    assert re.search(r"item coverage[^<]*</td><td>0.41</td><td>0.012</td>", table)
-    assert re.search(r"diversity[^<]*</td><td>–</td><td>0.5</td>", table)  # unknown: a dash
-    assert 'class="best"' not in table
+    assert '<th class="num">model</th><th class="num">popularity baseline</th>' in table
+    assert re.search(r"item coverage[^<]*</td><td [^>]*>0.4100</td><td [^>]*>0.0120</td>", table)
+    assert re.search(r"diversity[^<]*</td><td [^>]*>–</td><td [^>]*>0.5000</td>", table)  # unknown
+    assert "The top-10 lists of the same users" in table
+    assert not re.search(r'class="[^"]*\bbest\b', table)  # no winner
     assert "<h3>Beyond accuracy</h3>" in render_report(data)
     assert beyond_table_html({"ndcg@10": 0.1}) == ""  # evaluations from before: no table
 
@@ -351,14 +389,17 @@ def test_drawn_users_top_recommendations_say_because_you():
     assert page.count('<table class="recommendations">') == 2  # bob has none: no table
     assert page.count("because you …") == 2 and "weight is the score's drop" in page
     table = recommendations_html(data.recommendations["alice"])
-    assert "<td>1</td><td>Ronin (1998) <code>m1</code></td><td>7.25</td>" in table
+    assert (
+        '<th scope="row" class="num">1</th><td>Ronin (1998) <code>m1</code></td>'
+        '<td class="num">7.25</td>'
+    ) in table
     assert re.search(
         r"<li>Heat \(1995\) <code>m7</code> <span[^>]*>2023-11-17 [^<]*"
         r"· weight 0.84 · share 60%</span></li>",
         table,
     )
     assert "<li><code>m9</code> " in table  # no title: the id alone
-    assert "<td><code>m2</code></td><td>6.5</td>" in table
+    assert '<td><code>m2</code></td><td class="num">6.50</td>' in table  # one precision
     assert "no single event raised its score" in table
     assert recommendations_html([]) == ""
     bob = page[page.index("<code>bob</code>") :]
@@ -368,14 +409,149 @@ def test_drawn_users_top_recommendations_say_because_you():
 def test_best_value_per_column_is_bold():
     data = make_report_data()
     interest = interest_table_html(data.interest_metrics)
-    assert re.findall(r'<td class="best">([\d.]+)</td>', interest) == ["0.61", "0.19", "0.61"]
+    best = r'<td class="num best">([\d.]+)</td>'
+    assert re.findall(best, interest.split("forecast minus")[0]) == ["0.6100", "0.1900", "0.6100"]
     ranking = ranking_table_html(data.ranking_metrics)
-    assert re.findall(r'<td class="best">([\d.]+)</td>', ranking) == ["0.18", "0.06", "0.09"]
+    assert re.findall(best, ranking) == ["0.1800", "0.0600", "0.0900"]
+    # judged as shown: 0.70004 and 0.7 both read 0.7000, so both are the best
+    tied = interest_table_html(
+        {"methods": {"a": {"js": 0.70004}, "b": {"js": 0.7}, "c": {"js": 1}}}
+    )
+    assert re.findall(best, tied) == ["0.7000", "0.7000"]
+
+
+def make_nested_report_data() -> ReportData:
+    """The full fixture with a mapping or list wherever a value could carry one: curve rows,
+    the protocols, users per split, per-category figures, the forecast's own settings."""
+    data = make_report_data()
+    data.training_curves[0] |= {"grad_norm": {"encoder": 1.5}, "lr": [1e-3, 5e-4]}
+    ranking = data.ranking_metrics
+    ranking["protocol"] = ["full-catalogue ranking", "seen items excluded"]
+    ranking["users"] = {"test": 943}
+    ranking["per_category"] = {"drama": {"ndcg@10": 0.1}}
+    ranking["beyond_accuracy"]["by_category"] = {"drama": [0.1, 0.2]}
+    ranking["ratings"]["baselines"]["knn"] = {"rmse": 0.99, "mae": [0.8]}
+    interest = data.interest_metrics
+    interest["protocol"] = {"split": "loo", "future": ["last", 3, "events"]}
+    interest["methods"]["forecast"]["per_group"] = {"drama": 0.3}
+    interest["forecast_minus_baseline"]["broken"] = {"js": {"mean": 0.1}}
+    return data
+
+
+def test_no_python_repr_reaches_the_page():
+    """Mappings and lists are written as words or tables: no ``{'``, ``['``, ``': ``, None
+    or nan anywhere in the page's text, the SVG tooltips and <title> included."""
+    for data in (make_report_data(), make_nested_report_data()):
+        page = render_report(data)
+        assert repr_leaks(page) == []
+        assert table_problems(page) == []
+    page = render_report(make_nested_report_data())
+    assert "Protocol: full-catalogue ranking and seen items excluded." in page
+    assert "Protocol: split loo; future last, 3 and events." in page
+    assert "Evaluated on 943 test users of the test split." in page
+    # the checker itself sees what the issue saw
+    assert repr_leaks("<p>users: {'test': 2000, 'valid': 1966}</p>")
+    assert repr_leaks("<p>['a', 'b']</p>") and repr_leaks("<td>None</td>")
+
+
+def test_words_write_any_value_without_a_repr():
+    nested = {"users": {"test": 2000, "valid": [1, 2.5, None]}, "ok": True, "x": float("nan")}
+    said = words(nested)
+    assert said == "users test 2,000; valid 1, 2.5 and –; ok yes; x –"
+    assert not repr_leaks(f"<p>{said}</p>")
+    assert esc({"a": "<b>"}) == "a &lt;b&gt;" and esc(["x", "y"]) == "x and y"
+    assert users_by_split({"valid": 1966, "test": 2000, "holdout": 5}) == (
+        "2,000 test users, 1,966 validation users and 5 holdout users"
+    )
+    assert users_by_split(1) == "1 user" and users_by_split(None) == ""
+
+
+def test_one_rule_writes_every_table_figure():
+    assert figure(0.686, METRIC_DECIMALS) == "0.6860" and figure(0.7785, 4) == "0.7785"
+    assert figure(2000, COUNT_DECIMALS) == "2,000" and figure(1234567.891, 2) == "1,234,567.89"
+    assert figure(-0.00001, 4) == "0.0000" and figure(-0.25, 2) == "-0.25"
+    for missing in (None, math.nan, math.inf, True, "0.5", {"a": 1}):
+        assert figure(missing, 4) == "–"
+    assert table_problems(
+        '<table><tr><td>ndcg</td><td class="num">0.686</td><td class="num">0.7785</td></tr></table>'
+    ), "the checker must catch mixed precision"
+    assert table_problems("<table><tr><td>ndcg</td><td>0.7785</td></tr></table>")
+
+
+def test_every_table_has_one_precision_in_right_aligned_cells():
+    page = render_report(make_report_data())
+    tables = read_page(page).tables
+    # ranking, beyond accuracy, ratings, interest forecast, its differences, 2 users' items
+    assert len(tables) == 7
+    assert table_problems(page) == []
+    for table in tables:
+        numeric = [cell for cell in table.data_cells() if "num" in cell.classes]
+        places = {d for cell in numeric for d in decimals_of(cell.text)}
+        if table.css_class == "recommendations":
+            assert places == {SCORE_DECIMALS}
+        else:
+            assert places == {METRIC_DECIMALS}, table.rows
+            assert all("num" in cell.classes for row in table.rows[1:] for cell in row[1:]), (
+                "every figure column is right-aligned"
+            )
+    css = re.search(r"<style>(.*)</style>", page, re.S).group(1)
+    rule = re.search(r"table th\.num, table td\.num \{([^}]*)\}", css).group(1)
+    assert "text-align: right" in rule and "tabular-nums" in rule
+
+
+def test_the_title_names_the_model_version_and_the_data():
+    data = make_report_data()
+    title = "recsys_dist report — model v3 on ml-1m & <friends>"
+    assert page_title(data) == title
+    read = read_page(render_report(data))
+    assert read.title == title and read.h1 == title
+    page = render_report(data)
+    assert (
+        "data <code>/data/prepared/ml-1m</code>" in page and "run <code>runs/run-7</code>" in page
+    )
+
+
+def test_the_metric_tables_say_what_they_were_evaluated_on_in_sentences():
+    page = render_report(make_report_data())
+    assert (
+        "Evaluated on 2,000 test users and 1,966 validation users: the forecast&#x27;s settings "
+        "were chosen on the validation users"
+    ) in page
+    assert "users: {" not in page and "split: test" not in page  # the lines it replaced
+    assert "Evaluated on 943 users of the test split. Protocol: full-catalogue ranking" in page
+    assert (
+        "The forecast blends the model with the user&#x27;s decayed profile: weight 0.7 on the "
+        "model&#x27;s prediction, softmax temperature 0.5, the decayed profile&#x27;s "
+        "half-life 10 events."
+    ) in page
+    assert "Evaluated on 1,234 held-out rated events." in page
+
+
+def test_rating_errors_sit_beside_their_baselines():
+    ratings = make_report_data().ranking_metrics["ratings"]
+    table = ratings_table_html(ratings)
+    assert "<td>model</td>" in table and "<td>matrix factorisation (SVD) baseline</td>" in table
+    assert re.findall(r'<td class="num best">([\d.]+)</td>', table) == ["0.9100", "0.7125"]
+    assert "<h3>Rating prediction</h3>" in render_report(make_report_data())
+    none_rated = ratings_table_html({"rated_targets": 0, "protocol": "p"})
+    assert "<table" not in none_rated and "No held-out event carries a rating" in none_rated
+
+
+def test_the_forecast_is_set_against_each_baseline_with_its_interval():
+    table = interest_table_html(make_report_data().interest_metrics)
+    differences = table[table.index("forecast minus") :]
+    assert re.search(
+        r"<td>last window</td><td [^>]*>-0.0400</td><td [^>]*>-0.0500 to -0.0300</td>"
+        r"<td [^>]*>0.0300</td><td [^>]*>0.0100 to 0.0500</td>",
+        differences,
+    )
+    assert "<td>decayed profile</td>" in differences and "beyond noise" in table
+    assert "forecast minus" not in interest_table_html({"methods": {"a": {"js": 0.1}}})
 
 
 # --- a real browser -------------------------------------------------------------------------
 
-WIDTH, HEIGHT = 1200, 3000
+WIDTH, HEIGHT = 1200, 4000
 
 
 def _chromium() -> str:
@@ -487,3 +663,41 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert dom.count('class="chart line-chart"') == 4 and "<script" not in dom
     assert dom.count('<table class="recommendations">') == 2 and "Heat (1995)" in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+    # what a person reads there: the title, sentences (no repr), one precision per table
+    shown = read_page(dom)
+    assert shown.title == shown.h1 == page_title(make_report_data())
+    assert repr_leaks(dom) == [] and table_problems(dom) == []
+    assert "Evaluated on 2,000 test users and 1,966 validation users" in "".join(shown.text)
+    assert len(shown.tables) == 7
+
+
+def test_figures_line_up_in_headless_chromium(tmp_path):
+    """Figures of different widths in one column share their right edge on screen (the
+    report's own stylesheet; the column's text drawn pure red to find it in the pixels)."""
+    binary = _chromium()
+    rows = [("a", [1234.5], [False]), ("b", [0.5], [False]), ("c", [12.25], [True])]
+    table = table_html(["figure", "value"], rows, METRIC_DECIMALS)
+    page = tmp_path / "table.html"
+    page.write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{CSS}\n"
+        f"td.num {{ color: #ff0000; }}</style></head><body>{table}</body></html>",
+        encoding="utf-8",
+    )
+    screenshot = tmp_path / "table.png"
+    _run_chromium(
+        binary,
+        tmp_path / "profile",
+        "--window-size=600,300",
+        f"--screenshot={screenshot}",
+        page.as_uri(),
+    )
+    pixels = decode_png(screenshot.read_bytes()).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 90) & (pixels[..., 2] < 90)
+    lines = np.flatnonzero(red.any(axis=1))
+    bands = np.split(lines, np.flatnonzero(np.diff(lines) > 1) + 1)
+    assert len(bands) == 3, f"expected one line of red figures per row, got {len(bands)}"
+    rights = [int(np.flatnonzero(red[band].any(axis=0)).max()) for band in bands]
+    lefts = [int(np.flatnonzero(red[band].any(axis=0)).min()) for band in bands]
+    assert max(rights) - min(rights) <= 1, f"right edges {rights}: not right-aligned"
+    assert max(lefts) - min(lefts) > 20, f"left edges {lefts}: widths should differ"
