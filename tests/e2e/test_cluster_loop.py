@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,11 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
     trained_run, s3_prefix, redis_server, cli_json
 ):
     bench = load_bench("cluster_loop")
+    started, phases = time.monotonic(), {}  # seconds into the test each phase ended (with -s)
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - started, 1)
+
     root = Path(tempfile.mkdtemp(prefix="cl", dir="/tmp"))  # short: Ray's socket paths
     registry, event_log = f"{s3_prefix}/registry", f"{s3_prefix}/event_log"
     v1 = cli_json("models", "register", "--registry", registry, "--run", str(trained_run.run))
@@ -67,6 +73,7 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
         assert cluster.api(*put, token=None, json=config).status_code == 401
         assert cluster.api(*put, token="not-the-token", json=config).status_code == 403
         cluster.deploy(config)
+        phase("deployed")
 
         load = bench.Load(url, key, users, batches, rate=10.0)
         load.thread.start()
@@ -77,8 +84,10 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
         holder = cluster.name_of(served_event_log(url, key)["node_id"])
         cluster.kill(holder)  # the node holding the event log dies mid-load
         cluster.add_node("w3", cpus=2)  # as KubeRay would replace the pod
+        phase("event log node killed")
         cluster.wait_until(lambda: not load.batches, "every batch acknowledged", 600)
         moved = served_event_log(url, key)
+        phase("every batch acknowledged")
         assert moved["state"] == "active" and cluster.name_of(moved["node_id"]) != holder
 
         files = event_files(event_log)
@@ -90,7 +99,9 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
         (trainer_node,) = cluster.actor_nodes("RayTrainWorker")
         cluster.kill(trainer_node)  # the retraining's node dies mid-run
         cluster.add_node("w4", cpus=2)
+        phase("training node killed")
         job = cluster.wait_for_job(submission)
+        phase("turn done")
         logs = cluster.job_logs(submission)
         assert job["status"] == "SUCCEEDED", logs[-3000:]
         turn = json.loads(logs.strip().splitlines()[-1])
@@ -101,6 +112,7 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
 
         cluster.wait_until(lambda: bench.serving(load, v2), "every replica on v2")
         switched = bench.switch(load, Registry(registry).pointer().updated_at, v2)
+        phase("switched")
         assert switched["requests_during_switch"] and not switched["non_2xx_during_switch"]
         ranked = httpx.post(
             f"{url}/v1/recommend",
@@ -124,6 +136,7 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
         standby.add_node("s1", cpus=1)
         second = bench.one_host(rayservice_serve_config(), values, bench.free_port(), replicas=1)
         standby.deploy(second)
+        phase("second cluster deployed")
         health = httpx.get(f"http://127.0.0.1:{second['http_options']['port']}/healthz", timeout=30)
         assert health.status_code == 503 and health.json()["event_log"].startswith("standby")
         late = {"user_id": users[0], "item_id": "late-item", "timestamp": 2_000_000_000}
@@ -131,6 +144,7 @@ def test_the_loop_runs_on_a_multi_node_cluster_with_token_auth(
         assert answer.status_code == 200  # the first cluster's log goes on, untouched
         assert bench.rows_of([[late]]) <= bench.logged(event_log)
     finally:
+        print("phases (s):", phases)
         if load is not None:
             load.stop.set()
         standby.stop()

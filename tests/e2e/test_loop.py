@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_dist import run_layout, schema
-from recsys_dist.config import RetrainConfig, ServeConfig
+from recsys_dist.config import DataConfig, RetrainConfig, ServeConfig
 from recsys_dist.data.prepared import load_manifest
 from recsys_dist.registry import Registry
 from recsys_dist.retrain import PREPARED_DIR
@@ -181,6 +181,15 @@ def test_the_loop_follows_drift_new_items_promotion_and_rollback(
         )
         v2 = promoted["candidate"]
         assert promoted["promoted"] and promoted["parent"] == v1, promoted
+        # The shared run was prepared at max_len 20, not the default 50, and trained without
+        # data.*: it and the candidate warm-started from it read 20 events, with no restart
+        # (a candidate built at 50 was refused by the warm start, after a wasted retry).
+        for version in (v1, v2):
+            assert model_max_len(root, version) == trained_run.max_len != DataConfig().max_len
+        assert all(
+            line["train_restarts"] == 0
+            for line in run_layout.read_metrics(Registry(str(root)).get(v2).record["source_run"])
+        )
         every_row = load_manifest(str(work / PREPARED_DIR))["counts"]["train_rows"]
         share = trained_rows(root, v2) / every_row
         assert 0.45 < share < 0.8, share
@@ -242,6 +251,12 @@ def assert_written_nowhere(secret: str, folders: list[Path]) -> None:
                 if secret.encode() in path.read_bytes():
                     holding.append(str(path))
     assert searched > 100 and not holding, holding
+
+
+def model_max_len(root: Path, version: str) -> int:
+    """The events a registered version's model reads."""
+    config = Path(Registry(str(root)).get(version).model_dir) / "config.json"
+    return json.loads(config.read_text())["max_len"]
 
 
 def trained_rows(root: Path, version: str) -> int:

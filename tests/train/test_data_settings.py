@@ -3,8 +3,9 @@
 ``train`` and ``retrain`` take ``data.*`` from the prepared dataset's manifest: a ``--config``
 (a preset too) or an override that disagrees is one line, exit 2, before Ray starts; ``train``
 refuses a library caller's config that disagrees, before it writes or deletes anything; a
-warm start whose parent cannot fit is refused before any worker starts. The slow test trains
-a parent on data prepared at a length other than the default and retrains it through the CLI.
+warm start whose parent cannot fit is refused before any worker starts. A retraining turn over
+a parent trained on data prepared at a length other than the default is tests/e2e/test_loop.py's
+(the shared run is prepared at max_len 20).
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from recsys_dist import cli, registry, run_layout, schema
+from recsys_dist import cli, run_layout, schema
 from recsys_dist.config import Config, ConfigError, DataConfig
 from recsys_dist.errors import UserInputError
 from recsys_dist.train import trainer
@@ -45,7 +44,7 @@ def trained_with(monkeypatch):
         given.append(config)
         raise _Reached
 
-    monkeypatch.setattr(cli, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli.common, "init_ray", lambda *args, **kwargs: None)
     monkeypatch.setattr(trainer, "train", stop)
     return given
 
@@ -55,7 +54,7 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the command started Ray before checking its data settings")
 
-    monkeypatch.setattr(cli, "init_ray", refuse)
+    monkeypatch.setattr(cli.common, "init_ray", refuse)
 
 
 def _train(data: Path, tmp_path: Path, *more: str) -> list[str]:
@@ -158,45 +157,3 @@ def test_a_warm_start_of_another_shape_is_refused_before_ray_train_starts(
     with pytest.raises(UserInputError, match=lengths):
         train(str(longer), str(tmp_path / "run"), config)
     assert not (tmp_path / "run").exists()
-
-
-def _new_events(raw: Path, folder: Path, users: int = 20) -> None:
-    """Each of ``users`` users' last three events again, a day after the log ends."""
-    events = pq.read_table(raw / schema.EVENTS_DIR)
-    end = pc.max(events[schema.TIMESTAMP]).as_py()
-    chosen = events[schema.USER_ID].unique()[:users]
-    recent = events.filter(pc.is_in(events[schema.USER_ID], chosen)).sort_by(schema.TIMESTAMP)
-    again = recent.slice(recent.num_rows - 3 * users)
-    later = end + 86_400 - pc.min(again[schema.TIMESTAMP]).as_py()
-    column = again.schema.get_field_index(schema.TIMESTAMP)
-    again = again.set_column(column, schema.TIMESTAMP, pc.add(again[schema.TIMESTAMP], later))
-    (folder / schema.EVENTS_DIR).mkdir(parents=True)
-    pq.write_table(again, folder / schema.EVENTS_DIR / "part-00000.parquet")
-
-
-@pytest.mark.slow
-def test_a_turn_over_a_parent_prepared_at_another_max_len(tiny_run, tmp_path, cli_json):
-    """The tiny run's data is prepared at max_len 10: ``train`` without data.* trains at 10
-    (its config and its export say so), and a ``retrain`` turn over it builds the candidate
-    at 10, warm-starts it and registers it (it was built at the default 50 and refused)."""
-    run, root, events = tmp_path / "run", tmp_path / "registry", tmp_path / "event_log"
-    cli_json(
-        *("train", "--data", str(tiny_run.prepared), "--output", str(run), "--workers", "1"),
-        *(*_model_of(tiny_run), "train.epochs=2", "train.batch_size=32"),
-    )
-    assert run_layout.read_settings(run)["data"]["max_len"] == 10
-    assert json.loads((run / "model" / "config.json").read_text())["max_len"] == 10
-    version = cli_json("models", "register", "--registry", str(root), "--run", str(run))
-    cli_json("models", "promote", "--registry", str(root), version["version"])
-    _new_events(tiny_run.raw, events)
-    turn = cli_json(
-        *("retrain", "--registry", str(root), "--events", str(events)),
-        *("--output", str(tmp_path / "work"), "--workers", "1", "retrain.epochs=1"),
-    )
-    assert turn["candidate"] is not None and turn["new_files"] == 1, turn
-    candidate = root / registry.VERSIONS_DIR / turn["candidate"]
-    assert json.loads((candidate / "model" / "config.json").read_text())["max_len"] == 10
-    assert run_layout.read_settings(candidate)["data"]["max_len"] == 10
-    trained = registry.Registry(str(root)).get(turn["candidate"]).record["source_run"]
-    lines = run_layout.read_metrics(trained)  # one attempt: no restart, no failure
-    assert lines and all(line["train_restarts"] == 0 for line in lines)
