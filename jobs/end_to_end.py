@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     raw, prepared, run = (storage.join(work, name) for name in ("raw", "prepared", "run"))
     evaluation = storage.join(work, "evaluation.json")
     report = storage.join(work, "report.html")
-    generate = ["generate", "--output", raw, "--users", str(args.users), "--items", str(args.items)]
+    generate = ["generate", "--output", raw, "--num-users", str(args.users)]
+    generate += ["--num-items", str(args.items)]
     steps = [
         # Interests shift along common paths between categories, which the forecast can learn.
         [*generate, "--drift-paths", "0.8"],

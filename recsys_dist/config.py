@@ -48,6 +48,12 @@ def _section_name(cls: type) -> str:
     return next(name for name, hint in typing.get_type_hints(Config).items() if hint is cls)
 
 
+# The closed sets of choice-valued settings (the CLI offers the same as its flags' choices).
+SPLIT_METHODS = ("loo", "time")  # data.split
+BAD_ROW_POLICIES = ("error", "skip")  # data.on_bad_rows
+SAMPLINGS = ("uniform", "popularity")  # eval.sampling
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How raw events become training sequences (used by ``prepare``)."""
@@ -68,8 +74,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_ranges(self)
-        _check_choice("data.split", self.split, ("loo", "time"))
-        _check_choice("data.on_bad_rows", self.on_bad_rows, ("error", "skip"))
+        _check_choice("data.split", self.split, SPLIT_METHODS)
+        _check_choice("data.on_bad_rows", self.on_bad_rows, BAD_ROW_POLICIES)
         if self.max_history < self.max_len:
             raise ConfigError(f"data.max_history={self.max_history} < data.max_len={self.max_len}")
         if self.valid_fraction + self.test_fraction >= 1:
@@ -242,7 +248,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_ranges(self)
-        _check_choice("eval.sampling", self.sampling, ("uniform", "popularity"))
+        _check_choice("eval.sampling", self.sampling, SAMPLINGS)
         if not self.ks:
             raise ConfigError("eval.ks must name at least one k")
 

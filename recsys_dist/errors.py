@@ -6,6 +6,8 @@ stage may raise these without an import cycle.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class UserInputError(ValueError):
     """Bad input from the user: a file, row, field, argument or config value.
@@ -26,6 +28,13 @@ def find_user_error(error: BaseException | None) -> UserInputError | None:
     error was raised ``from``. Not the one being handled when an unrelated error came up
     (``__context__``): that is a failure of its own, and a retry may get past it.
     """
+    return next((e for e in causes(error) if isinstance(e, UserInputError)), None)
+
+
+def causes(error: BaseException | None, implicit: bool = False) -> Iterator[BaseException]:
+    """``error``, then what it carries: the original a Ray task error wraps (its ``cause``,
+    in place of the wrapper), the exception it was raised ``from``, and (``implicit``) the
+    one being handled when it came up."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -33,10 +42,8 @@ def find_user_error(error: BaseException | None) -> UserInputError | None:
         if isinstance(inner, BaseException) and inner is not error:
             error = inner
             continue
-        if isinstance(error, UserInputError):
-            return error
-        error = error.__cause__
-    return None
+        yield error
+        error = error.__cause__ or (error.__context__ if implicit else None)
 
 
 class RunFailed(RuntimeError):

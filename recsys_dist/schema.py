@@ -114,3 +114,7 @@ VOCAB_FILE = "vocab.parquet"
 # Beside them: the sentence embeddings of item texts encoded so far (model.item_text), so a
 # retraining turn over a grown catalogue encodes only the new texts. A cache: safe to delete.
 ITEM_TEXT_CACHE_FILE = "item_text_cache.parquet"
+# Weight formats an export may be written in besides fp32 (``recsys-dist export --quantize``;
+# recsys_dist/model/quantize.py writes and reads them): here so the CLI offers them as its
+# flag's choices without importing torch.
+QUANTIZATION_SCHEMES = ("int8",)

@@ -270,12 +270,12 @@ def trained_run(ray_session, tmp_path_factory) -> TrainedRun:
     root = tmp_path_factory.mktemp("shared-run")
     raw, prepared, run = root / "raw", root / "prepared", root / "run"
     steps = {
-        "generated": ["generate", "--output", str(raw), "--users", "400", "--items", "200"],
+        "generated": ["generate", "--output", str(raw), "--num-users", "400", "--num-items", "200"],
         "manifest": ["prepare", "--data", str(raw), "--output", str(prepared)],
         "summary": ["train", "--data", str(prepared), "--output", str(run), "--workers", "2"],
         "interests": ["interests", "--run", str(run), "--output", str(root / "interests")],
     }
-    steps["generated"] += ["--categories", "4", "--seed", "3"]
+    steps["generated"] += ["--num-categories", "4", "--seed", "3"]
     steps["manifest"] += ["--max-len", str(SHARED_RUN_MAX_LEN)]
     steps["summary"] += SHARED_RUN_MODEL
     printed = {name: _cli_json(argv) for name, argv in steps.items()}

@@ -1,5 +1,7 @@
 """What the command prints: a short summary by default, one compact JSON line with --json,
-the version, the resolved config; -v/--json/--address before or after the sub-command."""
+the version, the resolved config; -v/--json/--address before or after the sub-command and
+its action. That --json leaves nothing out but the names a command gives:
+tests/test_cli_json.py."""
 
 from __future__ import annotations
 
@@ -56,6 +58,35 @@ def test_global_flags_parse_the_same_before_or_after_the_sub_command(argv):
     }
 
 
+KEYS = ["--file", "k.json"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-v", "--json", "keys", "list", *KEYS],
+        ["keys", "-v", "--json", "list", *KEYS],
+        ["keys", "--json", "list", "-v", *KEYS],
+        ["keys", "list", *KEYS, "--json", "--verbose"],
+    ],
+)
+def test_global_flags_parse_on_either_side_of_an_action(argv):
+    args = vars(cli.build_parser().parse_args(argv))
+    assert (args["verbose"], args["json"], args["action"], args["file"]) == (
+        True,
+        True,
+        "list",
+        "k.json",
+    )
+    assert args["address"] is None  # keys does not start Ray: no --address of its own
+
+
+def test_keys_json_before_the_action_prints_one_json_line(tmp_path, capsys):
+    for argv in (["keys", "--json", "list"], ["keys", "list", "--json"]):
+        line = run(capsys, *argv, "--file", str(tmp_path / "k.json"))
+        assert line.count("\n") == 1 and json.loads(line)["keys"] == []
+
+
 def manifest() -> dict:
     """What ``prepare`` returns (manifest.json), with its bulky parts."""
     files = [f"raw/events/part-{i:05d}.parquet" for i in range(120)]
@@ -88,17 +119,15 @@ def manifest() -> dict:
     }
 
 
-def test_json_is_one_compact_line_without_bulky_internals(capsys):
-    console.print_result("prepare", manifest(), None, 1.0, as_json=True)
+def test_json_is_one_compact_line_without_the_internals_prepare_names(capsys):
+    console.print_result(cli.COMMANDS["prepare"].for_json(manifest()), as_json=True)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and ", " not in out and len(out) < 1000
     printed = json.loads(out)
     for bulky in ("time_histogram", "input_files", "sources", "bad_rows", "skewed_users"):
-        assert bulky not in printed
+        assert bulky not in printed  # manifest.json keeps them
     assert printed["counts"] == manifest()["counts"] and printed["files"] == 120
     assert printed["config"]["max_len"] == 50  # what tests and jobs read is kept
-    nested = console.compact("evaluate", {"ndcg@10": 0.3, "per_user": {"u": list(range(99))}})
-    assert nested == {"ndcg@10": 0.3, "per_user": {}}
 
 
 class Args:
@@ -146,9 +175,13 @@ MENTIONS = {
 }
 
 
+def summary(command: str, result: dict) -> str:
+    return "\n".join(cli.COMMANDS[command].lines(result, Args(), 2.0))
+
+
 @pytest.mark.parametrize("command", SUMMARIES)
 def test_summaries_are_a_few_lines_with_the_outputs(command):
-    text = console.summary(command, SUMMARIES[command], Args(), 2.0)
+    text = summary(command, SUMMARIES[command])
     assert 1 < len(text.splitlines()) <= 6 and MENTIONS[command] in text, text
     assert "{" not in text  # no JSON dumps
 
@@ -157,7 +190,7 @@ def test_prepare_hints_at_the_preset_that_fits_long_histories():
     """ml-1m prepared at the defaults: the model would see 50 of ~165 events a user."""
     long = manifest()
     long["counts"] = {**long["counts"], "events": 33_000}  # 165 a user
-    text = console.summary("prepare", long, Args(), 2.0)
+    text = summary("prepare", long)
     assert "average 165 events" in text and "--config long-histories" in text, text
     assert "train --data" in text and len(text.splitlines()) <= 6  # not yet: prepare again
 
@@ -165,14 +198,15 @@ def test_prepare_hints_at_the_preset_that_fits_long_histories():
 def test_prepare_names_the_preset_of_a_sparse_log_in_its_next_command():
     """Beauty-like (51 events a user here) at the length it suits: no hint, but the next
     command carries the preset, whose dropout is the sparse logs' (prepare cannot set it)."""
-    text = console.summary("prepare", manifest(), Args(), 2.0)
+    text = summary("prepare", manifest())
     assert "hint" not in text
     assert "next:   recsys-dist train --config short-histories --data" in text, text
 
 
 def test_generate_prints_a_short_summary_or_one_json_line(ray_session, tmp_path, capsys):
     out = str(tmp_path / "raw")
-    argv = ["generate", "--output", out, "--users", "50", "--items", "30", "--categories", "3"]
+    argv = ["generate", "--output", out, "--num-users", "50", "--num-items", "30"]
+    argv += ["--num-categories", "3"]
     text = run(capsys, *argv)
     assert 1 < len(text.splitlines()) <= 4 and out in text and "50 users" in text, text
     line = run(capsys, *argv, "--overwrite", "--json")

@@ -27,7 +27,9 @@ def test_an_unknown_quantization_is_one_line_and_exit_2(tiny_run, tmp_path, caps
     argv = ["export", "--run", str(tiny_run.run), "--quantize", "int4", "--output", str(tmp_path)]
     assert cli.main(argv) == cli.EXIT_BAD_INPUT
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == ["error: --quantize 'int4': choose one of int8"]
+    (line,) = captured.err.splitlines()
+    assert line.startswith("error: ") and "--quantize" in line and "'int4'" in line
+    assert "int8" in line  # the choices there are
     assert captured.out == "" and not any(tmp_path.iterdir())
     assert run_layout.is_run(tiny_run.run)
 

@@ -23,7 +23,7 @@ STAGE = {
     "retrain": 7,  # one turn of the loop: data, training, evaluation, registry
     "serving": 7,
     "report": 8,
-    "console": 8,  # the CLI's terminal output: summaries of every stage's results
+    "console": 8,  # the CLI's terminal output: logging, quiet frameworks, printing
     "cli": 9,
 }
 FORBIDDEN = {

@@ -229,14 +229,15 @@ def check_arguments(
     (the CLI calls it before starting Ray)."""
     lo, hi = events_per_user
     if users < 1:
-        raise UserInputError(f"users (--users) must be >= 1, got {users}")
+        raise UserInputError(f"users (--num-users) must be >= 1, got {users}")
     if users_per_shard < 1:
         raise UserInputError(f"users_per_shard must be >= 1, got {users_per_shard}")
     if categories < 2:
-        raise UserInputError(f"categories (--categories) must be >= 2, got {categories}")
+        raise UserInputError(f"categories (--num-categories) must be >= 2, got {categories}")
     if items < categories:
         raise UserInputError(
-            f"items (--items) must be >= categories (--categories), got {items=} {categories=}"
+            f"items (--num-items) must be >= categories (--num-categories), "
+            f"got {items=} {categories=}"
         )
     if not 1 <= lo <= hi:
         raise UserInputError(f"events_per_user={events_per_user} must satisfy 1 <= low <= high")

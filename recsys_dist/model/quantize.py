@@ -55,12 +55,12 @@ from torch import nn
 from recsys_dist.errors import UserInputError
 from recsys_dist.model.bert4rec import WEIGHTS_FILE, Bert4Rec
 from recsys_dist.model.configuration import Bert4RecConfig
-from recsys_dist.schema import NUM_SPECIAL_TOKENS
+from recsys_dist.schema import NUM_SPECIAL_TOKENS, QUANTIZATION_SCHEMES
 
 logger = logging.getLogger(__name__)
 
 INT8 = "int8"
-SCHEMES = (INT8,)  # what ``--quantize`` accepts; fp32 is the unquantized default
+SCHEMES = QUANTIZATION_SCHEMES  # what ``--quantize`` accepts (INT8); fp32 is the default
 CONFIG_KEY = "quantization"  # config.json: {"scheme": ..., "weights": [...]}
 SCALE_SUFFIX = "_scale"
 QMAX = 127  # symmetric int8: -127 .. 127 (-128 unused, so the range is symmetric)

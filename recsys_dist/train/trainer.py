@@ -335,19 +335,29 @@ def _failed(error: ray.train.TrainingFailedError, run_dir: str, config: Config) 
     cause = _first_worker_error(error) or error
     reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
     logger.debug("training failed", exc_info=error)
-    done = run_layout.read_metrics(run_dir)
-    # metrics.jsonl is written just before a checkpoint is reported, so its last epoch may
-    # be one validation ahead of the latest checkpoint Ray Train registered.
-    kept = (
-        f"its checkpoints are kept (last validated: epoch {done[-1]['epoch']}): rerun the "
-        "same command to resume from the latest"
-        if done
-        else "no checkpoint was reached: a rerun starts afresh"
-    )
     return RunFailed(
         f"training failed more often than train.max_failures={config.train.max_failures} "
-        f"allows ({type(cause).__name__}: {reason[:200]}); {run_dir}: {kept}"
+        f"allows ({type(cause).__name__}: {reason[:200]}); {run_dir}: {checkpoints_kept(run_dir)}"
     )
+
+
+def checkpoints_kept(run_dir: str, rerun: str = "the same command") -> str:
+    """What a run that stopped before its end (failed, or interrupted) keeps, and how to go
+    on: ``rerun`` resumes from the latest checkpoint the run registered, which Ray Train
+    restores for a run of the same name and storage path. Read back with Ray Train's own
+    ``Result.from_path``: metrics.jsonl is written just before a checkpoint is reported, and
+    its registration comes later, so that file may be a validation or more ahead of it."""
+    path = storage.join(run_layout.ray_results_dir(run_dir), run_layout.TRAIN_EXPERIMENT)
+    filesystem, experiment = storage.resolve(storage.absolute(path))
+    try:
+        result = ray.train.Result.from_path(experiment, storage_filesystem=filesystem)
+    except RuntimeError:  # no experiment yet, or none of its checkpoints registered
+        result = None
+    if result is None or result.checkpoint is None:
+        return "no checkpoint was kept: a rerun starts afresh"
+    epoch = (result.metrics or {}).get("epoch")
+    latest = f"latest: epoch {epoch}" if epoch is not None else f"latest: {result.checkpoint.path}"
+    return f"its checkpoints are kept ({latest}): rerun {rerun} to resume from it"
 
 
 def _first_worker_error(error: ray.train.TrainingFailedError) -> BaseException | None:

@@ -181,7 +181,8 @@ def test_a_long_break_comes_before_each_return_and_every_abrupt_shift(generated,
     """With ``break_days`` every user's gap before ``break_event`` is that long or longer and
     every other gap shorter; an abrupt user's new interest starts right after the break."""
     out = tmp_path / "breaks"
-    argv = ["generate", "--output", str(out), "--users", "200", "--items", "100", "--seed", "3"]
+    argv = ["generate", "--output", str(out), "--num-users", "200", "--num-items", "100"]
+    argv += ["--seed", "3"]
     assert cli.main([*argv, "--break-days", "20"]) == 0
     truth = pq.read_table(out / synthetic.USERS_DIR).to_pandas().set_index(schema.USER_ID)
     assert truth[synthetic.BREAK_EVENT].notna().all()

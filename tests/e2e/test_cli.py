@@ -240,8 +240,9 @@ def test_prepare_append_keeps_settings_and_takes_nothing_twice(
     that says so."""
     for day, seed in (("day=1", 1), ("day=2", 2)):
         cli_json(
-            *("generate", "--output", str(tmp_path / day), "--users", "60", "--items", "40"),
-            *("--categories", "4", "--seed", str(seed)),
+            *("generate", "--output", str(tmp_path / day)),
+            *("--num-users", "60", "--num-items", "40"),
+            *("--num-categories", "4", "--seed", str(seed)),
         )
     prepared = str(tmp_path / "prepared")
     first = cli_json(

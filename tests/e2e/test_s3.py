@@ -129,7 +129,7 @@ def test_two_nodes_train_and_resume_with_everything_on_s3(s3_prefix, train_check
         cluster.wait_for_nodes()
         (generated, manifest, summary), first = run_driver(
             [
-                ["generate", "--output", raw, *("--users", "151", "--items", "50"), "--json"],
+                ["generate", "--output", raw, "--num-users", "151", "--num-items", "50", "--json"],
                 ["prepare", "--data", raw, "--output", prepared, "--max-len", "20", "--json"],
                 train,
             ],

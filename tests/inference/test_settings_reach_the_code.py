@@ -57,7 +57,7 @@ def calls(monkeypatch):
         seen["score"].append(exclude_seen)
         return {"users": 0}
 
-    monkeypatch.setattr(cli, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli.common, "init_ray", lambda *args, **kwargs: None)
     monkeypatch.setattr("recsys_dist.evaluation.evaluate.evaluate_run", evaluate_run)
     monkeypatch.setattr("recsys_dist.inference.batch.score_prepared", score_prepared)
     return seen

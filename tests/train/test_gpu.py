@@ -31,7 +31,8 @@ def test_bf16_forward_backward_on_gpu():
 @pytest.mark.slow
 def test_train_on_gpu_with_deepspeed_bf16_zero2(ray_session, tmp_path, capsys):
     raw, prepared, run = tmp_path / "raw", tmp_path / "p", tmp_path / "run"
-    assert cli.main(["generate", "--output", str(raw), "--users", "200", "--items", "60"]) == 0
+    generate = ["generate", "--output", str(raw), "--num-users", "200", "--num-items", "60"]
+    assert cli.main(generate) == 0
     assert cli.main(["prepare", "--data", str(raw), "--output", str(prepared)]) == 0
     workers = min(2, torch.cuda.device_count())
     code = cli.main(

@@ -84,7 +84,7 @@ def no_ray(monkeypatch):
     def started(*args, **kwargs):
         raise AssertionError("init_ray ran before the overwrite was refused")
 
-    monkeypatch.setattr(cli, "init_ray", started)
+    monkeypatch.setattr(cli.common, "init_ray", started)
 
 
 @pytest.mark.parametrize("spelling", ["same", "trailing slash and '..'"])
@@ -208,7 +208,7 @@ def test_overwrite_replaces_a_previous_run_and_nothing_beside_it(tmp_path, monke
     def stop(*args, **kwargs):
         raise _Reached
 
-    monkeypatch.setattr(cli, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli.common, "init_ray", lambda *args, **kwargs: None)
     monkeypatch.setattr(trainer, "start_run", stop)  # what train() does after deleting
     with pytest.raises(_Reached):
         cli.main(_cli_train(data, run))
